@@ -1,1 +1,21 @@
-"""deepfield.models."""
+"""Model families. Each is a torch.nn.Module built from a frozen config dataclass.
+
+| family (CLI) | class | what |
+|---|---|---|
+| pca | PCA | principal components (exact, randomised, incremental) |
+| ae | DenseAutoencoder | fully connected autoencoder (denoising / sparse options) |
+| conv-ae | ConvAutoencoder | convolutional autoencoder (denoising / sparse options) |
+"""
+
+from deepfield.models.autoencoder import (AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig,
+                                          DenseAutoencoder)
+from deepfield.models.base import MODEL_REGISTRY, Model, register
+from deepfield.models.folder import load_model, save_model
+from deepfield.models.pca import PCA, PCAConfig
+
+__all__ = ["Model", "MODEL_REGISTRY", "register", "PCA", "PCAConfig", "DenseAutoencoder",
+           "AutoencoderConfig", "ConvAutoencoder", "ConvAutoencoderConfig", "FAMILIES",
+           "save_model", "load_model"]
+
+#: CLI family name -> model class
+FAMILIES = {cls.family: cls for cls in (PCA, DenseAutoencoder, ConvAutoencoder)}

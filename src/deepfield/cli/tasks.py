@@ -1,0 +1,68 @@
+"""`deepfield encode` and `deepfield reconstruct`: apply a model folder to a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from deepfield.cli._app import app, console
+
+
+def _load(model_dir: Path, store_path: Path):
+    import deepfield
+    from deepfield.data.store import open_store
+
+    return deepfield.load(model_dir), open_store(store_path)
+
+
+@app.command()
+def encode(
+    model_dir: Path = typer.Argument(..., help="Model folder."),
+    store: Path = typer.Option(..., "--store", "-s", help="Store to encode."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: a codes store, or a .parquet table."),
+    where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
+    split: str = typer.Option(None, "--split", help="Only the model's train, val or test objects."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Encode a store into latent codes keyed by id (a store, or Parquet if OUT ends in .parquet)."""
+    import shutil
+    import tempfile
+
+    from deepfield.tasks import codes_to_parquet, encode_store, resolve_indices
+
+    model, s = _load(model_dir, store)
+    idx = resolve_indices(s, where, split, getattr(model, "record", None))
+    if out.suffix == ".parquet":
+        tmp = Path(tempfile.mkdtemp(prefix="deepfield-codes-"))
+        try:
+            codes = encode_store(model, s, tmp / "codes", indices=idx, batch_size=batch_size, progress=progress)
+            codes_to_parquet(codes, out, overwrite=overwrite)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        console.print(f"[green]{idx.size} codes of length {model.latent_dim} written to[/] {out}")
+        return
+    encode_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite, progress=progress)
+    console.print(f"[green]{idx.size} codes of length {model.latent_dim} written to[/] {out}")
+
+
+@app.command()
+def reconstruct(
+    model_dir: Path = typer.Argument(..., help="Model folder."),
+    store: Path = typer.Option(..., "--store", "-s", help="Store to reconstruct."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output store of reconstructions."),
+    where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
+    split: str = typer.Option(None, "--split", help="Only the model's train, val or test objects."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Write decode(encode(x)) for every selected object as a new store (same ids and catalog)."""
+    from deepfield.tasks import reconstruct_store, resolve_indices
+
+    model, s = _load(model_dir, store)
+    idx = resolve_indices(s, where, split, getattr(model, "record", None))
+    reconstruct_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite, progress=progress)
+    console.print(f"[green]{idx.size} reconstructions written to[/] {out}")

@@ -1,0 +1,72 @@
+"""`deepfield train FAMILY`: fit a model on a store and write a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from deepfield.cli._app import app, console
+
+
+def _devices(value: str):
+    return value if value == "auto" else int(value)
+
+
+@app.command()
+def train(
+    family: str = typer.Argument(..., help="Model family: pca, ae (dense autoencoder), conv-ae."),
+    store: Path = typer.Option(..., "--store", "-s", help="Training store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length [default 16]."),
+    epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs [default 20]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Objects per step [default 64]."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate [default 1e-3]."),
+    denoise: float = typer.Option(None, "--denoise", help="Denoising: input noise std in units of the pixel std."),
+    sparse: float = typer.Option(None, "--sparse", help="Sparse: weight of the L1 penalty on the code."),
+    method: str = typer.Option(None, "--method", help="PCA: exact, randomized or incremental."),
+    config: Path = typer.Option(None, "--config", help="YAML file with 'model:' and 'training:' sections."),
+    seed: int = typer.Option(None, "--seed", help="Random seed [default 0]."),
+    patience: int = typer.Option(None, "--patience", help="Early-stopping patience in epochs (0: off) [default 5]."),
+    accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu [default auto]."),
+    devices: str = typer.Option(None, "--devices", help="auto or a number [default auto]."),
+    strategy: str = typer.Option(None, "--strategy", help="auto, ddp or ddp_spawn [default auto]."),
+    precision: str = typer.Option(None, "--precision", help="32-true or bf16-mixed [default 32-true]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Train a model on a store; Ctrl-C saves a checkpoint that --resume continues from."""
+    from deepfield.errors import ConfigError
+    from deepfield.models.base import config_from_dict
+    from deepfield.train import TrainingInterrupted, TrainSettings, load_yaml_config
+    from deepfield.train import train as train_model
+
+    model_options, train_options = load_yaml_config(config) if config else ({}, {})
+    cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method}
+    for key, value in cli_model.items():
+        if value is not None:
+            model_options[key] = value
+    cli_train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "patience": patience,
+                 "accelerator": accelerator, "devices": _devices(devices) if devices else None,
+                 "strategy": strategy, "precision": precision}
+    train_options.update({k: v for k, v in cli_train.items() if v is not None})
+    train_options["progress"] = progress
+    settings = config_from_dict(TrainSettings, train_options, str(config) if config else "training options")
+    if family == "pca" and ("denoise_sigma" in model_options or "sparse_l1" in model_options):
+        raise ConfigError("--denoise and --sparse apply to autoencoders (ae, conv-ae), not pca")
+    if family != "pca" and "method" in model_options:
+        raise ConfigError("--method applies to pca only")
+    try:
+        path = train_model(family, store, out, model_options=model_options, settings=settings,
+                           resume=resume, overwrite=overwrite)
+    except TrainingInterrupted as err:
+        console.print(f"[yellow]{err}[/]")
+        raise typer.Exit(130) from None
+    if path is None:  # a non-zero DDP rank
+        return
+    import json
+
+    metrics = json.loads((path / "metrics.json").read_text())
+    parts = [f"{k} {metrics[k]:.4g}" for k in ("train_mse", "val_mse", "test_mse") if metrics.get(k) is not None]
+    console.print(f"[green]model written to[/] {path}  ({', '.join(parts)}; MSE in units of the pixel variance)")

@@ -1,0 +1,171 @@
+"""Autoencoders: dense (the classic 784-32-784 kind) and convolutional, each optionally
+denoising (Gaussian noise on the input, clean target) and sparse (L1 penalty on the code).
+
+Images of flux are non-negative, so with ``positive=True`` the decoder ends in a softplus
+and never predicts negative flux. Losses are mean squared errors in normalised units
+(data / per-band pixel standard deviation), so numbers compare across stores and with PCA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepfield.errors import ConfigError
+from deepfield.models.base import Model, register
+from deepfield.nn import MLP, ConvDecoder, ConvEncoder
+
+__all__ = ["AutoencoderConfig", "ConvAutoencoderConfig", "DenseAutoencoder", "ConvAutoencoder"]
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Arguments:
+    input_shape: one sample's shape, (C, H, W) images, (L,) spectra or (D,) features.
+    latent_dim: code length.
+    hidden: hidden layer widths of the encoder (the decoder mirrors them).
+    activation: 'silu', 'relu', 'leaky_relu', 'gelu', 'tanh' or 'elu'.
+    positive: softplus output, for flux that cannot be negative.
+    denoise_sigma: std of Gaussian noise added to the input in training, in units of the
+        per-band pixel standard deviation (0: plain autoencoder).
+    sparse_l1: weight of the mean |z| penalty on the code (0: none).
+    normalisation: 'channel' (images/spectra) or 'feature' (tables).
+    """
+
+    input_shape: tuple[int, ...]
+    latent_dim: int = 16
+    hidden: tuple[int, ...] = (512, 128)
+    activation: str = "silu"
+    positive: bool = False
+    denoise_sigma: float = 0.0
+    sparse_l1: float = 0.0
+    normalisation: str = "channel"
+
+
+@dataclass(frozen=True)
+class ConvAutoencoderConfig:
+    """Arguments:
+    input_shape: (C, H, W) with H = W.
+    latent_dim: code length.
+    channels: feature channels per resolution, from full size down.
+    blocks: residual blocks per resolution.
+    activation, positive, denoise_sigma, sparse_l1, normalisation: as for the dense model.
+    """
+
+    input_shape: tuple[int, ...]
+    latent_dim: int = 16
+    channels: tuple[int, ...] = (32, 64, 128, 128)
+    blocks: int = 1
+    activation: str = "silu"
+    positive: bool = True
+    denoise_sigma: float = 0.0
+    sparse_l1: float = 0.0
+    normalisation: str = "channel"
+
+
+class _Autoencoder(Model):
+    """Shared loss and output head of both autoencoders."""
+
+    def _check_common(self, config) -> None:
+        if config.latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {config.latent_dim}")
+        if config.positive and config.normalisation != "channel":
+            raise ConfigError("positive=True needs normalisation='channel' (zero flux must stay zero)")
+        if config.denoise_sigma < 0 or config.sparse_l1 < 0:
+            raise ConfigError("denoise_sigma and sparse_l1 must be >= 0")
+
+    def _output(self, h: torch.Tensor) -> torch.Tensor:
+        return F.softplus(h) if self.config.positive else h
+
+    def _decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_normalised(self, xn: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes (N, latent_dim) of data `x` in store units."""
+        return self._encode_normalised(self.normalise(self.check_input(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Data (N, *input_shape) in store units from codes `z`."""
+        return self.denormalise(self._output(self._decode_normalised(z)))
+
+    def loss(self, batch: dict) -> dict:
+        x = self.check_input(batch["x"])
+        target = self.normalise(x)
+        inp = target
+        if self.training and self.config.denoise_sigma > 0:
+            inp = target + self.config.denoise_sigma * torch.randn_like(target)
+        z = self._encode_normalised(inp)
+        recon = self._output(self._decode_normalised(z))
+        mse = F.mse_loss(recon, target)
+        out = {"mse": mse}
+        loss = mse
+        if self.config.sparse_l1 > 0:
+            l1 = z.abs().mean()
+            out["l1"] = l1
+            loss = loss + self.config.sparse_l1 * l1
+        out["loss"] = loss
+        return out
+
+
+@register
+class DenseAutoencoder(_Autoencoder):
+    """Fully connected autoencoder on flattened samples (the seed's 784-32-784 kind).
+
+    Example:
+        >>> ae = DenseAutoencoder(AutoencoderConfig(input_shape=(1, 8, 8), latent_dim=2, hidden=(32,)))
+        >>> ae.decode(ae.encode(torch.rand(5, 1, 8, 8))).shape
+        torch.Size([5, 1, 8, 8])
+    """
+
+    family = "ae"
+    config_class = AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig):
+        self._check_common(config)
+        super().__init__(config)
+        d = int(np.prod(config.input_shape))
+        self.encoder = MLP((d, *config.hidden, config.latent_dim), config.activation)
+        self.decoder = MLP((config.latent_dim, *config.hidden[::-1], d), config.activation)
+
+    def _encode_normalised(self, xn):
+        return self.encoder(xn.reshape(xn.shape[0], -1))
+
+    def _decode_normalised(self, z):
+        return self.decoder(z).reshape(z.shape[0], *self.input_shape)
+
+
+@register
+class ConvAutoencoder(_Autoencoder):
+    """Convolutional autoencoder with residual stride-2 stages (shared with the VAEs).
+
+    Example:
+        >>> ae = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(8, 16)))
+        >>> ae.encode(torch.rand(2, 1, 16, 16)).shape
+        torch.Size([2, 4])
+    """
+
+    family = "conv-ae"
+    config_class = ConvAutoencoderConfig
+
+    def __init__(self, config: ConvAutoencoderConfig):
+        self._check_common(config)
+        shape = tuple(config.input_shape)
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ConfigError(f"the convolutional autoencoder needs square (C, H, W) images, got "
+                              f"input shape {shape}; use the dense autoencoder ('ae') for spectra and tables")
+        super().__init__(config)
+        c, h, _ = shape
+        self.encoder = ConvEncoder(c, h, config.latent_dim, config.channels, config.blocks, config.activation)
+        self.decoder = ConvDecoder(config.latent_dim, c, h, config.channels, config.blocks, config.activation)
+
+    def _encode_normalised(self, xn):
+        return self.encoder(xn)
+
+    def _decode_normalised(self, z):
+        return self.decoder(z)

@@ -1,0 +1,139 @@
+"""MLPs and residual convolutional encoder/decoder stacks.
+
+The conv stacks halve (encoder) or double (decoder) the image size per stage until it
+reaches 4 pixels or an odd size, so the same code serves 8x8 digits, 32x32 and 64x64 stamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "ResidualBlock", "ConvEncoder", "ConvDecoder", "downsample_plan"]
+
+
+def _activation(name: str) -> nn.Module:
+    table = {"silu": nn.SiLU, "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU,
+             "tanh": nn.Tanh, "elu": nn.ELU}
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(table)}")
+    return table[name]()
+
+
+class MLP(nn.Sequential):
+    """Linear layers with activations between them (none after the last).
+
+    Arguments:
+        sizes: layer widths including input and output, e.g. (784, 256, 32).
+        activation: 'silu', 'relu', 'leaky_relu', 'gelu', 'tanh' or 'elu'.
+        dropout: dropout probability after each hidden activation.
+
+    Example:
+        >>> MLP((4, 16, 2))(torch.zeros(3, 4)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(self, sizes: Sequence[int], activation: str = "silu", dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(_activation(activation))
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(conv(act(x)))) at constant channels and size (pre-activation)."""
+
+    def __init__(self, channels: int, activation: str = "silu"):
+        super().__init__()
+        self.body = nn.Sequential(
+            _activation(activation), nn.Conv2d(channels, channels, 3, padding=1),
+            _activation(activation), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def downsample_plan(image_size: int, max_stages: int = 5) -> tuple[int, int]:
+    """(number of stride-2 stages, final spatial size) for a square image of `image_size`."""
+    if image_size < 2:
+        raise ValueError(f"image size {image_size} is too small for a convolutional model")
+    stages, size = 0, image_size
+    while size > 4 and size % 2 == 0 and stages < max_stages:
+        size //= 2
+        stages += 1
+    return stages, size
+
+
+def _stage_channels(channels: Sequence[int], stages: int) -> list[int]:
+    """Channels per stage: `channels` truncated or extended (with its last entry) to `stages`+1."""
+    ch = list(channels)
+    while len(ch) < stages + 1:
+        ch.append(ch[-1])
+    return ch[: stages + 1]
+
+
+class ConvEncoder(nn.Module):
+    """(N, C, H, W) images -> (N, out_features) vectors through residual stride-2 stages.
+
+    Arguments:
+        in_channels: image bands C.
+        image_size: H (= W).
+        out_features: length of the output vector (2 x latent for a VAE's mean and log-var).
+        channels: feature channels per resolution, e.g. (32, 64, 128, 128).
+        blocks: residual blocks per stage.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, out_features: int,
+                 channels: Sequence[int] = (32, 64, 128, 128), blocks: int = 1, activation: str = "silu"):
+        super().__init__()
+        stages, final = downsample_plan(image_size)
+        ch = _stage_channels(channels, stages)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1)]
+        for i in range(stages):
+            layers += [ResidualBlock(ch[i], activation) for _ in range(blocks)]
+            layers += [_activation(activation), nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)]
+        layers += [ResidualBlock(ch[-1], activation) for _ in range(blocks)]
+        layers += [_activation(activation)]
+        self.features = nn.Sequential(*layers)
+        self.flat_features = ch[-1] * final * final
+        self.head = nn.Linear(self.flat_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.head(h.flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """(N, in_features) vectors -> (N, C, H, W) images; mirror of :class:`ConvEncoder`.
+
+    Upsampling is nearest-neighbour followed by a 3x3 convolution (no checkerboard artefacts
+    of transposed convolutions, which would imprint on faint galaxy wings). The output is raw
+    (unbounded); families apply softplus etc. where flux must be non-negative.
+    """
+
+    def __init__(self, in_features: int, out_channels: int, image_size: int,
+                 channels: Sequence[int] = (32, 64, 128, 128), blocks: int = 1, activation: str = "silu"):
+        super().__init__()
+        stages, final = downsample_plan(image_size)
+        ch = _stage_channels(channels, stages)[::-1]
+        self.final = final
+        self.start_channels = ch[0]
+        self.head = nn.Linear(in_features, ch[0] * final * final)
+        layers: list[nn.Module] = []
+        for i in range(stages):
+            layers += [ResidualBlock(ch[i], activation) for _ in range(blocks)]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i], ch[i + 1], 3, padding=1)]
+        layers += [ResidualBlock(ch[-1], activation) for _ in range(blocks)]
+        layers += [_activation(activation), nn.Conv2d(ch[-1], out_channels, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.head(z).view(z.shape[0], self.start_channels, self.final, self.final)
+        return self.body(h)

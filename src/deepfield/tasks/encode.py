@@ -1,0 +1,85 @@
+"""Encode a store into latent codes, and reconstruct it through a model.
+
+Codes are written as a 'table' store keyed by the same ids, with the input catalog beside
+them, so latent-space plots, similarity search and density models read them like any store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deepfield.data.store import Store, open_store
+from deepfield.errors import InputError
+from deepfield.models import Model
+from deepfield.tasks.apply import map_store
+
+__all__ = ["encode_store", "reconstruct_store", "codes_to_parquet", "check_model_store"]
+
+
+def check_model_store(model: Model, store: Store) -> None:
+    """Refuse a store whose objects the model cannot read, saying what differs and the fix."""
+    record = getattr(model, "record", {}) or {}
+    rec = record.get("store", {})
+    if tuple(store.sample_shape) != model.input_shape:
+        trained = rec.get("bands") or []
+        if store.kind == "image" and len(store.sample_shape) == 3 and store.sample_shape[0] != model.input_shape[0]:
+            raise InputError(f"store {store.path} has {store.sample_shape[0]} band(s) "
+                             f"{tuple(store.bands)} but the model was trained on {model.input_shape[0]} "
+                             f"{tuple(trained)}: select matching bands or retrain")
+        raise InputError(f"store {store.path} holds objects of shape {store.sample_shape} but the model "
+                         f"was trained on {model.input_shape}: use a store of that shape or retrain")
+    if rec.get("pixel_scale") and store.pixel_scale and not np.isclose(rec["pixel_scale"], store.pixel_scale):
+        raise InputError(f"store {store.path} has pixel scale {store.pixel_scale} arcsec but the model was "
+                         f"trained at {rec['pixel_scale']} arcsec: resample the images or retrain")
+
+
+def _provenance(model: Model, task: str) -> dict:
+    record = getattr(model, "record", {}) or {}
+    return {"task": task, "model_class": type(model).__name__,
+            "model_store_fingerprint": record.get("store", {}).get("fingerprint")}
+
+
+def encode_store(model: Model, store, out, *, indices=None, batch_size: int = 256, overwrite: bool = False,
+                 progress: bool = True) -> Store:
+    """Latent codes (N, latent_dim) of the objects of `store`, written as a store at `out`."""
+    store = store if isinstance(store, Store) else open_store(store)
+    check_model_store(model, store)
+    model.eval()
+    return map_store(model.encode, store, out, out_kind="table", indices=indices, batch_size=batch_size,
+                     description="encoding", provenance=_provenance(model, "encode"),
+                     overwrite=overwrite, progress=progress)
+
+
+def reconstruct_store(model: Model, store, out, *, indices=None, batch_size: int = 256,
+                      overwrite: bool = False, progress: bool = True) -> Store:
+    """decode(encode(x)) of the objects of `store`, written as a store at `out`."""
+    store = store if isinstance(store, Store) else open_store(store)
+    check_model_store(model, store)
+    model.eval()
+    return map_store(model.reconstruct, store, out, indices=indices, batch_size=batch_size,
+                     description="reconstructing", provenance=_provenance(model, "reconstruct"),
+                     overwrite=overwrite, progress=progress, keep_arrays=("psf",))
+
+
+def codes_to_parquet(codes: Store, path, overwrite: bool = False) -> Path:
+    """Write a codes store as one Parquet table: `id`, `z0..z{D-1}`, then the catalog columns."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; pass --overwrite to replace it")
+    z = codes.read("x")
+    if z.ndim != 2:
+        raise InputError(f"{codes.path} does not hold codes (shape {z.shape})")
+    cols = {"id": codes.ids}
+    cols.update({f"z{i}": z[:, i] for i in range(z.shape[1])})
+    table = pa.table(cols)
+    for name in codes.columns:
+        if name != "id":
+            table = table.append_column(codes.catalog.schema.field(name), codes.catalog.column(name))
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,362 @@
+"""Train a model family on a store and write a model folder.
+
+The model defines the maths (``loss``); this module owns the engineering: the seeded split,
+normalisation, Lightning (devices, precision, DDP), early stopping, TensorBoard logs,
+checkpoints, resume after interruption (Ctrl-C saves a checkpoint) and the atomic model
+folder at the end.
+
+Work in progress lives beside the output in a hidden folder ``.NAME.training/``
+(checkpoints, logs); the model folder NAME appears only when training has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepfield.data.store import Store, open_store
+from deepfield.errors import ConfigError, DeepfieldError, InputError, ModelFolderError
+from deepfield.models import FAMILIES, Model, save_model
+from deepfield.models.base import config_from_dict
+
+__all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", "build_model",
+           "load_yaml_config", "evaluate_mse", "training_dir"]
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped (Ctrl-C); a checkpoint to resume from was saved."""
+
+    def __init__(self, checkpoint: Path, epoch: int):
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        super().__init__(f"training interrupted in epoch {epoch}; checkpoint saved at {checkpoint}. "
+                         "Run the same command with --resume to continue")
+
+
+class TrainingDiverged(DeepfieldError):
+    """The loss became NaN/inf although the data are finite."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train (not what: that is the model config).
+
+    Arguments:
+        epochs: maximum passes over the training split.
+        batch_size: objects per optimisation step (per device under DDP).
+        lr: Adam learning rate.
+        weight_decay: AdamW weight decay.
+        seed: seed of initialisation, noise injection and shuffling.
+        split_fractions: train / validation / held-out test fractions.
+        split_seed: seed of the id-hash split (the same objects are held out by every model).
+        patience: early stopping after this many epochs without validation improvement (0: off).
+        accelerator: 'auto', 'cpu' or 'gpu'.
+        devices: 'auto' or a number of devices (processes on CPU).
+        strategy: 'auto', 'ddp' or 'ddp_spawn'.
+        precision: Lightning precision, e.g. '32-true' or 'bf16-mixed'.
+        channels_last: NHWC memory layout for convolutional models (faster on CPU).
+        threads: torch CPU threads (default: all cores).
+        num_workers: DataLoader worker processes (0: load in the main process).
+        progress: show a progress bar.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    patience: int = 5
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    channels_last: bool = True
+    threads: int | None = None
+    num_workers: int = 0
+    progress: bool = True
+
+
+def training_dir(out: Path) -> Path:
+    """The hidden work folder (checkpoints, logs) of a training run writing to `out`."""
+    return out.with_name(f".{out.name}.training")
+
+
+def load_yaml_config(path) -> tuple[dict, dict]:
+    """Read a YAML training config: sections `model:` and `training:` (or one flat mapping).
+
+    Returns (model_options, training_options); keys are checked later against the model
+    config and :class:`TrainSettings`, and unknown keys are reported with the valid ones.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping with 'model' and/or 'training' sections")
+    if set(data) <= {"model", "training"}:
+        return dict(data.get("model") or {}), dict(data.get("training") or {})
+    settings_keys = {f.name for f in dataclasses.fields(TrainSettings)}
+    model = {k: v for k, v in data.items() if k not in settings_keys}
+    training = {k: v for k, v in data.items() if k in settings_keys}
+    return model, training
+
+
+def build_model(family: str, store: Store, options: dict | None = None) -> Model:
+    """A fresh model of `family` shaped for `store`, with sensible defaults for its kind."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
+    cls = FAMILIES[family]
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    values: dict[str, Any] = {"input_shape": store.sample_shape}
+    values["normalisation"] = "feature" if store.kind == "table" else "channel"
+    if "positive" in fields:
+        values["positive"] = store.kind == "image"
+    if "hidden" in fields:
+        d = int(np.prod(store.sample_shape))
+        values["hidden"] = (64, 32) if d <= 64 else (512, 128)
+    values.update(options or {})
+    if "positive" in fields and values.get("normalisation") == "feature":
+        values["positive"] = False if "positive" not in (options or {}) else values["positive"]
+    return cls(config_from_dict(cls.config_class, values, f"{family} options"))
+
+
+def _model_input(model: Model, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if channels_last and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def evaluate_mse(model: Model, store: Store, indices, batch_size: int = 256) -> float:
+    """Mean squared reconstruction error in normalised units (data / pixel std) over rows."""
+    model.eval()
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size == 0:
+        return float("nan")
+    total, count = 0.0, 0
+    for start in range(0, idx.size, batch_size):
+        x = torch.from_numpy(store.read("x", idx[start:start + batch_size]))
+        recon = model.reconstruct(x)
+        err = (model.normalise(recon) - model.normalise(model.check_input(x))) ** 2
+        total += float(err.sum())
+        count += err.numel()
+    return total / count
+
+
+def _normalisation_sample(store: Store, train_idx: np.ndarray, limit: int = 20000) -> np.ndarray:
+    if train_idx.size > limit:
+        train_idx = train_idx[np.linspace(0, train_idx.size - 1, limit).astype(np.int64)]
+    return store.read("x", train_idx)
+
+
+def _store_record(store: Store, splits: dict, settings: TrainSettings) -> dict:
+    return {
+        "path": str(Path(store.path).resolve()),
+        "fingerprint": store.fingerprint,
+        "kind": store.kind,
+        "bands": list(store.bands),
+        "pixel_scale": store.pixel_scale,
+        "sample_shape": list(store.sample_shape),
+        "n_train": int(splits["train"].size),
+        "n_val": int(splits["val"].size),
+        "n_test": int(splits["test"].size),
+        "split_fractions": list(settings.split_fractions),
+        "split_seed": settings.split_seed,
+    }
+
+
+def _splits(store: Store, settings: TrainSettings) -> dict[str, np.ndarray]:
+    fr = tuple(settings.split_fractions)
+    if len(fr) == 2:
+        fr = (*fr, 0.0)
+    if len(fr) != 3:
+        raise ConfigError(f"split_fractions {fr}: give train, validation and test fractions")
+    splits = store.split(fr, seed=settings.split_seed)
+    if splits["train"].size == 0:
+        raise InputError(f"store {store.path} has {len(store)} objects: too few to train on")
+    return splits
+
+
+def train(family: str, store, out, *, model_options: dict | None = None,
+          settings: TrainSettings | None = None, resume: bool = False, overwrite: bool = False,
+          callbacks: list | None = None) -> Path | None:
+    """Train a model of `family` ('pca', 'ae', 'conv-ae', ...) on `store`; write folder `out`.
+
+    Returns the model folder path (None on non-zero DDP ranks). Raises
+    :class:`TrainingInterrupted` after Ctrl-C (a checkpoint is saved; call again with
+    ``resume=True``).
+    """
+    settings = settings or TrainSettings()
+    store = store if isinstance(store, Store) else open_store(store)
+    out = Path(out)
+    if out.exists() and not overwrite and not resume:
+        raise ModelFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    model = build_model(family, store, model_options)
+    splits = _splits(store, settings)
+    torch.manual_seed(settings.seed)
+    model.fit_normalisation(_normalisation_sample(store, splits["train"]))
+    record = _store_record(store, splits, settings)
+    if not model.trainable:
+        return _fit_closed_form(model, store, splits, out, record, settings, overwrite)
+    return _fit_lightning(model, store, splits, out, record, settings, resume, overwrite, callbacks or [])
+
+
+def _fit_closed_form(model, store, splits, out, record, settings, overwrite) -> Path:
+    t0 = time.perf_counter()
+    train_idx = splits["train"]
+    row_bytes = 4 * int(np.prod(store.sample_shape))
+    if model.config.method == "incremental" or row_bytes * train_idx.size > 4 * 1024**3:
+        batch = max(4 * model.latent_dim, (256 * 1024**2) // row_bytes)
+        model.fit_batches((store.read("x", train_idx[s:s + batch]) for s in range(0, train_idx.size, batch)),
+                          normalisation_fitted=True)
+    else:
+        model.fit(store.read("x", train_idx), normalisation_fitted=True)
+    seconds = time.perf_counter() - t0
+    metrics = {
+        "train_mse": evaluate_mse(model, store, train_idx),
+        "val_mse": evaluate_mse(model, store, splits["val"]),
+        "test_mse": evaluate_mse(model, store, splits["test"]),
+        "fit_seconds": seconds,
+        "explained_variance_ratio": [float(v) for v in model.explained_variance_ratio],
+    }
+    training = {"method": model.config.method, "seed": settings.seed}
+    return save_model(model, out, metrics=metrics, store=record, training=training, overwrite=overwrite)
+
+
+def _fit_lightning(model, store, splits, out, record, settings, resume, overwrite, extra_callbacks):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from deepfield.train.module import (HistoryCallback, InterruptCheckpoint, ModelModule,
+                                        ThroughputCallback, make_loader)
+
+    work = training_dir(out)
+    ckpt_dir = work / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise ModelFolderError(f"nothing to resume: no checkpoint at {last}. Start without --resume")
+        meta = json.loads((work / "run.json").read_text())
+        if meta.get("store_fingerprint") != store.fingerprint:
+            raise ModelFolderError(f"the interrupted run at {work} trained on store fingerprint "
+                                   f"{meta.get('store_fingerprint')}, but {store.path} has {store.fingerprint}: "
+                                   "resume with the same store, or start afresh with --overwrite")
+    elif work.exists():
+        if not overwrite:
+            raise ModelFolderError(f"an unfinished training run for {out} exists at {work}: pass --resume "
+                                   "to continue it or --overwrite to start afresh")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "run.json").write_text(json.dumps({"store_fingerprint": store.fingerprint,
+                                               "family": model.family}))
+
+    import logging
+
+    # Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    threads = settings.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    channels_last = settings.channels_last and len(model.input_shape) == 3
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    module = ModelModule(model, lr=settings.lr, weight_decay=settings.weight_decay, channels_last=channels_last)
+    train_loader = make_loader(store, splits["train"], settings, shuffle=True)
+    val_idx = splits["val"] if splits["val"].size else splits["train"][: max(1, settings.batch_size)]
+    val_loader = make_loader(store, val_idx, settings, shuffle=False)
+
+    history = HistoryCallback()
+    interrupt = InterruptCheckpoint(last)
+    throughput = ThroughputCallback()
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
+                                 save_top_k=1, save_last=True)
+    callbacks = [checkpoint, history, interrupt, throughput, *extra_callbacks]
+    if settings.patience > 0:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=settings.patience))
+    if settings.progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    logger = TensorBoardLogger(str(work), name="logs", version=0, default_hp_metric=False)
+    trainer = L.Trainer(
+        max_epochs=settings.epochs, accelerator=settings.accelerator, devices=settings.devices,
+        strategy=settings.strategy, precision=settings.precision, callbacks=callbacks, logger=logger,
+        enable_progress_bar=settings.progress, enable_model_summary=False, log_every_n_steps=max(1, min(10, len(train_loader))),
+        deterministic=False, num_sanity_val_steps=0,
+    )
+    old_handler = signal.getsignal(signal.SIGINT)
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    except SystemExit:
+        if interrupt.saved:
+            raise TrainingInterrupted(last, interrupt.epoch) from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+    seconds = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return None
+    model = module.model.to(memory_format=torch.contiguous_format).cpu()
+    best = checkpoint.best_model_path
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.data = p.data.contiguous()
+    metrics = {
+        "train_mse": evaluate_mse(model, store, splits["train"]),
+        "val_mse": evaluate_mse(model, store, splits["val"]),
+        "test_mse": evaluate_mse(model, store, splits["test"]),
+        "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "epochs_run": int(trainer.current_epoch),
+        "train_seconds": seconds,
+        "train_images_per_s": throughput.images_per_second,
+        "history": history.rows,
+    }
+    training = {
+        "epochs": settings.epochs, "epochs_run": int(trainer.current_epoch), "batch_size": settings.batch_size,
+        "lr": settings.lr, "seed": settings.seed, "precision": settings.precision,
+        "accelerator": str(trainer.accelerator.__class__.__name__).replace("Accelerator", "").lower(),
+        "devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
+        "early_stopping_patience": settings.patience, "resumed": resume,
+    }
+    path = save_model(model, out, metrics=metrics, store=record, training=training,
+                      logs_dir=work / "logs", overwrite=overwrite or resume)
+    shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def check_finite_batch(batch: dict, loss: torch.Tensor) -> None:
+    """Stop with the offending ids when a loss is NaN/inf: bad data, or a diverging run."""
+    if bool(torch.isfinite(loss)):
+        return
+    x = batch["x"]
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        ids = batch["id"][bad].tolist()[:10] if "id" in batch else bad.nonzero().flatten().tolist()
+        raise InputError(f"NaN/inf pixels in training objects with ids {ids}: clean or mask them in the store")
+    raise TrainingDiverged(f"the loss became {float(loss)} on finite data (ids "
+                           f"{batch['id'][:5].tolist() if 'id' in batch else '?'} ...): lower --lr; the last good "
+                           "checkpoint is kept for --resume")

@@ -1,0 +1,133 @@
+"""The thin Lightning layer: a LightningModule around any deepfield model, loaders, callbacks.
+
+Models never import Lightning; this module adapts ``model.loss(batch)`` to Lightning's steps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from deepfield.data.store import Store
+
+__all__ = ["ModelModule", "make_loader", "HistoryCallback", "InterruptCheckpoint", "ThroughputCallback"]
+
+
+class ModelModule(L.LightningModule):
+    """Trains `model` by minimising ``model.loss(batch)["loss"]`` with AdamW."""
+
+    def __init__(self, model, lr: float = 1e-3, weight_decay: float = 0.0, channels_last: bool = False):
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.channels_last = channels_last
+
+    def _prepare(self, batch: dict) -> dict:
+        if self.channels_last and batch["x"].ndim == 4:
+            batch = dict(batch, x=batch["x"].contiguous(memory_format=torch.channels_last))
+        return batch
+
+    def training_step(self, batch, batch_idx):
+        from deepfield.train.fit import check_finite_batch
+
+        batch = self._prepare(batch)
+        parts = self.model.loss(batch)
+        check_finite_batch(batch, parts["loss"])
+        n = batch["x"].shape[0]
+        for k, v in parts.items():
+            self.log(f"train_{k}" if k != "loss" else "train_loss", v.detach(), on_step=False,
+                     on_epoch=True, prog_bar=k == "loss", batch_size=n, sync_dist=True)
+        return parts["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        batch = self._prepare(batch)
+        parts = self.model.loss(batch)
+        n = batch["x"].shape[0]
+        for k, v in parts.items():
+            self.log(f"val_{k}" if k != "loss" else "val_loss", v.detach(), on_step=False, on_epoch=True,
+                     prog_bar=k == "loss", batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def make_loader(store: Store, indices: np.ndarray, settings, shuffle: bool) -> DataLoader:
+    """A DataLoader over store rows (in memory for stores that fit), yielding dicts of tensors."""
+    dataset = store.dataset(indices, arrays=("x",))
+    return DataLoader(dataset, batch_size=settings.batch_size, shuffle=shuffle,
+                      num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0,
+                      drop_last=False)
+
+
+class HistoryCallback(L.Callback):
+    """Per-epoch train/validation losses, for metrics.json and the report's loss curves."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        row = {"epoch": int(trainer.current_epoch)}
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith(("train_", "val_")):
+                row[k] = float(v)
+        if self.rows and self.rows[-1]["epoch"] == row["epoch"]:
+            self.rows[-1].update(row)
+        else:
+            self.rows.append(row)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
+            for k, v in trainer.callback_metrics.items():
+                if k.startswith("train_"):
+                    self.rows[-1][k] = float(v)
+
+    def state_dict(self):
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state):
+        self.rows = list(state.get("rows", []))
+
+
+class InterruptCheckpoint(L.Callback):
+    """On Ctrl-C (KeyboardInterrupt) save a checkpoint to resume from."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.saved = False
+        self.epoch = 0
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, KeyboardInterrupt):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(str(self.path))
+            self.saved = True
+            self.epoch = int(trainer.current_epoch)
+
+
+class ThroughputCallback(L.Callback):
+    """Training images per second (optimisation steps only, excluding validation)."""
+
+    def __init__(self):
+        self.images = 0
+        self.seconds = 0.0
+        self._t = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._t is not None and batch_idx > 0:  # skip the first (warm-up) batch of each epoch
+            self.seconds += time.perf_counter() - self._t
+            self.images += int(batch["x"].shape[0]) * trainer.world_size
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
