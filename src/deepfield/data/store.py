@@ -132,9 +132,13 @@ def _catalog_table(catalog: Any, n: int, first_id: int, units: Mapping[str, str]
             if not np.issubdtype(arr.dtype, np.integer):
                 raise InputError(f"catalog column 'id' must be integers, got dtype {arr.dtype}")
             arr = arr.astype(np.int64)
-        if arr.dtype.kind == "U" or arr.dtype.kind == "O":
-            arrays[name] = pa.array(arr.tolist(), type=pa.string())
+        if arr.dtype.kind == "S":  # FITS tables give bytes: store text
+            arr = np.char.decode(arr, "utf-8", errors="replace")
+        if arr.dtype.kind in "UO":
+            arrays[name] = pa.array([str(v).rstrip() for v in arr.tolist()], type=pa.string())
         else:
+            if arr.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+                arr = arr.astype(arr.dtype.newbyteorder("="))  # FITS is big-endian; Arrow wants native
             arrays[name] = pa.array(arr)
     fields = []
     for name, arr in arrays.items():
@@ -593,11 +597,20 @@ class StoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except DeepfieldError:
+                if self.new_store:
+                    self.abort()
+                raise
         elif issubclass(exc_type, DeepfieldError) and self.new_store:
             # bad input cannot be resumed: leave nothing half-written behind
             self.abort()
         # on a crash or Ctrl-C the partial state stays, resumable with resume=True
+
+    def update_provenance(self, **entries: Any) -> None:
+        """Add provenance known only while writing (e.g. counts of masked pixels)."""
+        self.meta["provenance"] = {**self.meta.get("provenance", {}), **entries}
 
     @property
     def per_row_arrays(self) -> tuple[str, ...]:
