@@ -137,10 +137,9 @@ def build_model(family: str, store: Store, options: dict | None = None) -> Model
     return cls(config_from_dict(cls.config_class, values, f"{family} options"))
 
 
-def _model_input(model: Model, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if channels_last and x.ndim == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+def _launched_rank() -> bool:
+    """True in a DDP worker process that Lightning launched (ranks >= 1)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
 
 
 @torch.no_grad()
@@ -206,7 +205,8 @@ def train(family: str, store, out, *, model_options: dict | None = None,
     settings = settings or TrainSettings()
     store = store if isinstance(store, Store) else open_store(store)
     out = Path(out)
-    if out.exists() and not overwrite and not resume:
+    # a DDP rank started by Lightning re-running this command leaves the folders to rank 0
+    if out.exists() and not overwrite and not resume and not _launched_rank():
         raise ModelFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     model = build_model(family, store, model_options)
     splits = _splits(store, settings)
@@ -240,6 +240,24 @@ def _fit_closed_form(model, store, splits, out, record, settings, overwrite) -> 
     return save_model(model, out, metrics=metrics, store=record, training=training, overwrite=overwrite)
 
 
+def _prepare_work_dir(work: Path, last: Path, store: Store, model: Model, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not last.is_file():
+            raise ModelFolderError(f"nothing to resume: no checkpoint at {last}. Start without --resume")
+        meta = json.loads((work / "run.json").read_text())
+        if meta.get("store_fingerprint") != store.fingerprint:
+            raise ModelFolderError(f"the interrupted run at {work} trained on store fingerprint "
+                                   f"{meta.get('store_fingerprint')}, but {store.path} has {store.fingerprint}: "
+                                   "resume with the same store, or start afresh with --overwrite")
+    elif work.exists():
+        if not overwrite:
+            raise ModelFolderError(f"an unfinished training run for {work.name[1:-len('.training')]} exists at "
+                                   f"{work}: pass --resume to continue it or --overwrite to start afresh")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "run.json").write_text(json.dumps({"store_fingerprint": store.fingerprint, "family": model.family}))
+
+
 def _fit_lightning(model, store, splits, out, record, settings, resume, overwrite, extra_callbacks):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -251,30 +269,12 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     work = training_dir(out)
     ckpt_dir = work / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume:
-        if not last.is_file():
-            raise ModelFolderError(f"nothing to resume: no checkpoint at {last}. Start without --resume")
-        meta = json.loads((work / "run.json").read_text())
-        if meta.get("store_fingerprint") != store.fingerprint:
-            raise ModelFolderError(f"the interrupted run at {work} trained on store fingerprint "
-                                   f"{meta.get('store_fingerprint')}, but {store.path} has {store.fingerprint}: "
-                                   "resume with the same store, or start afresh with --overwrite")
-    elif work.exists():
-        if not overwrite:
-            raise ModelFolderError(f"an unfinished training run for {out} exists at {work}: pass --resume "
-                                   "to continue it or --overwrite to start afresh")
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "run.json").write_text(json.dumps({"store_fingerprint": store.fingerprint,
-                                               "family": model.family}))
+    if not _launched_rank():  # rank 0 (or the only process) checks and prepares the work folder
+        _prepare_work_dir(work, last, store, model, resume, overwrite)
 
-    import logging
-
-    # Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    threads = settings.threads or os.cpu_count() or 1
+    # DDP on CPU runs one process per device: give each its share of the cores
+    procs = settings.devices if isinstance(settings.devices, int) and settings.accelerator == "cpu" else 1
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // max(procs, 1))
     torch.set_num_threads(threads)
     L.seed_everything(settings.seed, workers=True, verbose=False)
     channels_last = settings.channels_last and len(model.input_shape) == 3

@@ -1,0 +1,113 @@
+"""Training harness: interruption and resume, early stopping, configs, NaN guards, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+import deepfield
+from deepfield.errors import ConfigError, InputError, ModelFolderError
+from deepfield.train import TrainingInterrupted, TrainSettings, load_yaml_config, train, training_dir
+from deepfield.train.fit import check_finite_batch
+
+FAST = dict(batch_size=32, progress=False, patience=0)
+
+
+class CtrlCAt(L.Callback):
+    """Press Ctrl-C (raise KeyboardInterrupt) after the given global step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(blob_store, tmp_path):
+    out = tmp_path / "ae"
+    opts = {"latent_dim": 4, "hidden": (32,)}
+    settings = TrainSettings(epochs=4, **FAST)
+    steps_per_epoch = int(np.ceil(blob_store.split()["train"].size / 32))
+    with pytest.raises(TrainingInterrupted) as info:
+        train("ae", blob_store, out, model_options=opts, settings=settings,
+              callbacks=[CtrlCAt(steps_per_epoch + 2)])
+    assert info.value.epoch == 1 and info.value.checkpoint.is_file()
+    assert not out.exists()  # no half-trained model folder
+    with pytest.raises(ModelFolderError, match="--resume"):
+        train("ae", blob_store, out, model_options=opts, settings=settings)
+    ckpt = torch.load(info.value.checkpoint, weights_only=False)
+    assert ckpt["global_step"] == steps_per_epoch + 2
+    path = train("ae", blob_store, out, model_options=opts, settings=settings, resume=True)
+    metrics = json.loads((path / "metrics.json").read_text())
+    record = json.loads((path / "config.json").read_text())
+    assert record["training"]["resumed"] is True and metrics["epochs_run"] == 4
+    assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2, 3]
+    assert not training_dir(out).exists()  # work folder cleaned up
+    assert (path / "logs").is_dir() and any((path / "logs").rglob("events.out.tfevents*"))
+
+
+def test_resume_refuses_another_store_and_missing_checkpoint(blob_store, tmp_path):
+    with pytest.raises(ModelFolderError, match="nothing to resume"):
+        train("ae", blob_store, tmp_path / "m", settings=TrainSettings(epochs=1, **FAST), resume=True)
+
+
+def test_early_stopping_stops_before_max_epochs(blob_store, tmp_path):
+    # a huge learning rate on PCA-like data: the val loss stops improving almost at once
+    path = train("ae", blob_store, tmp_path / "m", model_options={"latent_dim": 2, "hidden": (16,)},
+                 settings=TrainSettings(epochs=60, batch_size=64, lr=0.5, patience=2, progress=False))
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["epochs_run"] < 60
+    best = min(row["val_loss"] for row in metrics["history"])
+    assert metrics["best_val_loss"] == pytest.approx(best, rel=1e-5)
+    # the saved weights are the best epoch's, not the last
+    assert metrics["val_mse"] == pytest.approx(best, rel=1e-3)
+
+
+def test_yaml_config_sections_and_unknown_keys(tmp_path, blob_store):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model:\n  latent_dim: 3\n  hidden: [16]\ntraining:\n  epochs: 1\n  batch_size: 50\n")
+    model_opts, train_opts = load_yaml_config(cfg)
+    assert model_opts == {"latent_dim": 3, "hidden": [16]} and train_opts == {"epochs": 1, "batch_size": 50}
+    path = train("ae", blob_store, tmp_path / "m", model_options=model_opts,
+                 settings=TrainSettings(**train_opts, progress=False))
+    assert deepfield.load(path).config.hidden == (16,)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['latent_dimension'\].*valid keys"):
+        train("ae", blob_store, tmp_path / "x", model_options={"latent_dimension": 3})
+    cfg.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml_config(cfg)
+
+
+def test_nan_batch_names_the_ids_and_divergence_is_reported():
+    batch = {"x": torch.zeros(3, 1, 4, 4), "id": torch.tensor([10, 11, 12])}
+    check_finite_batch(batch, torch.tensor(1.0))  # finite: nothing happens
+    batch["x"][1, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"ids \[11\]"):
+        check_finite_batch(batch, torch.tensor(float("nan")))
+    batch["x"][1, 0, 0, 0] = 0
+    with pytest.raises(deepfield.DeepfieldError, match="lower --lr"):
+        check_finite_batch(batch, torch.tensor(float("inf")))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_through_the_cli(blob_store, tmp_path):
+    """`--devices 2 --strategy ddp` runs two real processes and writes one model folder."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "deepfield", "train", "ae", "--store", str(blob_store.path), "--out", str(out),
+           "--latent-dim", "4", "--epochs", "2", "--batch-size", "32", "--accelerator", "cpu",
+           "--devices", "2", "--strategy", "ddp", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "config.json").read_text())
+    assert record["training"]["devices"] == 2 and record["training"]["strategy"] == "DDPStrategy"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(metrics["test_mse"]) and metrics["epochs_run"] == 2
