@@ -31,11 +31,11 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def run_app(argv=None) -> None:
-    """Run the app; any DeepfieldError becomes a one-paragraph message and exit code 2."""
+    """Run the app and exit: 0 on success; any DeepfieldError prints its message, exit code 2."""
     from deepfield.errors import DeepfieldError
 
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
     except DeepfieldError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -54,3 +54,4 @@ def run_app(argv=None) -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,90 @@
+"""The CLI: commands work end to end and bad input exits with code 2 and a useful message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import deepfield
+from deepfield.cli._app import run_app
+from deepfield.data.store import create_store, open_store
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        run_app([str(a) for a in args])
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out + captured.err
+
+
+@pytest.fixture(scope="module")
+def trained(blob_store, tmp_path_factory):
+    from deepfield.train import TrainSettings, train
+
+    out = tmp_path_factory.mktemp("models") / "ae"
+    return train("ae", blob_store, out, model_options={"latent_dim": 3, "hidden": (32,)},
+                 settings=TrainSettings(epochs=1, progress=False))
+
+
+def test_help_lists_the_commands():
+    proc = subprocess.run([sys.executable, "-m", "deepfield", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("info", "train", "encode", "reconstruct", "import", "simulate", "report", "demo"):
+        assert command in proc.stdout
+
+
+def test_info_prints_shapes_units_and_stats(capsys, blob_store):
+    code, out = cli(capsys, "info", blob_store.path)
+    assert code == 0
+    assert "240 objects" in out and "0.2 arcsec/pixel" in out and "arcsec" in out and "magnitude" in out
+    code, out = cli(capsys, "info", blob_store.path / "missing")
+    assert code == 2 and "no store at" in out
+
+
+def test_train_encode_reconstruct_through_the_cli(capsys, blob_store, tmp_path):
+    code, out = cli(capsys, "train", "pca", "--store", blob_store.path, "--out", tmp_path / "pca",
+                    "--latent-dim", 5, "--no-progress")
+    assert code == 0 and "model written to" in out
+    code, out = cli(capsys, "encode", tmp_path / "pca", "--store", blob_store.path, "--out",
+                    tmp_path / "codes.parquet", "--split", "test", "--no-progress")
+    assert code == 0
+    table = pq.read_table(tmp_path / "codes.parquet")
+    test_rows = blob_store.split()["test"]
+    assert table.column("id").to_pylist() == blob_store.ids[test_rows].tolist()
+    assert {"z0", "z4", "magnitude"} <= set(table.column_names)
+    # the codes agree with the Python API
+    model = deepfield.load(tmp_path / "pca")
+    import torch
+
+    z = model.encode(torch.from_numpy(blob_store.read("x", test_rows))).numpy()
+    np.testing.assert_allclose(table.column("z0").to_numpy(), z[:, 0], rtol=1e-5, atol=1e-5)
+    code, _ = cli(capsys, "reconstruct", tmp_path / "pca", "--store", blob_store.path, "--out",
+                  tmp_path / "rec", "--where", "magnitude < 25", "--no-progress")
+    assert code == 0
+    rec = open_store(tmp_path / "rec")
+    assert len(rec) == int((blob_store.column("magnitude") < 25).sum()) and rec.pixel_scale == 0.2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "gan", "--store", "{store}", "--out", "{tmp}/m"], "unknown model family"),
+    (["train", "ae", "--store", "{tmp}/nostore", "--out", "{tmp}/m"], "no store at"),
+    (["train", "ae", "--store", "{store}", "--out", "{tmp}/m", "--config", "{tmp}/bad.yaml"], "unknown key"),
+    (["train", "pca", "--store", "{store}", "--out", "{tmp}/m", "--denoise", "0.1"], "apply to autoencoders"),
+    (["train", "ae", "--store", "{store}", "--out", "{tmp}/m", "--resume"], "nothing to resume"),
+    (["encode", "{tmp}/nomodel", "--store", "{store}", "--out", "{tmp}/c"], "no model folder"),
+    (["encode", "{model}", "--store", "{three_band}", "--out", "{tmp}/c"], "3 band(s)"),
+    (["encode", "{model}", "--store", "{store}", "--out", "{tmp}/c", "--where", "colour > 1"], "no catalog column"),
+])
+def test_bad_input_exits_2_with_the_fix(capsys, blob_store, trained, tmp_path, args, message):
+    (tmp_path / "bad.yaml").write_text("model:\n  latent_size: 4\n")
+    with create_store(tmp_path / "three", (3, 16, 16), bands=("g", "r", "i"), pixel_scale=0.2) as w:
+        w.append(x=np.zeros((2, 3, 16, 16), "f4"))
+    subs = {"store": blob_store.path, "tmp": tmp_path, "model": trained, "three_band": tmp_path / "three"}
+    code, out = cli(capsys, *[a.format(**subs) for a in args])
+    assert code == 2, out
+    assert message in out
+    assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
