@@ -484,14 +484,14 @@ class _StampRenderer:
         return out
 
     def render(self, p: GalaxyParameters) -> dict[str, np.ndarray]:
-        """Stamps for the objects in `p`: x, truth, psf, ivar (float32) and snr (N, C)."""
+        """Stamps for the objects in `p`: x, truth, psf (float32) and snr (N, C). The inverse
+        variance is 1 / p.noise_sigma**2, constant over each stamp."""
         galsim = self.galsim
         n, C, S = len(p), self.n_bands, self.size
         out = {
             "x": np.empty((n, C, S, S), np.float32),
             "truth": np.empty((n, C, S, S), np.float32),
             "psf": np.empty((n, C, _PSF_STAMP, _PSF_STAMP), np.float32),
-            "ivar": np.empty((n, C, S, S), np.float32),
             "snr": np.empty((n, C)),
         }
         for i in range(n):
@@ -562,7 +562,6 @@ class _StampRenderer:
             if self._noise_filter is not None:
                 white = np.fft.irfft2(np.fft.rfft2(white) * self._noise_filter, s=(S, S))
             out["x"][i] = clean + sigma[:, None, None] * white
-            out["ivar"][i] = (1.0 / sigma**2)[:, None, None]
         return out
 
 
@@ -577,7 +576,7 @@ class _BatchMaker:
     def __call__(self, lo: int, hi: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         params = galaxy_parameters(hi - lo, start=lo, **self.survey)
         arrays = self.renderer.render(params)
-        catalog = params.catalog()
+        catalog = params.catalog()  # carries noise_sigma_<band>: the parent makes ivar from it
         snr = arrays.pop("snr")
         catalog["snr"] = snr[:, params.reference_index]
         for c, band in enumerate(params.bands):
@@ -808,7 +807,11 @@ def simulate_galaxies(
     with writer, bar:
         for catalog, arrays in _made_batches(batches, survey, render,
                                              min(workers, max(len(batches), 1))):
-            writer.append(x=arrays["x"], catalog=catalog, psf=arrays["psf"],
-                          ivar=arrays["ivar"], truth=arrays["truth"])
+            # ivar is constant over a stamp: built here rather than shipped from the workers
+            sigma = np.stack([catalog[f"noise_sigma_{b}"] for b in bands], axis=1)
+            ivar = np.broadcast_to((1.0 / sigma**2).astype(np.float32)[:, :, None, None],
+                                   arrays["x"].shape)
+            writer.append(x=arrays["x"], catalog=catalog, psf=arrays["psf"], ivar=ivar,
+                          truth=arrays["truth"])
             bar.advance(task, len(catalog["id"]))
     return writer.store
