@@ -78,7 +78,7 @@ def test_incremental_pca_uses_every_sample_even_tiny_batches():
 
 
 def test_positive_decoder_never_predicts_negative_flux():
-    ae = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=3, channels=(8, 16)))
+    ae = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=3, channels=(8, 16), positive=True))
     out = ae.decode(torch.randn(64, 3) * 10)
     assert float(out.min()) >= 0.0
     dense = DenseAutoencoder(AutoencoderConfig(input_shape=(4,), latent_dim=2, hidden=(8,)))

@@ -126,14 +126,17 @@ def build_model(family: str, store: Store, options: dict | None = None) -> Model
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     values: dict[str, Any] = {"input_shape": store.sample_shape}
     values["normalisation"] = "feature" if store.kind == "table" else "channel"
-    if "positive" in fields:
-        values["positive"] = store.kind == "image"
+    if "split_amplitude" in fields:
+        values["split_amplitude"] = store.kind == "image"
+    if "positive" in fields and store.kind == "image":
+        # non-negative decoder for non-negative data (digits, noiseless truth); noisy
+        # sky-subtracted stamps fit better unconstrained (see models.autoencoder)
+        sample = store.read("x", slice(0, min(len(store), 2000)))
+        values["positive"] = bool((sample < 0).mean() < 0.01)
     if "hidden" in fields:
         d = int(np.prod(store.sample_shape))
         values["hidden"] = (64, 32) if d <= 64 else (512, 128)
     values.update(options or {})
-    if "positive" in fields and values.get("normalisation") == "feature":
-        values["positive"] = False if "positive" not in (options or {}) else values["positive"]
     return cls(config_from_dict(cls.config_class, values, f"{family} options"))
 
 

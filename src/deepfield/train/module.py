@@ -54,7 +54,11 @@ class ModelModule(L.LightningModule):
                      prog_bar=k == "loss", batch_size=n, sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # cosine decay to 1% over the planned epochs: calmer late epochs, better final codes
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.lr * 0.01)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def make_loader(store: Store, indices: np.ndarray, settings, shuffle: bool) -> DataLoader:
