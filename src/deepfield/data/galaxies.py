@@ -19,9 +19,18 @@ What the store holds (N objects, C bands, H = W = ``size``; galaxies centred on 
   that ``x ~= truth (*) psf + noise`` (discrete convolution);
 - ``ivar`` (N, C, H, W): ``1 / noise_sigma**2``, constant over a stamp.
 
-The observed image is drawn through GalSim's k-space machinery with the same FFT sizes, folding
-and accuracy GalSim's own ``drawImage`` picks for the object; the bulge and disk k-images are
-drawn once and combined per band. The truth image uses GalSim's real-space profiles, integrated
+Catalog columns (unit): ``id``; ``magnitude`` (mag, AB, reference band r or else the first
+band); ``flux_<band>`` (counts); ``half_light_radius``, ``bulge_half_light_radius``,
+``disk_half_light_radius`` (arcsec); ``bulge_fraction`` (of the reference-band flux);
+``sersic_n`` (bulge); ``e1``, ``e2`` (intrinsic shear-type ellipticity); ``redshift``;
+``sed_type`` (CWW template of the disk; bulges are E); ``psf_fwhm`` and ``psf_fwhm_<band>``
+(arcsec); ``psf_g1``, ``psf_g2``; ``noise_sigma`` and ``noise_sigma_<band>`` (counts/pixel);
+``snr`` and ``snr_<band>`` (optimal S/N, sqrt(sum(noiseless x^2)) / noise_sigma). Unsuffixed
+band quantities are those of the reference band.
+
+The observed image is drawn through GalSim's k-space machinery with the FFT size, k range and
+folding GalSim's ``drawFFT`` picks for a stamp centred on the object (it matches ``drawImage``
+to ~1e-4 of the peak); the bulge and disk k-images are drawn once and combined per band. The truth image uses GalSim's real-space profiles, integrated
 over pixels by midpoint sub-sampling (2x2 in the central 25x25 pixels, 4x4 in the central 9x9,
 one sample per pixel further out where the profile is smooth) and, for the 5x5 pixels around
 the cusp, by exact enclosed-flux integrals along rays; it matches a GalSim real-space pixel
@@ -55,6 +64,7 @@ __all__ = [
     "BANDS",
     "ZEROPOINT",
     "GalaxyParameters",
+    "catalog_units",
     "galaxy_parameters",
     "simulate_galaxies",
 ]
@@ -93,7 +103,8 @@ class GalaxyParameters:
     Fluxes are in counts (zeropoint 30), radii and FWHM in arcsec; ``e1``, ``e2`` are the
     intrinsic shear-type ellipticity ``(1 - q) / (1 + q)`` (q the axis ratio) of both bulge
     and disk; ``half_light_radius`` is that of the bulge + disk light in the reference band,
-    along the geometric mean of the axes.
+    along the geometric mean of the axes; ``sed_type`` is the CWW template of the disk (bulges
+    are E); ``noise_seed`` seeds the object's noise.
     """
 
     bands: tuple[str, ...]

@@ -13,6 +13,10 @@ What the store holds (N spectra, L wavelengths):
   so ``snr`` is the S/N per pixel at the median flux;
 - ``meta['wavelength']``: the observed wavelength grid (pixel centres, Angstrom).
 
+Catalog columns (unit): ``id``; ``redshift``; ``weight_<template>`` for E, Sbc, Scd, Im
+(positive, summing to 1); ``ew_<line>`` (Angstrom, rest frame) for oii_3727, hbeta, oiii_4959,
+oiii_5007, halpha, nii_6584; ``velocity_dispersion`` (km/s); ``snr``.
+
 Each spectrum is a Dirichlet mixture of the four CWW templates in the rest frame (each template
 normalised to unit mean f_lambda over 4500-5500 A), plus Gaussian emission lines (H-alpha,
 H-beta, [OIII] 5007/4959, [OII] 3727, [NII] 6584) whose strength grows with the weight of the
@@ -38,7 +42,7 @@ import numpy as np
 
 from deepfield.errors import InputError
 
-__all__ = ["EMISSION_LINES", "TEMPLATES", "default_wavelength", "simulate_spectra"]
+__all__ = ["EMISSION_LINES", "TEMPLATES", "catalog_units", "default_wavelength", "simulate_spectra"]
 
 #: Rest-frame air wavelengths (Angstrom) of the emission lines, by catalog name.
 EMISSION_LINES = {
