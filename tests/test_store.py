@@ -218,3 +218,42 @@ def test_summary_reports_band_stats(blob_store):
     x = blob_store.read("x")
     assert summary["pixel_stats"]["r"]["mean"] == pytest.approx(float(x.mean()), rel=1e-5)
     assert summary["columns"]["half_light_radius"]["unit"] == "arcsec"
+
+
+def test_reads_with_masks_and_negative_steps(tmp_path):
+    psf = np.ones((1, 3, 3), "f4") / 9
+    with create_store(tmp_path / "s", (1, 4, 4), shared={"psf": psf}) as w:
+        w.append(x=np.arange(5, dtype="f4")[:, None, None, None] * np.ones((1, 1, 4, 4), "f4"))
+    s = open_store(tmp_path / "s")
+    mask = np.array([True, False, True, False, False])
+    assert s.read("psf", mask).shape == (2, 1, 3, 3)
+    assert s.read("x", mask)[:, 0, 0, 0].tolist() == [0, 2]
+    assert s.read("x", slice(None, None, -1))[:, 0, 0, 0].tolist() == [4, 3, 2, 1, 0]
+    assert s.read("x", slice(0, 5, 2))[:, 0, 0, 0].tolist() == [0, 2, 4]
+
+
+def test_bad_batch_while_resuming_keeps_the_earlier_batches(tmp_path):
+    path = tmp_path / "s"
+    w = create_store(path, (1, 4, 4), provenance={"seed": 1})
+    w.append(x=np.zeros((4, 1, 4, 4), "f4"))
+    with pytest.raises(InputError):
+        with create_store(path, (1, 4, 4), provenance={"seed": 1}, resume=True) as w2:
+            w2.append(x=np.full((2, 1, 4, 4), np.nan, "f4"))
+    with create_store(path, (1, 4, 4), provenance={"seed": 1}, resume=True) as w3:
+        assert w3.n_written == 4
+    with pytest.raises(StoreError, match="cannot resume"):  # another simulation's settings
+        create_store(tmp_path / "t", (1, 4, 4), provenance={"seed": 1}).append(x=np.zeros((1, 1, 4, 4), "f4")) or \
+            create_store(tmp_path / "t", (1, 4, 4), provenance={"seed": 2}, resume=True)
+
+
+def test_stale_progress_record_is_ignored_by_the_next_append(tmp_path):
+    """A crash between commit's rename and its clean-up leaves a record the next append must not reuse."""
+    s = _write(tmp_path / "s", n=4)
+    w = create_store(s.path, append=True)
+    w.append(x=np.ones((3, 1, 4, 4), "f4"), catalog={"mag": [1.0, 2.0, 3.0]})  # abandoned, never committed
+    with create_store(s.path, append=True) as w2:
+        assert w2.n_written == 4
+        w2.append(x=np.ones((1, 1, 4, 4), "f4"), catalog={"mag": [9.0]})
+    after = open_store(s.path)
+    assert len(after) == 5 and after.column("mag")[-1] == 9.0
+    assert not (s.path / "_progress").exists()

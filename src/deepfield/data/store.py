@@ -349,11 +349,17 @@ class Store:
 
         Shared arrays (no N axis) are broadcast: rows of a shared PSF are the PSF itself.
         """
+        if isinstance(index, slice) and index.step not in (None, 1):
+            index = np.arange(*index.indices(self._n))  # zarr reads forward steps only
         if name in self.shared_arrays:
             arr = np.asarray(self._group[name][...])
             if index is None:
                 return np.broadcast_to(arr, (self._n, *arr.shape))
-            count = len(range(*index.indices(self._n))) if isinstance(index, slice) else len(np.atleast_1d(index))
+            if isinstance(index, slice):
+                count = len(range(*index.indices(self._n)))
+            else:
+                idx = np.atleast_1d(np.asarray(index))
+                count = int(idx.sum()) if idx.dtype == bool else idx.size
             return np.broadcast_to(arr, (count, *arr.shape))
         if name not in self.meta["arrays"]:
             raise InputError(
@@ -364,8 +370,8 @@ class Store:
         if index is None:
             return np.asarray(arr[: self._n])
         if isinstance(index, slice):
-            start, stop, step = index.indices(self._n)
-            return np.asarray(arr[start:stop:step])
+            start, stop, _ = index.indices(self._n)
+            return np.asarray(arr[start:stop])
         idx = np.asarray(index)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
@@ -567,7 +573,7 @@ class StoreWriter:
     """
 
     def __init__(self, final: Path, root: Path, meta: dict, units: dict, base_n: int,
-                 new_store: bool, overwrite: bool, allow_nonfinite: bool):
+                 new_store: bool, overwrite: bool, allow_nonfinite: bool, resumed: bool = False):
         import zarr
 
         self.final = final
@@ -578,8 +584,11 @@ class StoreWriter:
         self.new_store = new_store
         self.overwrite = overwrite
         self.allow_nonfinite = allow_nonfinite
+        self.resumed = resumed
         self._group = zarr.open_group(str(root), mode="a")
         self._progress_dir = root / _PROGRESS_DIR
+        if not resumed and not new_store:
+            shutil.rmtree(self._progress_dir, ignore_errors=True)  # a stale, abandoned append
         self._progress_dir.mkdir(exist_ok=True)
         progress = self._progress_dir / "progress.json"
         self.n_written = base_n
@@ -600,10 +609,10 @@ class StoreWriter:
             try:
                 self.commit()
             except DeepfieldError:
-                if self.new_store:
+                if self.new_store and not self.resumed:
                     self.abort()
                 raise
-        elif issubclass(exc_type, DeepfieldError) and self.new_store:
+        elif issubclass(exc_type, DeepfieldError) and self.new_store and not self.resumed:
             # bad input cannot be resumed: leave nothing half-written behind
             self.abort()
         # on a crash or Ctrl-C the partial state stays, resumable with resume=True
@@ -680,7 +689,8 @@ class StoreWriter:
         """Merge the catalog, write meta.json with the fingerprint, and make the store visible."""
         if self._closed:
             return self.store
-        parts = sorted(self._progress_dir.glob("part-*.parquet"))
+        parts = sorted(p for p in self._progress_dir.glob("part-*.parquet")
+                       if self.base_n <= int(p.stem.split("-")[1]) < self.n_written)
         tables = []
         if self.base_n:
             tables.append(pq.read_table(self.root / "catalog.parquet").slice(0, self.base_n))
@@ -708,7 +718,6 @@ class StoreWriter:
                     written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         _atomic_write_table(self.root / "catalog.parquet", catalog)
         _atomic_write_json(self.root / "meta.json", meta)
-        shutil.rmtree(self._progress_dir, ignore_errors=True)
         if self.new_store:
             if self.final.exists():
                 trash = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
@@ -717,6 +726,9 @@ class StoreWriter:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.replace(self.root, self.final)
+        # the progress record goes last: a crash before this leaves a complete store whose
+        # stale record the next append ignores
+        shutil.rmtree(self.final / _PROGRESS_DIR, ignore_errors=True)
         self._closed = True
         self.store = open_store(self.final)
         return self.store
@@ -777,7 +789,7 @@ def create_store(
             raise InputError(f"cannot append objects of shape {tuple(sample_shape)} to store "
                              f"{final} of shape {store.sample_shape}")
         return StoreWriter(final, final, meta, merged_units, len(store), new_store=False,
-                           overwrite=False, allow_nonfinite=allow_nonfinite)
+                           overwrite=False, allow_nonfinite=allow_nonfinite, resumed=resume)
     if sample_shape is None:
         raise InputError("create_store needs sample_shape, e.g. (1, 64, 64) or (3000,)")
     sample_shape = tuple(int(s) for s in sample_shape)
@@ -827,13 +839,14 @@ def create_store(
         record = root / "_progress" / "meta.json"
         if resume and record.is_file():
             old = json.loads(record.read_text())
-            same = {k: old.get(k) for k in ("kind", "sample_shape", "arrays", "shared", "bands")}
+            same = {k: old.get(k) for k in ("kind", "sample_shape", "arrays", "shared", "bands", "pixel_scale",
+                                            "wavelength", "provenance")}
             now = {k: meta.get(k) for k in same}
             if same != now:
                 raise StoreError(f"cannot resume {root}: it was started with {same}, now asked for "
                                  f"{now}; delete it or use the original settings")
             return StoreWriter(final, root, old, dict(units or {}), 0, new_store=True,
-                               overwrite=overwrite, allow_nonfinite=allow_nonfinite)
+                               overwrite=overwrite, allow_nonfinite=allow_nonfinite, resumed=True)
         shutil.rmtree(root)
     root.mkdir(parents=True)
     group = zarr.open_group(str(root), mode="w")

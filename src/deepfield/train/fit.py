@@ -275,6 +275,12 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     if not _launched_rank():  # rank 0 (or the only process) checks and prepares the work folder
         _prepare_work_dir(work, last, store, model, resume, overwrite)
 
+    import logging
+
+    # Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # DDP on CPU runs one process per device: give each its share of the cores
     procs = settings.devices if isinstance(settings.devices, int) and settings.accelerator == "cpu" else 1
     threads = settings.threads or max(1, (os.cpu_count() or 1) // max(procs, 1))
