@@ -434,7 +434,9 @@ def test_cli_import_success_and_bad_input(tmp_path, capsys):
     src = tmp_path / "cube.fits"
     cube_file(src, header={"PIXSCALE": 0.2})
     out = tmp_path / "store"
-    run_app(["import", str(src), str(out), "--bands", "g,r,i"])  # success returns normally
+    with pytest.raises(SystemExit) as ok:  # run_app always exits: 0 on success
+        run_app(["import", str(src), str(out), "--bands", "g,r,i"])
+    assert ok.value.code == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "n=6" in printed and "(3, 12, 12)" in printed
     assert "magnitude" in printed

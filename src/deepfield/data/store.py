@@ -843,8 +843,17 @@ def create_store(
                                             "wavelength", "provenance")}
             now = {k: meta.get(k) for k in same}
             if same != now:
-                raise StoreError(f"cannot resume {root}: it was started with {same}, now asked for "
-                                 f"{now}; delete it or use the original settings")
+                diffs = []
+                for key in same:
+                    a, b = same[key], now[key]
+                    if key == "provenance" and isinstance(a, dict) and isinstance(b, dict):
+                        diffs += [f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+                                  if a.get(k) != b.get(k)]
+                    elif a != b:
+                        diffs.append(f"{key}: {a!r} then, {b!r} now")
+                raise StoreError(f"cannot resume {root}: it was started with other settings "
+                                 f"({'; '.join(diffs)}). Rerun with the original options, or delete it "
+                                 "to start afresh")
             return StoreWriter(final, root, old, dict(units or {}), 0, new_store=True,
                                overwrite=overwrite, allow_nonfinite=allow_nonfinite, resumed=True)
         shutil.rmtree(root)
