@@ -71,7 +71,7 @@ class ConvAutoencoderConfig:
 
     input_shape: tuple[int, ...]
     latent_dim: int = 16
-    channels: tuple[int, ...] = (32, 64, 128, 128)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
     blocks: int = 1
     activation: str = "silu"
     positive: bool = False

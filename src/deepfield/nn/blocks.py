@@ -82,24 +82,30 @@ def _stage_channels(channels: Sequence[int], stages: int) -> list[int]:
 class ConvEncoder(nn.Module):
     """(N, C, H, W) images -> (N, out_features) vectors through residual stride-2 stages.
 
+    A 3x3 stem lifts the bands to ``channels[0]`` features at full resolution; each stage then
+    halves the size with a strided 4x4 convolution and refines with residual blocks at the
+    reduced size. Keeping the residual blocks off the full-resolution grid is what makes the
+    network cheap: at 64x64 a 32-channel block costs as much as the whole rest of the stack.
+
     Arguments:
         in_channels: image bands C.
         image_size: H (= W).
         out_features: length of the output vector (2 x latent for a VAE's mean and log-var).
-        channels: feature channels per resolution, e.g. (32, 64, 128, 128).
-        blocks: residual blocks per stage.
+        channels: feature channels per resolution, e.g. (16, 32, 64, 128).
+        blocks: residual blocks per downsampled resolution.
     """
 
     def __init__(self, in_channels: int, image_size: int, out_features: int,
-                 channels: Sequence[int] = (32, 64, 128, 128), blocks: int = 1, activation: str = "silu"):
+                 channels: Sequence[int] = (16, 32, 64, 128), blocks: int = 1, activation: str = "silu"):
         super().__init__()
         stages, final = downsample_plan(image_size)
         ch = _stage_channels(channels, stages)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1)]
         for i in range(stages):
-            layers += [ResidualBlock(ch[i], activation) for _ in range(blocks)]
             layers += [_activation(activation), nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)]
-        layers += [ResidualBlock(ch[-1], activation) for _ in range(blocks)]
+            layers += [ResidualBlock(ch[i + 1], activation) for _ in range(blocks)]
+        if stages == 0:
+            layers += [ResidualBlock(ch[0], activation) for _ in range(blocks)]
         layers += [_activation(activation)]
         self.features = nn.Sequential(*layers)
         self.flat_features = ch[-1] * final * final
@@ -113,13 +119,16 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """(N, in_features) vectors -> (N, C, H, W) images; mirror of :class:`ConvEncoder`.
 
-    Upsampling is nearest-neighbour followed by a 3x3 convolution (no checkerboard artefacts
-    of transposed convolutions, which would imprint on faint galaxy wings). The output is raw
-    (unbounded); families apply softplus etc. where flux must be non-negative.
+    Each stage refines with residual blocks and doubles the size by nearest-neighbour
+    upsampling and a 3x3 convolution; the last doubling is a sub-pixel convolution (a 3x3
+    convolution to 4C channels at half size, then pixel shuffle), so no convolution runs on
+    the full-resolution grid and there are no transposed-convolution checkerboards to
+    imprint on faint galaxy wings. The output is raw (unbounded); families apply softplus
+    etc. where flux must be non-negative.
     """
 
     def __init__(self, in_features: int, out_channels: int, image_size: int,
-                 channels: Sequence[int] = (32, 64, 128, 128), blocks: int = 1, activation: str = "silu"):
+                 channels: Sequence[int] = (16, 32, 64, 128), blocks: int = 1, activation: str = "silu"):
         super().__init__()
         stages, final = downsample_plan(image_size)
         ch = _stage_channels(channels, stages)[::-1]
@@ -129,9 +138,14 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         for i in range(stages):
             layers += [ResidualBlock(ch[i], activation) for _ in range(blocks)]
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i], ch[i + 1], 3, padding=1)]
-        layers += [ResidualBlock(ch[-1], activation) for _ in range(blocks)]
-        layers += [_activation(activation), nn.Conv2d(ch[-1], out_channels, 3, padding=1)]
+            if i < stages - 1:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i], ch[i + 1], 3, padding=1)]
+            else:
+                layers += [_activation(activation), nn.Conv2d(ch[i], out_channels * 4, 3, padding=1),
+                           nn.PixelShuffle(2)]
+        if stages == 0:
+            layers += [ResidualBlock(ch[0], activation) for _ in range(blocks)]
+            layers += [_activation(activation), nn.Conv2d(ch[0], out_channels, 3, padding=1)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
