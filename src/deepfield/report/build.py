@@ -226,6 +226,21 @@ def _commit(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+def _spread_examples(store, rows: np.ndarray, n: int, rng) -> np.ndarray:
+    """`n` objects spanning the magnitude range (bright to faint) where the catalog has one.
+
+    A random draw from a survey to r = 25 is mostly faint, noise-dominated stamps; evenly
+    spaced magnitude quantiles show how the model does across the whole sample.
+    """
+    if n <= 0 or rows.size == 0:
+        return rows[:0]
+    n = min(n, rows.size)
+    if "magnitude" not in store.columns or store.column("magnitude").dtype.kind not in "iuf":
+        return np.sort(rng.choice(rows, size=n, replace=False))
+    order = rows[np.argsort(store.column("magnitude")[rows], kind="stable")]
+    return order[np.unique(np.linspace(0, order.size - 1, n).round().astype(np.int64))]
+
+
 def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None = None, n_examples: int = 8,
                 split: str = "test", seed: int = 0, max_objects: int = 20000, batch_size: int = 256,
                 progress: bool = False) -> Path:
@@ -385,9 +400,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
 
     # -- 2. examples
     body = page.section("Reconstructions")
-    examples = np.sort(rng.choice(rows, size=min(n_examples, rows.size), replace=False)) if n_examples else rows[:0]
-    if "magnitude" in store.columns and examples.size:
-        examples = examples[np.argsort(store.column("magnitude")[examples], kind="stable")]
+    examples = _spread_examples(store, rows, n_examples, rng)
     position = np.searchsorted(rows, examples)
     flux_unit = (store.meta.get("extra") or {}).get("flux_unit") or "store units"
     labels = [_row_label(store, int(r)) for r in examples]
