@@ -18,6 +18,8 @@ TINY = {
     "pca": {"latent_dim": 4},
     "ae": {"latent_dim": 4, "hidden": (32,)},
     "conv-ae": {"latent_dim": 4, "channels": (8, 16)},
+    "vae": {"latent_dim": 4, "channels": (8, 16)},
+    "cvae": {"latent_dim": 4, "channels": (8, 16)},
 }
 
 
@@ -29,12 +31,15 @@ def test_family_contract_fit_encode_decode_save_load(family, blob_store, tmp_pat
                 settings=TrainSettings(epochs=2, batch_size=32, progress=False))
     x = torch.from_numpy(blob_store.read("x", np.arange(8)))
     model = deepfield.load(out)
-    z = model.encode(x)
+    # conditional families take their catalog columns alongside the pixels
+    cond = ({"condition": np.stack([blob_store.column(c)[:8] for c in model.data_columns], 1)}
+            if model.data_columns else {})
+    z = model.encode(x, **cond)
     assert z.shape == (8, 4) and torch.isfinite(z).all()
-    recon = model.decode(z)
+    recon = model.decode(z, **cond)
     assert recon.shape == x.shape
     again = deepfield.load(out)
-    assert torch.equal(again.encode(x), z) and torch.equal(again.decode(z), recon)
+    assert torch.equal(again.encode(x, **cond), z) and torch.equal(again.decode(z, **cond), recon)
     record = json.loads((out / "config.json").read_text())
     assert record["store"]["fingerprint"] == blob_store.fingerprint
     assert record["class"] == type(model).__name__ and record["family"] == family

@@ -15,23 +15,28 @@ def _devices(value: str):
 
 @app.command()
 def train(
-    family: str = typer.Argument(..., help="Model family: pca, ae (dense autoencoder), conv-ae."),
+    family: str = typer.Argument(..., help="Model family: pca, ae (dense autoencoder), conv-ae, vae, cvae."),
     store: Path = typer.Option(..., "--store", "-s", help="Training store."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length [default 16]."),
-    epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs [default 20]."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Objects per step [default 64]."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate [default 1e-3]."),
+    latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length (default: 16)."),
+    epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs (default: 20)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Objects per step (default: 64)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default: 1e-3)."),
     denoise: float = typer.Option(None, "--denoise", help="Denoising: input noise std in units of the pixel std."),
     sparse: float = typer.Option(None, "--sparse", help="Sparse: weight of the L1 penalty on the code."),
     method: str = typer.Option(None, "--method", help="PCA: exact, randomized or incremental."),
+    likelihood: str = typer.Option(None, "--likelihood",
+                                   help="VAE: pixel (PSF + ivar), fourier (PSF + noise power spectrum), gaussian, bernoulli."),
+    condition: str = typer.Option(None, "--condition", help="CVAE: catalog columns, e.g. half_light_radius,magnitude,redshift."),
+    beta: float = typer.Option(None, "--beta", help="VAE: weight of the KL term (beta-VAE)."),
+    kl_warmup: int = typer.Option(None, "--kl-warmup", help="VAE: epochs over which the KL weight rises to beta."),
     config: Path = typer.Option(None, "--config", help="YAML file with 'model:' and 'training:' sections."),
-    seed: int = typer.Option(None, "--seed", help="Random seed [default 0]."),
-    patience: int = typer.Option(None, "--patience", help="Early-stopping patience in epochs (0: off) [default 5]."),
-    accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu [default auto]."),
-    devices: str = typer.Option(None, "--devices", help="auto or a number [default auto]."),
-    strategy: str = typer.Option(None, "--strategy", help="auto, ddp or ddp_spawn [default auto]."),
-    precision: str = typer.Option(None, "--precision", help="32-true or bf16-mixed [default 32-true]."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (default: 0)."),
+    patience: int = typer.Option(None, "--patience", help="Early-stopping patience in epochs (0: off) (default: 5)."),
+    accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu (default: auto)."),
+    devices: str = typer.Option(None, "--devices", help="auto or a number (default: auto)."),
+    strategy: str = typer.Option(None, "--strategy", help="auto, ddp or ddp_spawn (default: auto)."),
+    precision: str = typer.Option(None, "--precision", help="32-true or bf16-mixed (default: 32-true)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -43,7 +48,9 @@ def train(
     from deepfield.train import train as train_model
 
     model_options, train_options = load_yaml_config(config) if config else ({}, {})
-    cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method}
+    cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method,
+                 "likelihood": likelihood, "beta": beta, "kl_warmup_epochs": kl_warmup,
+                 "condition": tuple(c.strip() for c in condition.split(",") if c.strip()) if condition else None}
     for key, value in cli_model.items():
         if value is not None:
             model_options[key] = value
@@ -57,6 +64,10 @@ def train(
         raise ConfigError("--denoise and --sparse apply to autoencoders (ae, conv-ae), not pca")
     if family != "pca" and "method" in model_options:
         raise ConfigError("--method applies to pca only")
+    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition") if k in model_options]
+    if vae_only and family not in ("vae", "cvae"):
+        raise ConfigError(f"{', '.join('--' + k.replace('_epochs', '').replace('_', '-') for k in vae_only)} "
+                          "apply to vae and cvae only")
     try:
         path = train_model(family, store, out, model_options=model_options, settings=settings,
                            resume=resume, overwrite=overwrite)

@@ -5,6 +5,8 @@
 | pca | PCA | principal components (exact, randomised, incremental) |
 | ae | DenseAutoencoder | fully connected autoencoder (denoising / sparse options) |
 | conv-ae | ConvAutoencoder | convolutional autoencoder (denoising / sparse options) |
+| vae | VAE | (beta-)VAE; gaussian, bernoulli, or PSF + noise observation-model likelihoods |
+| cvae | VAE | the same, conditioned on catalog columns (size, magnitude, redshift) |
 """
 
 from deepfield.models.autoencoder import (AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig,
@@ -12,10 +14,11 @@ from deepfield.models.autoencoder import (AutoencoderConfig, ConvAutoencoder, Co
 from deepfield.models.base import MODEL_REGISTRY, Model, register
 from deepfield.models.folder import load_model, save_model
 from deepfield.models.pca import PCA, PCAConfig
+from deepfield.models.vae import VAE, VAEConfig
 
 __all__ = ["Model", "MODEL_REGISTRY", "register", "PCA", "PCAConfig", "DenseAutoencoder",
            "AutoencoderConfig", "ConvAutoencoder", "ConvAutoencoderConfig", "FAMILIES",
-           "save_model", "load_model"]
+           "save_model", "load_model", "VAE", "VAEConfig"]
 
 #: CLI family name -> model class
-FAMILIES = {cls.family: cls for cls in (PCA, DenseAutoencoder, ConvAutoencoder)}
+FAMILIES = {**{cls.family: cls for cls in (PCA, DenseAutoencoder, ConvAutoencoder, VAE)}, "cvae": VAE}

@@ -161,9 +161,24 @@ class Model(nn.Module):
                              "matching bands/size or retrain on this data")
         return x.to(dtype=self.data_scale.dtype, device=self.data_scale.device)
 
+    # -- what the model reads from a store besides `x` (training and tasks load these)
+    @property
+    def data_arrays(self) -> tuple[str, ...]:
+        """Store arrays each batch needs besides 'x' (e.g. 'psf', 'ivar')."""
+        return ()
+
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        """Catalog columns each batch needs (e.g. the conditions of a conditional model)."""
+        return ()
+
     # -- protocol defaults
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def reconstruct_batch(self, batch: dict) -> torch.Tensor:
+        """Reconstruction of batch['x'] in the data's own space (as observed, for models with a PSF)."""
+        return self.reconstruct(batch["x"])
 
     def describe(self) -> str:
         """One paragraph for the model card."""

@@ -30,7 +30,7 @@ from deepfield.models import FAMILIES, Model, save_model
 from deepfield.models.base import config_from_dict
 
 __all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", "build_model",
-           "load_yaml_config", "evaluate_mse", "training_dir"]
+           "load_yaml_config", "evaluate_mse", "iterate_batches", "training_dir"]
 
 
 class TrainingInterrupted(Exception):
@@ -136,7 +136,20 @@ def build_model(family: str, store: Store, options: dict | None = None) -> Model
     if "hidden" in fields:
         d = int(np.prod(store.sample_shape))
         values["hidden"] = (64, 32) if d <= 64 else (512, 128)
+    if "likelihood" in fields:
+        # the telescope-aware likelihood wherever the store knows its PSF and noise
+        values["likelihood"] = "pixel" if store.has("psf") and store.has("ivar") and store.kind == "image" else "gaussian"
+    if family == "cvae":
+        present = [c for c in ("half_light_radius", "magnitude", "redshift") if c in store.columns]
+        values["condition"] = tuple(present)
     values.update(options or {})
+    if "psf_shape" in fields and values.get("psf_to_encoder") and store.has("psf"):
+        values["psf_shape"] = tuple(store.read("psf", [0]).shape[1:])
+    if family == "cvae" and not values.get("condition"):
+        raise ConfigError(f"cvae needs condition columns (e.g. --condition half_light_radius,magnitude); "
+                          f"the store's catalog has: {', '.join(store.columns)}")
+    for column in values.get("condition") or ():
+        store.column(column)  # raises with the list of columns when one does not exist
     return cls(config_from_dict(cls.config_class, values, f"{family} options"))
 
 
@@ -147,19 +160,35 @@ def _launched_rank() -> bool:
 
 @torch.no_grad()
 def evaluate_mse(model: Model, store: Store, indices, batch_size: int = 256) -> float:
-    """Mean squared reconstruction error in normalised units (data / pixel std) over rows."""
+    """Mean squared reconstruction error in normalised units (data / pixel std) over rows.
+
+    Reconstructions are compared in the data's own space: for models with a PSF-aware
+    likelihood, the PSF-free reconstruction is convolved with each object's PSF first.
+    """
     model.eval()
     idx = np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
         return float("nan")
     total, count = 0.0, 0
-    for start in range(0, idx.size, batch_size):
-        x = torch.from_numpy(store.read("x", idx[start:start + batch_size]))
-        recon = model.reconstruct(x)
-        err = (model.normalise(recon) - model.normalise(model.check_input(x))) ** 2
+    for batch in iterate_batches(store, idx, model, batch_size):
+        recon = model.reconstruct_batch(batch)
+        err = (model.normalise(recon) - model.normalise(model.check_input(batch["x"]))) ** 2
         total += float(err.sum())
         count += err.numel()
     return total / count
+
+
+def iterate_batches(store: Store, indices: np.ndarray, model: Model, batch_size: int = 256):
+    """Batches (dicts of tensors) of the arrays and columns `model` reads, in row order."""
+    arrays = ("x", *[a for a in model.data_arrays if a != "x"])
+    columns = {c: store.column(c) for c in model.data_columns}
+    for start in range(0, indices.size, batch_size):
+        rows = indices[start:start + batch_size]
+        batch = {a: torch.from_numpy(np.ascontiguousarray(store.read(a, rows), dtype=np.float32)) for a in arrays}
+        for c, values in columns.items():
+            batch[c] = torch.from_numpy(values[rows].astype(np.float32))
+        batch["id"] = torch.from_numpy(store.ids[rows])
+        yield batch
 
 
 def _normalisation_sample(store: Store, train_idx: np.ndarray, limit: int = 20000) -> np.ndarray:
@@ -215,6 +244,11 @@ def train(family: str, store, out, *, model_options: dict | None = None,
     splits = _splits(store, settings)
     torch.manual_seed(settings.seed)
     model.fit_normalisation(_normalisation_sample(store, splits["train"]))
+    if model.data_columns and hasattr(model, "fit_conditions"):
+        model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
+    for name in model.data_arrays:
+        if not store.has(name):
+            store.read(name, slice(0, 0))  # raises: the store lacks an array the likelihood needs
     record = _store_record(store, splits, settings)
     if not model.trainable:
         return _fit_closed_form(model, store, splits, out, record, settings, overwrite)
@@ -290,9 +324,9 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     module = ModelModule(model, lr=settings.lr, weight_decay=settings.weight_decay, channels_last=channels_last)
-    train_loader = make_loader(store, splits["train"], settings, shuffle=True)
+    train_loader = make_loader(store, splits["train"], settings, shuffle=True, model=model)
     val_idx = splits["val"] if splits["val"].size else splits["train"][: max(1, settings.batch_size)]
-    val_loader = make_loader(store, val_idx, settings, shuffle=False)
+    val_loader = make_loader(store, val_idx, settings, shuffle=False, model=model)
 
     history = HistoryCallback()
     interrupt = InterruptCheckpoint(last)

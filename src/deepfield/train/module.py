@@ -28,6 +28,10 @@ class ModelModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.channels_last = channels_last
 
+    def on_train_epoch_start(self):
+        if hasattr(self.model, "set_epoch"):  # e.g. the VAE's KL warm-up
+            self.model.set_epoch(int(self.current_epoch))
+
     def _prepare(self, batch: dict) -> dict:
         if self.channels_last and batch["x"].ndim == 4:
             batch = dict(batch, x=batch["x"].contiguous(memory_format=torch.channels_last))
@@ -61,9 +65,11 @@ class ModelModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
-def make_loader(store: Store, indices: np.ndarray, settings, shuffle: bool) -> DataLoader:
-    """A DataLoader over store rows (in memory for stores that fit), yielding dicts of tensors."""
-    dataset = store.dataset(indices, arrays=("x",))
+def make_loader(store: Store, indices: np.ndarray, settings, shuffle: bool, model=None) -> DataLoader:
+    """A DataLoader over store rows (in memory for stores that fit), yielding dicts of tensors
+    with 'x' and whatever else `model` reads (PSF, ivar, condition columns)."""
+    arrays = ("x", *[a for a in getattr(model, "data_arrays", ()) if a != "x"])
+    dataset = store.dataset(indices, arrays=arrays, columns=tuple(getattr(model, "data_columns", ())))
     return DataLoader(dataset, batch_size=settings.batch_size, shuffle=shuffle,
                       num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0,
                       drop_last=False)
