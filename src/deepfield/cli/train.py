@@ -37,6 +37,7 @@ def train(
     devices: str = typer.Option(None, "--devices", help="auto or a number (default: auto)."),
     strategy: str = typer.Option(None, "--strategy", help="auto, ddp or ddp_spawn (default: auto)."),
     precision: str = typer.Option(None, "--precision", help="32-true or bf16-mixed (default: 32-true)."),
+    gradient_clip: float = typer.Option(None, "--gradient-clip", help="Clip the gradient norm (default: the family's; VAEs 1.0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -56,7 +57,7 @@ def train(
             model_options[key] = value
     cli_train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "patience": patience,
                  "accelerator": accelerator, "devices": _devices(devices) if devices else None,
-                 "strategy": strategy, "precision": precision}
+                 "strategy": strategy, "precision": precision, "gradient_clip": gradient_clip}
     train_options.update({k: v for k, v in cli_train.items() if v is not None})
     train_options["progress"] = progress
     settings = config_from_dict(TrainSettings, train_options, str(config) if config else "training options")

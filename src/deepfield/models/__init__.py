@@ -14,11 +14,12 @@ from deepfield.models.autoencoder import (AutoencoderConfig, ConvAutoencoder, Co
 from deepfield.models.base import MODEL_REGISTRY, Model, register
 from deepfield.models.folder import load_model, save_model
 from deepfield.models.pca import PCA, PCAConfig
+from deepfield.models.prior import GaussianMixturePrior, LatentFlow, LatentPriorConfig
 from deepfield.models.vae import VAE, VAEConfig
 
 __all__ = ["Model", "MODEL_REGISTRY", "register", "PCA", "PCAConfig", "DenseAutoencoder",
            "AutoencoderConfig", "ConvAutoencoder", "ConvAutoencoderConfig", "FAMILIES",
-           "save_model", "load_model", "VAE", "VAEConfig"]
+           "save_model", "load_model", "VAE", "VAEConfig", "LatentFlow", "GaussianMixturePrior", "LatentPriorConfig"]
 
 #: CLI family name -> model class
 FAMILIES = {**{cls.family: cls for cls in (PCA, DenseAutoencoder, ConvAutoencoder, VAE)}, "cvae": VAE}

@@ -105,6 +105,8 @@ class Model(nn.Module):
     family: ClassVar[str] = ""
     config_class: ClassVar[type]
     trainable: ClassVar[bool] = True  # False: fitted in closed form (PCA), not by gradients
+    #: gradient-norm clipping this family needs unless the user sets one (None: no clipping)
+    default_gradient_clip: ClassVar[float | None] = None
 
     def __init__(self, config):
         super().__init__()

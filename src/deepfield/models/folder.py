@@ -196,4 +196,6 @@ def load_model(path, map_location: str | torch.device = "cpu") -> Model:
                                f"unexpected {unexpected[:5]}")
     model.eval()
     model.record = record
+    if (p / "prior" / "config.json").is_file() and hasattr(model, "prior"):
+        model.prior = load_model(p / "prior", map_location)  # a latent prior fitted on this model's codes
     return model

@@ -33,7 +33,7 @@ from torch import nn
 
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
-from deepfield.nn import MLP, ConvDecoder, ConvEncoder
+from deepfield.nn import MLP, ConditionNormaliser, ConvDecoder, ConvEncoder
 
 __all__ = ["VAEConfig", "VAE", "LIKELIHOODS"]
 
@@ -90,6 +90,8 @@ class VAE(Model):
 
     family = "vae"
     config_class = VAEConfig
+    # chi^2 of bright galaxies under per-pixel ivar reaches thousands: unclipped steps diverge
+    default_gradient_clip = 1.0
 
     def __init__(self, config: VAEConfig):
         if config.likelihood not in LIKELIHOODS:
@@ -108,10 +110,7 @@ class VAE(Model):
         super().__init__(config)
         self.family = "cvae" if config.condition else "vae"  # as recorded in the model folder
         n_cond = len(config.condition)
-        self.register_buffer("condition_offset", torch.zeros(n_cond))
-        self.register_buffer("condition_scale", torch.ones(n_cond))
-        self.register_buffer("condition_low", torch.full((n_cond,), -math.inf))
-        self.register_buffer("condition_high", torch.full((n_cond,), math.inf))
+        self.conditions = ConditionNormaliser(config.condition)
         self.register_buffer("kl_weight", torch.tensor(float(config.beta if config.kl_warmup_epochs == 0 else 0.0)))
         psf_features = int(np.prod(config.psf_shape)) if config.psf_to_encoder else 0
         extra = n_cond + psf_features
@@ -133,6 +132,7 @@ class VAE(Model):
         # 'gaussian': a learned noise scale per band in normalised units
         self.log_sigma = nn.Parameter(torch.zeros(shape[0] if image else 1))
         self._observation = None
+        self.prior = None  # a fitted latent prior (deepfield.train.prior), attached by deepfield.load
 
     # -- data the model needs from a store
     @property
@@ -140,7 +140,8 @@ class VAE(Model):
         if self.config.likelihood == "pixel":
             return ("x", "psf", "ivar")
         if self.config.likelihood == "fourier":
-            return ("x", "psf")
+            # the noise power spectrum comes from the store's noise_ps array, else from ivar
+            return ("x", "psf", "ivar")
         return ("psf",) if self.config.psf_to_encoder else ()
 
     @property
@@ -157,46 +158,12 @@ class VAE(Model):
 
     # -- conditions
     def fit_conditions(self, values: np.ndarray) -> None:
-        """Fit the normalisation and the training range of the condition columns (N, K)."""
-        values = np.asarray(values, dtype=np.float64).reshape(-1, len(self.config.condition))
-        if not np.isfinite(values).all():
-            raise InputError("condition columns contain NaN/inf: clean the catalog or drop those objects")
-        scale = values.std(axis=0)
-        self.condition_offset.copy_(torch.as_tensor(values.mean(axis=0)))
-        self.condition_scale.copy_(torch.as_tensor(np.where(scale > 0, scale, 1.0)))
-        self.condition_low.copy_(torch.as_tensor(values.min(axis=0)))
-        self.condition_high.copy_(torch.as_tensor(values.max(axis=0)))
+        """Fit the normalisation and training range of the condition columns (N, K)."""
+        self.conditions.fit(values)
 
     def condition_tensor(self, batch_or_values, n: int | None = None) -> torch.Tensor | None:
         """Normalised condition (N, K) from a batch dict with the columns, or from values (N, K)/(K,)."""
-        names = self.config.condition
-        if not names:
-            return None
-        if isinstance(batch_or_values, dict):
-            missing = [c for c in names if c not in batch_or_values]
-            if missing:
-                raise InputError(f"this model is conditioned on {list(names)}; the batch lacks {missing}")
-            c = torch.stack([torch.as_tensor(batch_or_values[k], dtype=torch.float32) for k in names], dim=-1)
-        else:
-            if batch_or_values is None:
-                raise InputError(f"this model is conditional: give values for {', '.join(names)}")
-            c = torch.as_tensor(np.asarray(batch_or_values, dtype=np.float32))
-            if c.ndim == 1:
-                c = c.expand(n or 1, -1)
-            if c.shape[-1] != len(names):
-                raise InputError(f"condition has {c.shape[-1]} values; the model needs {len(names)}: {', '.join(names)}")
-        c = c.to(self.condition_offset.device)
-        return (c - self.condition_offset) / self.condition_scale
-
-    def condition_outside_range(self, values) -> list[str]:
-        """Names and training ranges of conditions outside what the model saw (for warnings)."""
-        v = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(-1, len(self.config.condition))
-        out = []
-        for k, name in enumerate(self.config.condition):
-            lo, hi = float(self.condition_low[k]), float(self.condition_high[k])
-            if bool(((v[:, k] < lo) | (v[:, k] > hi)).any()):
-                out.append(f"{name} outside the training range [{lo:.4g}, {hi:.4g}]")
-        return out
+        return self.conditions(batch_or_values, n) if self.config.condition else None
 
     # -- networks
     def posterior(self, x: torch.Tensor, condition: torch.Tensor | None = None,
@@ -247,6 +214,8 @@ class VAE(Model):
 
     def decode(self, z: torch.Tensor, condition=None) -> torch.Tensor:
         """Noiseless images in store units; for 'pixel'/'fourier' PSF-free on the native grid."""
+        if isinstance(condition, dict):
+            condition = {k: v for k, v in condition.items() if k in self.config.condition}
         c = self.condition_tensor(condition, n=z.shape[0]) if self.config.condition else None
         sky = self._sky(self._decode_raw(z, c))
         o = self.config.oversample
@@ -264,21 +233,34 @@ class VAE(Model):
         mean, _ = self.posterior(x, c, batch.get("psf"))
         sky = self._sky(self._decode_raw(mean, c))
         if self.config.likelihood in ("pixel", "fourier"):
-            return self.observation.convolve(sky, batch["psf"])
+            return self.observation.predict(sky, batch["psf"])
         return sky
 
     def sample(self, n: int, condition=None, generator: torch.Generator | None = None,
-               prior=None) -> torch.Tensor:
-        """`n` noiseless images from the prior (N(0, I), or `prior`: a callable (n, c, generator) -> z)."""
+               prior: str | object = "auto") -> torch.Tensor:
+        """`n` noiseless (PSF-free for observation models) images in store units.
+
+        Arguments:
+            condition: a dict {column: value or (n,) values} covering the VAE's and the prior's
+                condition columns, or an array (n, K) / (K,) in the VAE's column order.
+            generator: torch.Generator; the same seed gives the same galaxies.
+            prior: 'auto' (the fitted latent prior when there is one, else N(0, I)), 'gaussian'
+                (N(0, I) always: shows what the flow fixes), or a prior object.
+        """
         device = self.data_scale.device
-        c = self.condition_tensor(condition, n=n) if self.config.condition else None
-        if prior is None:
+        chosen = self.prior if prior == "auto" else (None if prior == "gaussian" else prior)
+        if chosen is None:
             z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         else:
-            z = prior(n, condition, generator)
+            prior_condition = None
+            if chosen.data_columns:
+                if not isinstance(condition, dict):
+                    raise InputError(f"the latent prior is conditioned on {list(chosen.data_columns)}: pass a dict "
+                                     "of condition values")
+                prior_condition = condition
+            z = chosen.sample(n, prior_condition, generator).to(device)
         with torch.no_grad():
-            c_raw = None if c is None else c * self.condition_scale + self.condition_offset
-            return self.decode(z, c_raw)
+            return self.decode(z, condition if self.config.condition else None)
 
     def _nll(self, raw: torch.Tensor, batch: dict) -> torch.Tensor:
         """-log p(x | z) per object (nats)."""
@@ -297,6 +279,10 @@ class VAE(Model):
             # in nats of the data in store units: add log(scale) per element (change of variables)
             per = per + torch.log(self.data_scale).expand_as(xn)
             return per.flatten(1).sum(1)
+        if self.config.likelihood == "fourier" and "noise_ps" not in batch:
+            from deepfield.physics import noise_power_spectrum_from_ivar
+
+            batch = dict(batch, noise_ps=noise_power_spectrum_from_ivar(batch["ivar"]))
         return self.observation.nll(self._sky(raw), batch)
 
     def elbo_terms(self, batch: dict, sample: bool = True) -> dict:

@@ -5,5 +5,6 @@ files or training.
 """
 
 from deepfield.nn.blocks import MLP, ConvDecoder, ConvEncoder, ResidualBlock, downsample_plan
+from deepfield.nn.conditions import ConditionNormaliser
 
-__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "ResidualBlock", "downsample_plan"]
+__all__ = ["ConditionNormaliser", "MLP", "ConvEncoder", "ConvDecoder", "ResidualBlock", "downsample_plan"]

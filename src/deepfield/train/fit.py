@@ -64,6 +64,7 @@ class TrainSettings:
         devices: 'auto' or a number of devices (processes on CPU).
         strategy: 'auto', 'ddp' or 'ddp_spawn'.
         precision: Lightning precision, e.g. '32-true' or 'bf16-mixed'.
+        gradient_clip: clip the gradient norm to this (None: the model family's default).
         channels_last: NHWC memory layout for convolutional models (faster on CPU).
         threads: torch CPU threads (default: all cores).
         num_workers: DataLoader worker processes (0: load in the main process).
@@ -82,6 +83,7 @@ class TrainSettings:
     devices: Any = "auto"
     strategy: str = "auto"
     precision: str = "32-true"
+    gradient_clip: float | None = None
     channels_last: bool = True
     threads: int | None = None
     num_workers: int = 0
@@ -346,6 +348,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
         strategy=settings.strategy, precision=settings.precision, callbacks=callbacks, logger=logger,
         enable_progress_bar=settings.progress, enable_model_summary=False, log_every_n_steps=max(1, min(10, len(train_loader))),
         deterministic=False, num_sanity_val_steps=0,
+        gradient_clip_val=settings.gradient_clip if settings.gradient_clip is not None else model.default_gradient_clip,
     )
     old_handler = signal.getsignal(signal.SIGINT)
     t0 = time.perf_counter()
@@ -384,6 +387,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
         "accelerator": str(trainer.accelerator.__class__.__name__).replace("Accelerator", "").lower(),
         "devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
         "early_stopping_patience": settings.patience, "resumed": resume,
+        "gradient_clip": trainer.gradient_clip_val,
     }
     path = save_model(model, out, metrics=metrics, store=record, training=training,
                       logs_dir=work / "logs", overwrite=overwrite or resume)

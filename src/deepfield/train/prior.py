@@ -1,0 +1,130 @@
+"""Fit a latent prior (flow or Gaussian mixture) on a trained VAE's aggregate posterior.
+
+The prior is written inside the VAE's model folder as ``prior/`` (a model folder of its own),
+and :func:`deepfield.load` attaches it, so ``model.sample`` draws from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfield.data.store import Store, open_store
+from deepfield.errors import InputError, ModelFolderError
+from deepfield.models import load_model, save_model
+from deepfield.models.prior import GaussianMixturePrior, LatentFlow, LatentPriorConfig, gaussian_log_prob
+from deepfield.train.fit import iterate_batches
+
+__all__ = ["train_prior", "posterior_codes"]
+
+
+@torch.no_grad()
+def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means and standard deviations (N, D) of the objects `rows`."""
+    means, stds = [], []
+    for batch in iterate_batches(store, rows, vae, batch_size):
+        c = vae.condition_tensor(batch) if vae.config.condition else None
+        mean, log_var = vae.posterior(batch["x"], c, batch.get("psf"))
+        means.append(mean.numpy())
+        stds.append((0.5 * log_var).exp().numpy())
+    return np.concatenate(means), np.concatenate(stds)
+
+
+def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epochs: int = 100,
+                batch_size: int = 512, lr: float = 1e-3, transforms: int = 4, hidden=(128, 128),
+                components: int = 10, seed: int = 0, progress: bool = True) -> Path:
+    """Fit a prior on the codes of the VAE in `model_dir` (train split of its store); returns prior/."""
+    model_dir = Path(model_dir)
+    vae = load_model(model_dir)
+    if type(vae).__name__ != "VAE":
+        raise ModelFolderError(f"{model_dir} holds a {type(vae).__name__}; a latent prior needs a VAE "
+                               "(train one with `deepfield train vae`)")
+    record = vae.record["store"]
+    store = open_store(store or record["path"]) if not isinstance(store, Store) else store
+    if store.fingerprint != record.get("fingerprint"):
+        raise InputError(f"the VAE was trained on store fingerprint {record.get('fingerprint')} but {store.path} has "
+                         f"{store.fingerprint}: fit the prior on the VAE's own training store")
+    fr = tuple(record["split_fractions"]) + ((0.0,) if len(record["split_fractions"]) == 2 else ())
+    splits = store.split(fr, seed=record["split_seed"])
+    condition = tuple(condition)
+    for column in condition:
+        store.column(column)
+    t0 = time.perf_counter()
+    mean_tr, std_tr = posterior_codes(vae, store, splits["train"])
+    mean_va, std_va = posterior_codes(vae, store, splits["val"] if splits["val"].size else splits["train"])
+    cfg = LatentPriorConfig(input_shape=(vae.latent_dim,), kind=kind, condition=condition, transforms=transforms,
+                            hidden=tuple(hidden), components=components)
+    cond_tr = np.stack([store.column(c)[splits["train"]] for c in condition], 1) if condition else None
+    cond_va = (np.stack([store.column(c)[splits["val"] if splits["val"].size else splits["train"]] for c in condition], 1)
+               if condition else None)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if kind == "gmm":
+        prior = GaussianMixturePrior(cfg)
+        prior.fit_normalisation(mean_tr)
+        draws = mean_tr + std_tr * rng.standard_normal(mean_tr.shape)
+        prior.fit_codes(((draws - prior.data_offset.numpy()) / prior.data_scale.numpy()), seed=seed)
+        history = []
+    else:
+        prior = LatentFlow(cfg)
+        prior.fit_normalisation(mean_tr)
+        if condition:
+            prior.conditions.fit(cond_tr)
+        prior, history = _fit_flow(prior, mean_tr, std_tr, cond_tr, mean_va, cond_va, condition, epochs,
+                                   batch_size, lr, rng, progress)
+    prior.eval()
+    with torch.no_grad():
+        z_va = torch.from_numpy(mean_va)
+        cva = ({c: torch.from_numpy(cond_va[:, i].astype(np.float32)) for i, c in enumerate(condition)}
+               if condition else None)
+        val_log_p = float(prior.log_prob(z_va, cva).mean())
+        val_log_p_gauss = float(gaussian_log_prob(z_va).mean())
+    metrics = {"val_log_prob": val_log_p, "val_log_prob_standard_normal": val_log_p_gauss,
+               "fit_seconds": time.perf_counter() - t0, "n_train_codes": int(mean_tr.shape[0]), "history": history}
+    return save_model(prior, model_dir / "prior", metrics=metrics, store={**record, "vae": str(model_dir)},
+                      training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                                "codes": "one posterior draw per object per epoch"}, overwrite=True)
+
+
+def _fit_flow(prior, mean_tr, std_tr, cond_tr, mean_va, cond_va, condition, epochs, batch_size, lr, rng, progress):
+    from deepfield.tasks.apply import progress_bar
+
+    opt = torch.optim.Adam(prior.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr * 0.01)
+    n = mean_tr.shape[0]
+    z_va = torch.from_numpy(mean_va)
+    c_va = ({c: torch.from_numpy(cond_va[:, i].astype(np.float32)) for i, c in enumerate(condition)}
+            if condition else None)
+    best, best_state, history = -np.inf, None, []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("fitting latent flow", total=epochs)
+        for epoch in range(epochs):
+            prior.train()
+            # the aggregate posterior: a fresh draw from each object's q(z|x) every epoch
+            draws = (mean_tr + std_tr * rng.standard_normal(mean_tr.shape)).astype(np.float32)
+            order = rng.permutation(n)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                batch = {"x": torch.from_numpy(draws[idx])}
+                if condition:
+                    batch.update({c: torch.from_numpy(cond_tr[idx, i].astype(np.float32)) for i, c in enumerate(condition)})
+                loss = prior.loss(batch)["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss) * idx.size
+            sched.step()
+            prior.eval()
+            with torch.no_grad():
+                val = float(prior.log_prob(z_va, c_va).mean())
+            history.append({"epoch": epoch, "train_nll": total / n, "val_log_prob": val})
+            if val > best:
+                best, best_state = val, copy.deepcopy(prior.state_dict())
+            bar.advance(task)
+    prior.load_state_dict(best_state)
+    return prior, history
