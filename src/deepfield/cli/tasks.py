@@ -1,4 +1,4 @@
-"""`deepfield encode` and `deepfield reconstruct`: apply a model folder to a store."""
+"""`deepfield encode`, `reconstruct` and `sample`: apply a model folder to a store, or draw from it."""
 
 from __future__ import annotations
 
@@ -66,3 +66,40 @@ def reconstruct(
     idx = resolve_indices(s, where, split, getattr(model, "record", None))
     reconstruct_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite, progress=progress)
     console.print(f"[green]{idx.size} reconstructions written to[/] {out}")
+
+
+@app.command()
+def sample(
+    model_dir: Path = typer.Argument(..., help="Model folder of a generative model (vae, cvae)."),
+    n: int = typer.Option(..., "--n", help="Number of galaxies."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output store."),
+    condition: str = typer.Option(None, "--condition", help="e.g. 'half_light_radius=0.8,magnitude=22,redshift=0.5'."),
+    seed: int = typer.Option(0, "--seed"),
+    prior: str = typer.Option("auto", "--prior", help="auto (fitted latent prior if any) or gaussian (N(0, I))."),
+    psf_fwhm: float = typer.Option(None, "--psf-fwhm", help="Also observe through a Moffat PSF of this FWHM (arcsec)."),
+    noise_sigma: float = typer.Option(None, "--noise-sigma", help="Gaussian noise (counts/pixel) with --psf-fwhm."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Draw galaxies from a VAE (through its latent prior) into a store; optionally as observed."""
+    import warnings
+
+    import deepfield
+    from deepfield.tasks import parse_condition, sample_store
+
+    if prior not in ("auto", "gaussian"):
+        from deepfield.errors import InputError
+
+        raise InputError(f"--prior {prior!r}: choose auto or gaussian")
+    model = deepfield.load(model_dir)
+    if not hasattr(model, "sample"):
+        from deepfield.errors import InputError
+
+        raise InputError(f"{model_dir} holds a {type(model).__name__}, which cannot sample: train a vae or cvae")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = sample_store(model, out, n, condition=parse_condition(condition), seed=seed, prior=prior,
+                             psf_fwhm=psf_fwhm, noise_sigma=noise_sigma, overwrite=overwrite, progress=progress)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    console.print(f"[green]{len(store)} samples written to[/] {out} (prior: {store.meta['provenance']['prior']})")

@@ -1,7 +1,8 @@
-"""Tasks: what you do with a store and a trained model (encode, reconstruct, ...)."""
+"""Tasks: what you do with a store and a trained model (encode, reconstruct, sample, ...)."""
 
 from deepfield.tasks.apply import map_store, progress_bar, resolve_indices
+from deepfield.tasks.sample import parse_condition, sample_store
 from deepfield.tasks.encode import check_model_store, codes_to_parquet, encode_store, reconstruct_store
 
 __all__ = ["map_store", "progress_bar", "resolve_indices", "encode_store", "reconstruct_store",
-           "codes_to_parquet", "check_model_store"]
+           "codes_to_parquet", "check_model_store", "sample_store", "parse_condition"]

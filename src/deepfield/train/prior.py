@@ -117,7 +117,7 @@ def _fit_flow(prior, mean_tr, std_tr, cond_tr, mean_va, cond_va, condition, epoc
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * idx.size
+                total += float(loss.detach()) * idx.size
             sched.step()
             prior.eval()
             with torch.no_grad():
