@@ -177,3 +177,22 @@ def test_galsim_bridge_draws_seeded_learned_galaxies_into_a_scene(pixel_vae):
     np.testing.assert_array_equal(first.array, again.array)  # seeded by GalSim's deviate
     with pytest.raises(InputError, match="nothing to draw"):
         bridge.sample()
+
+
+def test_denoise_recovers_the_psf_free_truth_better_than_the_data(pixel_vae, galaxies, tmp_path):
+    from deepfield.tasks import denoise_store
+
+    model = deepfield.load(pixel_vae)
+    test = galaxies.split()["test"]
+    out = denoise_store(model, galaxies, tmp_path / "d", indices=test, progress=False)
+    assert out.ids.tolist() == galaxies.ids[test].tolist() and out.has("psf")
+    truth, x, denoised = galaxies.read("truth", test), galaxies.read("x", test), out.read("x")
+    assert float(denoised.min()) >= 0
+    mse_model = float(((denoised - truth) ** 2).mean())
+    mse_data = float(((x - truth) ** 2).mean())  # noise + PSF blur
+    print("denoise MSE vs truth", mse_model, "data", mse_data)
+    assert mse_model < mse_data
+    pca = deepfield.load(train("pca", galaxies, tmp_path / "pca", model_options={"latent_dim": 2}))
+    with pytest.raises(InputError, match="needs a VAE"):
+        denoise_store(pca, galaxies, tmp_path / "e")
+    assert not (tmp_path / "e").exists()

@@ -69,6 +69,26 @@ def reconstruct(
 
 
 @app.command()
+def denoise(
+    model_dir: Path = typer.Argument(..., help="Model folder of a VAE."),
+    store: Path = typer.Option(..., "--store", "-s", help="Store of observed images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output store of denoised (and deconvolved) images."),
+    where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
+    split: str = typer.Option(None, "--split", help="Only the model's train, val or test objects."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Posterior-mean noiseless images (PSF-free for pixel/fourier VAEs), keyed by id."""
+    from deepfield.tasks import denoise_store, resolve_indices
+
+    model, s = _load(model_dir, store)
+    idx = resolve_indices(s, where, split, getattr(model, "record", None))
+    denoise_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite, progress=progress)
+    console.print(f"[green]{idx.size} denoised images written to[/] {out}")
+
+
+@app.command()
 def sample(
     model_dir: Path = typer.Argument(..., help="Model folder of a generative model (vae, cvae)."),
     n: int = typer.Option(..., "--n", help="Number of galaxies."),

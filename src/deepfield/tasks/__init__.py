@@ -2,7 +2,8 @@
 
 from deepfield.tasks.apply import map_store, progress_bar, resolve_indices
 from deepfield.tasks.sample import parse_condition, sample_store
-from deepfield.tasks.encode import check_model_store, codes_to_parquet, encode_store, reconstruct_store
+from deepfield.tasks.encode import (check_model_store, codes_to_parquet, denoise_store, encode_store,
+                                    reconstruct_store)
 
 __all__ = ["map_store", "progress_bar", "resolve_indices", "encode_store", "reconstruct_store",
-           "codes_to_parquet", "check_model_store", "sample_store", "parse_condition"]
+           "codes_to_parquet", "check_model_store", "sample_store", "parse_condition", "denoise_store"]

@@ -51,18 +51,27 @@ def resolve_indices(store: Store, where: str | None = None, split: str | None = 
 def map_store(fn: Callable[[torch.Tensor], torch.Tensor], store: Store | str | Path, out: str | Path, *,
               out_kind: str | None = None, indices: Sequence[int] | None = None, batch_size: int = 256,
               description: str = "processing", provenance: dict | None = None, overwrite: bool = False,
-              progress: bool = True, keep_arrays: Sequence[str] = ()) -> Store:
+              progress: bool = True, keep_arrays: Sequence[str] = (), model=None) -> Store:
     """Apply `fn` to batches of `x` (store units) and write a store with the outputs as `x`.
 
-    The output keeps the input's catalog rows (ids and physical columns), pixel scale and
-    bands for images (when outputs are images of the same bands), and `keep_arrays` (e.g.
-    'psf') copied from the input.
+    With `model`, `fn` receives instead the batch dict that model reads (x plus its arrays,
+    e.g. psf and ivar, and its catalog columns, e.g. conditions). The output keeps the
+    input's catalog rows (ids and physical columns), pixel scale and bands for images (when
+    outputs are images of the same bands), and `keep_arrays` (e.g. 'psf') copied from the input.
     """
     store = store if isinstance(store, Store) else open_store(store)
     idx = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
         raise InputError(f"no objects selected from {store.path}")
-    first = fn(torch.from_numpy(store.read("x", idx[:1]))).detach().cpu().numpy()
+    if model is None:
+        def apply(rows):
+            return fn(torch.from_numpy(store.read("x", rows))).detach().cpu().numpy()
+    else:
+        from deepfield.train.fit import iterate_batches
+
+        def apply(rows):
+            return fn(next(iterate_batches(store, rows, model, rows.size))).detach().cpu().numpy()
+    first = apply(idx[:1])
     sample_shape = first.shape[1:]
     same_images = store.kind == "image" and len(sample_shape) == 3 and sample_shape[0] == store.sample_shape[0]
     kind = out_kind or ("image" if same_images else "spectrum" if store.kind == "spectrum" and sample_shape == store.sample_shape else "table")
@@ -78,7 +87,7 @@ def map_store(fn: Callable[[torch.Tensor], torch.Tensor], store: Store | str | P
         task = bar.add_task(description, total=idx.size)
         for start in range(0, idx.size, batch_size):
             rows = idx[start:start + batch_size]
-            y = fn(torch.from_numpy(store.read("x", rows))).detach().cpu().numpy()
+            y = apply(rows)
             extra = {a: store.read(a, rows) for a in arrays}
             writer.append(x=y, catalog=store.catalog.take(rows), **extra)
             bar.advance(task, rows.size)

@@ -17,7 +17,7 @@ from deepfield.errors import InputError
 from deepfield.models import Model
 from deepfield.tasks.apply import map_store
 
-__all__ = ["encode_store", "reconstruct_store", "codes_to_parquet", "check_model_store"]
+__all__ = ["encode_store", "reconstruct_store", "denoise_store", "codes_to_parquet", "check_model_store"]
 
 
 def check_model_store(model: Model, store: Store) -> None:
@@ -63,6 +63,29 @@ def reconstruct_store(model: Model, store, out, *, indices=None, batch_size: int
     return map_store(model.reconstruct, store, out, indices=indices, batch_size=batch_size,
                      description="reconstructing", provenance=_provenance(model, "reconstruct"),
                      overwrite=overwrite, progress=progress, keep_arrays=("psf",))
+
+
+def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 256, overwrite: bool = False,
+                  progress: bool = True) -> Store:
+    """Posterior-mean noiseless images of `store`'s objects; PSF-free for observation-model VAEs.
+
+    Written as a store with the same ids and catalog (and the input PSF, for reference).
+    """
+    store = store if isinstance(store, Store) else open_store(store)
+    check_model_store(model, store)
+    if not hasattr(model, "posterior"):
+        raise InputError(f"denoising needs a VAE (posterior mean of the noiseless sky); got a "
+                         f"{type(model).__name__}: use `deepfield reconstruct` for autoencoders")
+    model.eval()
+
+    def posterior_mean_sky(batch):
+        c = model.condition_tensor(batch) if model.config.condition else None
+        mean, _ = model.posterior(batch["x"], c, batch.get("psf"))
+        return model.decode(mean, batch if model.config.condition else None)
+
+    return map_store(posterior_mean_sky, store, out, indices=indices, batch_size=batch_size,
+                     description="denoising", provenance=_provenance(model, "denoise"), overwrite=overwrite,
+                     progress=progress, keep_arrays=("psf",), model=model)
 
 
 def codes_to_parquet(codes: Store, path, overwrite: bool = False) -> Path:
