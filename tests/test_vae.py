@@ -179,19 +179,28 @@ def test_galsim_bridge_draws_seeded_learned_galaxies_into_a_scene(pixel_vae):
         bridge.sample()
 
 
-def test_denoise_recovers_the_psf_free_truth_better_than_the_data(pixel_vae, galaxies, tmp_path):
+def test_denoise_removes_the_noise(pixel_vae, galaxies, tmp_path):
+    """Observed through the PSF again, the denoised galaxies are closer to the noiseless
+    observation (truth (*) PSF) than the data are. (Against the PSF-free truth the answer
+    depends on what the model puts beyond the PSF's band limit, which the likelihood does not
+    constrain: a benchmark question for a well-trained model, not a unit test.)"""
+    from deepfield.physics import ObservationModel
     from deepfield.tasks import denoise_store
 
     model = deepfield.load(pixel_vae)
     test = galaxies.split()["test"]
     out = denoise_store(model, galaxies, tmp_path / "d", indices=test, progress=False)
     assert out.ids.tolist() == galaxies.ids[test].tolist() and out.has("psf")
-    truth, x, denoised = galaxies.read("truth", test), galaxies.read("x", test), out.read("x")
+    denoised = torch.from_numpy(out.read("x"))
     assert float(denoised.min()) >= 0
-    mse_model = float(((denoised - truth) ** 2).mean())
-    mse_data = float(((x - truth) ** 2).mean())  # noise + PSF blur
-    print("denoise MSE vs truth", mse_model, "data", mse_data)
-    assert mse_model < mse_data
+    psf = torch.from_numpy(galaxies.read("psf", test))
+    observe = ObservationModel("pixel").predict
+    clean = observe(torch.from_numpy(galaxies.read("truth", test)), psf)
+    x = torch.from_numpy(galaxies.read("x", test))
+    mse_model = float(((observe(denoised, psf) - clean) ** 2).mean())
+    mse_data = float(((x - clean) ** 2).mean())  # the noise variance
+    assert mse_data == pytest.approx(float((1 / galaxies.read("ivar", test)).mean()), rel=0.1)
+    assert mse_model < 0.5 * mse_data
     pca = deepfield.load(train("pca", galaxies, tmp_path / "pca", model_options={"latent_dim": 2}))
     with pytest.raises(InputError, match="needs a VAE"):
         denoise_store(pca, galaxies, tmp_path / "e")
