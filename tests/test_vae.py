@@ -205,3 +205,15 @@ def test_denoise_removes_the_noise(pixel_vae, galaxies, tmp_path):
     with pytest.raises(InputError, match="needs a VAE"):
         denoise_store(pca, galaxies, tmp_path / "e")
     assert not (tmp_path / "e").exists()
+
+
+def test_report_on_a_conditional_observation_model_vae(galaxies, tmp_path):
+    from deepfield.report import make_report
+
+    out = train("cvae", galaxies, tmp_path / "cvae", model_options=SMALL,
+                settings=TrainSettings(epochs=1, batch_size=32, progress=False))
+    page = make_report(out, galaxies, color_by="magnitude")
+    html = page.read_text()
+    assert "reconstructions.png" in html and "latent" in html
+    recorded = json.loads((out / "metrics.json").read_text())["test_mse"]
+    assert f"{recorded:.4g}" in html  # the report's numbers are the model's own

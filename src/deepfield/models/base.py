@@ -178,6 +178,10 @@ class Model(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def encode_batch(self, batch: dict) -> torch.Tensor:
+        """Codes of batch['x'], with whatever else the model reads from the batch."""
+        return self.encode(batch["x"])
+
     def reconstruct_batch(self, batch: dict) -> torch.Tensor:
         """Reconstruction of batch['x'] in the data's own space (as observed, for models with a PSF)."""
         return self.reconstruct(batch["x"])

@@ -226,6 +226,11 @@ class VAE(Model):
     def reconstruct(self, x: torch.Tensor, condition=None, psf=None) -> torch.Tensor:
         return self.decode(self.encode(x, condition, psf), condition)
 
+    def encode_batch(self, batch: dict) -> torch.Tensor:
+        """Posterior-mean codes of a batch (with its conditions and PSF when the model reads them)."""
+        c = self.condition_tensor(batch) if self.config.condition else None
+        return self.posterior(self.check_input(batch["x"]), c, batch.get("psf"))[0]
+
     def reconstruct_batch(self, batch: dict) -> torch.Tensor:
         """Posterior-mean reconstruction as observed: through the PSF for 'pixel'/'fourier'."""
         x = self.check_input(batch["x"])

@@ -141,25 +141,30 @@ def _report_rows(store: Store, member: _Member, split: str, notes: list[str]) ->
 @torch.no_grad()
 def _evaluate(member: _Member, store: Store, rows: np.ndarray, batch_size: int, codes: bool, bar, task) -> None:
     """Per-object MSE in normalised units (and the codes) of `member` over `rows`."""
+    from deepfield.train.fit import iterate_batches
+
     model = member.model
     model.eval()
     errs, zs = [], []
-    for start in range(0, rows.size, batch_size):
-        x = model.check_input(torch.from_numpy(store.read("x", rows[start:start + batch_size])))
-        # reconstruct(), not decode(encode()): a family may reconstruct differently (e.g. a
-        # VAE from its posterior mean); this is the number evaluate_mse wrote to metrics.json
-        err = (model.normalise(model.reconstruct(x)) - model.normalise(x)) ** 2
+    for batch in iterate_batches(store, rows, model, batch_size):
+        x = model.check_input(batch["x"])
+        # the model's own reconstruction in the data space (through the PSF for observation-model
+        # VAEs, with conditions for conditional ones): the number evaluate_mse wrote to metrics.json
+        err = (model.normalise(model.reconstruct_batch(batch)) - model.normalise(x)) ** 2
         errs.append(err.reshape(err.shape[0], -1).double().mean(dim=1).numpy())
         if codes:
-            zs.append(model.encode(x).double().numpy())
+            zs.append(model.encode_batch(batch).double().numpy())
         bar.advance(task, x.shape[0])
     member.mse = np.concatenate(errs)
     member.codes = np.concatenate(zs) if codes else None
 
 
 @torch.no_grad()
-def _reconstruct(member: _Member, x: np.ndarray) -> np.ndarray:
-    return member.model.reconstruct(torch.from_numpy(x)).double().numpy()
+def _reconstruct(member: _Member, store: Store, rows: np.ndarray) -> np.ndarray:
+    from deepfield.train.fit import iterate_batches
+
+    batch = next(iterate_batches(store, np.asarray(rows, dtype=np.int64), member.model, len(rows)))
+    return member.model.reconstruct_batch(batch).double().numpy()
 
 
 def _row_label(store: Store, row: int) -> str:
@@ -406,7 +411,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
     labels = [_row_label(store, int(r)) for r in examples]
     if examples.size and store.kind in ("image", "spectrum"):
         x = store.read("x", examples)
-        recon = {main.name if len(members) > 1 else "reconstruction": _reconstruct(main, x)}
+        recon = {main.name if len(members) > 1 else "reconstruction": _reconstruct(main, store, examples)}
         mse = {k: main.mse[position] for k in recon}
         band, rgb = _reference_band(store.bands, x.shape[1]) if store.kind == "image" else (0, None)
         order = "ordered from bright to faint, " if "magnitude" in store.columns else ""
@@ -439,7 +444,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
                            "each example's features as input → reconstruction."))
         if examples.size:
             x = store.read("x", examples)
-            r = _reconstruct(main, x)
+            r = _reconstruct(main, store, examples)
             names = (store.meta.get("extra") or {}).get("feature_names") or [f"x{j}" for j in range(x.shape[1])]
             trs = [(int(store.ids[e]), *[f"{a:.3g} → {b:.3g}" for a, b in zip(x[i], r[i])], float(main.mse[position[i]]))
                    for i, e in enumerate(examples)]
@@ -491,7 +496,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
             plots.plot_validation_curves(curves, tmp / "comparison_val_curves.png", mse_label=mse_label)
         if examples.size and store.kind in ("image", "spectrum"):
             x = store.read("x", examples)
-            recon = {m.name: _reconstruct(m, x) for m in members}
+            recon = {m.name: _reconstruct(m, store, examples) for m in members}
             mse = {m.name: m.mse[position] for m in members}
             if store.kind == "image":
                 band, _ = _reference_band(store.bands, x.shape[1])
