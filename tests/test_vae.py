@@ -217,3 +217,29 @@ def test_report_on_a_conditional_observation_model_vae(galaxies, tmp_path):
     assert "reconstructions.png" in html and "latent" in html
     recorded = json.loads((out / "metrics.json").read_text())["test_mse"]
     assert f"{recorded:.4g}" in html  # the report's numbers are the model's own
+
+
+def test_latent_walks_interpolate_traverse_and_edit(pixel_vae, galaxies, tmp_path):
+    from deepfield.tasks import edit_attributes, interpolate, traversal_grid
+
+    model = deepfield.load(pixel_vae)
+    x = torch.from_numpy(galaxies.read("x", [0, 1]))
+    path = interpolate(model, x[0], x[1], steps=5)
+    ends = model.decode(model.encode(x))
+    assert path.shape == (5, 1, 32, 32)
+    torch.testing.assert_close(path[0], ends[0]) and torch.testing.assert_close(path[-1], ends[1])
+    assert interpolate(model, x[0], x[1], steps=4, spherical=True).shape == (4, 1, 32, 32)
+    grid = traversal_grid(model, steps=3, dims=(0, 2))
+    assert grid.shape == (3, 3, 1, 32, 32)
+    torch.testing.assert_close(grid[1, 1], model.decode(torch.zeros(1, 4))[0])  # the centre is z0
+    with pytest.raises(InputError, match="two latent coordinates"):
+        traversal_grid(model, dims=(0, 9))
+    with pytest.raises(InputError, match="needs a conditional model"):
+        edit_attributes(model, x, {}, {"magnitude": 20})
+    cvae = deepfield.load(train("cvae", galaxies, tmp_path / "c", model_options=SMALL,
+                                settings=TrainSettings(epochs=1, batch_size=32, progress=False)))
+    cond = {c: galaxies.column(c)[:2] for c in cvae.config.condition}
+    edited = edit_attributes(cvae, x, cond, {"magnitude": float(galaxies.column("magnitude").min())})
+    assert edited.shape == x.shape
+    with pytest.raises(InputError, match="not conditioned on"):
+        edit_attributes(cvae, x, cond, {"colour": 1.0})
