@@ -123,3 +123,32 @@ def sample(
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     console.print(f"[green]{len(store)} samples written to[/] {out} (prior: {store.meta['provenance']['prior']})")
+
+
+evaluate_app = typer.Typer(help="Validate models.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("morphology")
+def evaluate_morphology_cmd(
+    model_dir: Path = typer.Argument(..., help="Model folder of a VAE (with or without a latent prior)."),
+    store: Path = typer.Option(..., "--store", "-s", help="The model's training store (its held-out split is used)."),
+    n: int = typer.Option(None, "--n", help="At most this many held-out galaxies."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the full result as JSON here."),
+):
+    """Held-out galaxies vs model samples observed through the same PSFs and noise (HSM, Gini, M20, C, A)."""
+    import json
+
+    from deepfield.metrics import format_table
+    from deepfield.tasks import evaluate_morphology
+
+    model, s = _load(model_dir, store)
+    result = evaluate_morphology(model, s, n=n, seed=seed)
+    for name, entry in result["priors"].items():
+        console.print(f"[bold]prior {name}[/] ({result['n']} held-out galaxies)")
+        print(format_table(entry["rows"]))
+        if entry["spearman"]:
+            console.print("Spearman asked vs measured: " + ", ".join(f"{k} {v:.3f}" for k, v in entry["spearman"].items()))
+    if out:
+        out.write_text(json.dumps(result, indent=2, default=float) + "\n")
