@@ -26,14 +26,24 @@ import torch
 from _common import RESULTS, cached_store, markdown_table, write_results
 
 
+def clean_observation(store, idx) -> torch.Tensor:
+    """The noiseless image as observed: the simulator's PSF-free truth convolved with each PSF."""
+    from deepfield.physics import ObservationModel
+
+    truth = torch.from_numpy(store.read("truth", idx))
+    if not store.has("psf"):  # spectra: the truth is already the noiseless observation
+        return truth
+    return ObservationModel("pixel").predict(truth, torch.from_numpy(store.read("psf", idx)))
+
+
 @torch.no_grad()
-def mse_against(model, store, rows, target: str) -> float:
-    """Normalised MSE of reconstructions of `x` against array `target` ('x' or 'truth')."""
+def mse_against_truth(model, store, rows) -> float:
+    """Normalised MSE of reconstructions of the noisy `x` against the noiseless observation."""
     total, count = 0.0, 0
     for start in range(0, rows.size, 256):
         idx = rows[start:start + 256]
         x = torch.from_numpy(store.read("x", idx))
-        ref = torch.from_numpy(store.read(target, idx))
+        ref = clean_observation(store, idx)
         err = (model.normalise(model.reconstruct(x)) - model.normalise(ref)) ** 2
         total += float(err.sum())
         count += err.numel()
@@ -61,7 +71,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-galaxies", type=int, default=5000)
     ap.add_argument("--n-spectra", type=int, default=5000)
-    ap.add_argument("--latents", type=int, nargs="+", default=[2, 8, 16, 32])
+    ap.add_argument("--latents", type=int, nargs="+", default=[2, 8, 16, 32],
+                    help="latent sizes (iris always uses 2)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--galaxy-epochs", type=int, default=12)
     ap.add_argument("--min-steps", type=int, default=3000,
@@ -101,14 +112,14 @@ def main():
                     entry[f"{family}_seconds"] = seconds
                     entry[f"{family}_epochs_run"] = metrics.get("epochs_run")
                     if store.has("truth"):
-                        entry[f"{family}_mse_truth"] = mse_against(load_model(path), store, test, "truth")
+                        entry[f"{family}_mse_truth"] = mse_against_truth(load_model(path), store, test)
                     print(f"{name:9s} d={d:<3d} {family:8s} test MSE {metrics['test_mse']:.4g} ({seconds:.0f} s)",
                           flush=True)
                 if store.has("truth"):
-                    # the noise floor: error of the noisy input itself against the truth
+                    # the noise floor: error of the noisy input itself against the noiseless observation
                     model = load_model(path)
                     x = torch.from_numpy(store.read("x", test))
-                    t = torch.from_numpy(store.read("truth", test))
+                    t = clean_observation(store, test)
                     entry["noise_mse"] = float(((model.normalise(x) - model.normalise(t)) ** 2).mean())
                 if "conv-ae_mse" in entry:
                     entry["conv_ae_over_pca"] = entry["conv-ae_mse"] / entry["pca_mse"]
@@ -116,8 +127,9 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     previous = RESULTS / "compression.json"
-    if args.only and previous.is_file():  # keep the other data sets' rows from the last full run
-        kept = [r for r in json.loads(previous.read_text())["results"] if r["dataset"] not in args.only]
+    if args.only and previous.is_file():  # keep the rows this run did not redo
+        redone = {(r["dataset"], r["latent_dim"]) for r in results}
+        kept = [r for r in json.loads(previous.read_text())["results"] if (r["dataset"], r["latent_dim"]) not in redone]
         results = kept + results
     order = {"iris": 0, "digits": 1, "spectra": 2, "galaxies": 3}
     results.sort(key=lambda r: (order.get(r["dataset"], 9), r["latent_dim"]))
