@@ -16,6 +16,14 @@ def _load(model_dir: Path, store_path: Path):
     return deepfield.load(model_dir), open_store(store_path)
 
 
+def _selection(model_dir: Path, store_path: Path, where: str | None, split: str | None):
+    """Model, store and the rows chosen by --where (catalog query) and --split (the model's split)."""
+    from deepfield.tasks import resolve_indices
+
+    model, store = _load(model_dir, store_path)
+    return model, store, resolve_indices(store, where, split, getattr(model, "record", None))
+
+
 @app.command()
 def encode(
     model_dir: Path = typer.Argument(..., help="Model folder."),
@@ -31,10 +39,9 @@ def encode(
     import shutil
     import tempfile
 
-    from deepfield.tasks import codes_to_parquet, encode_store, resolve_indices
+    from deepfield.tasks import codes_to_parquet, encode_store
 
-    model, s = _load(model_dir, store)
-    idx = resolve_indices(s, where, split, getattr(model, "record", None))
+    model, s, idx = _selection(model_dir, store, where, split)
     if out.suffix == ".parquet":
         tmp = Path(tempfile.mkdtemp(prefix="deepfield-codes-"))
         try:
@@ -60,10 +67,9 @@ def reconstruct(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Write decode(encode(x)) for every selected object as a new store (same ids and catalog)."""
-    from deepfield.tasks import reconstruct_store, resolve_indices
+    from deepfield.tasks import reconstruct_store
 
-    model, s = _load(model_dir, store)
-    idx = resolve_indices(s, where, split, getattr(model, "record", None))
+    model, s, idx = _selection(model_dir, store, where, split)
     reconstruct_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite, progress=progress)
     console.print(f"[green]{idx.size} reconstructions written to[/] {out}")
 
@@ -80,10 +86,9 @@ def denoise(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Posterior-mean noiseless images (PSF-free for pixel/fourier VAEs), keyed by id."""
-    from deepfield.tasks import denoise_store, resolve_indices
+    from deepfield.tasks import denoise_store
 
-    model, s = _load(model_dir, store)
-    idx = resolve_indices(s, where, split, getattr(model, "record", None))
+    model, s, idx = _selection(model_dir, store, where, split)
     denoise_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite, progress=progress)
     console.print(f"[green]{idx.size} denoised images written to[/] {out}")
 

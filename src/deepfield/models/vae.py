@@ -226,16 +226,20 @@ class VAE(Model):
     def reconstruct(self, x: torch.Tensor, condition=None, psf=None) -> torch.Tensor:
         return self.decode(self.encode(x, condition, psf), condition)
 
+    def posterior_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """q(z | x, c) of a batch: (mean, log variance, normalised conditions or None), reading
+        the batch's condition columns and PSF where the model uses them."""
+        c = self.condition_tensor(batch)
+        mean, log_var = self.posterior(self.check_input(batch["x"]), c, batch.get("psf"))
+        return mean, log_var, c
+
     def encode_batch(self, batch: dict) -> torch.Tensor:
         """Posterior-mean codes of a batch (with its conditions and PSF when the model reads them)."""
-        c = self.condition_tensor(batch) if self.config.condition else None
-        return self.posterior(self.check_input(batch["x"]), c, batch.get("psf"))[0]
+        return self.posterior_batch(batch)[0]
 
     def reconstruct_batch(self, batch: dict) -> torch.Tensor:
         """Posterior-mean reconstruction as observed: through the PSF for 'pixel'/'fourier'."""
-        x = self.check_input(batch["x"])
-        c = self.condition_tensor(batch) if self.config.condition else None
-        mean, _ = self.posterior(x, c, batch.get("psf"))
+        mean, _, c = self.posterior_batch(batch)
         sky = self._sky(self._decode_raw(mean, c))
         if self.config.likelihood in ("pixel", "fourier"):
             return self.observation.predict(sky, batch["psf"])
@@ -291,9 +295,7 @@ class VAE(Model):
         return self.observation.nll(self._sky(raw), batch)
 
     def elbo_terms(self, batch: dict, sample: bool = True) -> dict:
-        x = self.check_input(batch["x"])
-        c = self.condition_tensor(batch) if self.config.condition else None
-        mean, log_var = self.posterior(x, c, batch.get("psf"))
+        mean, log_var, c = self.posterior_batch(batch)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if sample else mean
         raw = self._decode_raw(z, c)
         nll = self._nll(raw, batch)

@@ -73,15 +73,13 @@ def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 2
     """
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
-    if not hasattr(model, "posterior"):
+    if not hasattr(model, "posterior_batch"):
         raise InputError(f"denoising needs a VAE (posterior mean of the noiseless sky); got a "
                          f"{type(model).__name__}: use `deepfield reconstruct` for autoencoders")
     model.eval()
 
     def posterior_mean_sky(batch):
-        c = model.condition_tensor(batch) if model.config.condition else None
-        mean, _ = model.posterior(batch["x"], c, batch.get("psf"))
-        return model.decode(mean, batch if model.config.condition else None)
+        return model.decode(model.posterior_batch(batch)[0], batch if model.config.condition else None)
 
     return map_store(posterior_mean_sky, store, out, indices=indices, batch_size=batch_size,
                      description="denoising", provenance=_provenance(model, "denoise"), overwrite=overwrite,

@@ -130,7 +130,7 @@ def build_model(family: str, store: Store, options: dict | None = None) -> Model
     values["normalisation"] = "feature" if store.kind == "table" else "channel"
     if "split_amplitude" in fields:
         values["split_amplitude"] = store.kind == "image"
-    if "positive" in fields and store.kind == "image":
+    if "positive" in fields and store.kind == "image" and "positive" not in (options or {}):
         # non-negative decoder for non-negative data (digits, noiseless truth); noisy
         # sky-subtracted stamps fit better unconstrained (see models.autoencoder)
         sample = store.read("x", slice(0, min(len(store), 2000)))

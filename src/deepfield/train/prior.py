@@ -27,8 +27,7 @@ def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256) 
     """Posterior means and standard deviations (N, D) of the objects `rows`."""
     means, stds = [], []
     for batch in iterate_batches(store, rows, vae, batch_size):
-        c = vae.condition_tensor(batch) if vae.config.condition else None
-        mean, log_var = vae.posterior(batch["x"], c, batch.get("psf"))
+        mean, log_var, _ = vae.posterior_batch(batch)
         means.append(mean.numpy())
         stds.append((0.5 * log_var).exp().numpy())
     return np.concatenate(means), np.concatenate(stds)
