@@ -12,7 +12,8 @@ from deepfield.cli._app import app, run_app
 __all__ = ["app", "main"]
 
 # Command modules; a module that does not exist yet is skipped so the CLI grows by files.
-_COMMAND_MODULES = ("data", "simulate", "importers", "train", "tasks", "report", "demo")
+_COMMAND_MODULES = ("data", "simulate", "importers", "train", "tasks", "report", "demo",
+                    "gan", "compare", "anomaly", "search")
 
 for _name in _COMMAND_MODULES:
     try:
