@@ -23,3 +23,5 @@ __all__ = ["Model", "MODEL_REGISTRY", "register", "PCA", "PCAConfig", "DenseAuto
 
 #: CLI family name -> model class
 FAMILIES = {**{cls.family: cls for cls in (PCA, DenseAutoencoder, ConvAutoencoder, VAE)}, "cvae": VAE}
+from deepfield.models.pixelcnn import PixelCNN, PixelCNNConfig  # noqa: E402  (pixelcnn: exact likelihoods)
+FAMILIES["pixelcnn"] = PixelCNN
