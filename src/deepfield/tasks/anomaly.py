@@ -1,0 +1,453 @@
+"""Anomaly scores: one interface over every model that can say how odd an object is.
+
+:func:`score_store` runs a model over a store and returns a table keyed by ``id`` with a
+``score`` per object (higher = more anomalous), its ``rank`` (1 = most anomalous), the
+method's parts, and the catalog's ``anomaly_type``/``anomaly_strength`` when the store has
+them (an injected store, :mod:`deepfield.data.anomalies`). Methods:
+
+- ``reconstruction`` (PCA, AE, VAE: any model with ``reconstruct_batch``): the mean squared
+  (``norm='l2'``) or absolute (``'l1'``) residual per pixel, in units of the noise sigma
+  (``weighting='ivar'``: L2 is then chi^2 per pixel) or of the per-band pixel std (``'none'``);
+- ``elbo`` (VAE): ``-ELBO`` in nats, averaged over posterior samples;
+- ``density`` (VAE with a latent flow or GMM prior): ``-log p(z)`` of the posterior-mean code;
+- ``pixelcnn`` (PixelCNN): ``-log p(x)`` in nats, via :mod:`deepfield.tasks.compare`;
+- ``ratio`` (PixelCNN + background PixelCNN): ``-(log p(x) - log p_background(x))``
+  (Ren et al. 2019), via :mod:`deepfield.tasks.compare`;
+- ``gan`` (GAN): :mod:`deepfield.tasks.gan_score` (residual + discriminator-feature score).
+
+:func:`ensemble_scores` averages the normalised ranks of several tables (a rank average is
+blind to the scores' units, so reconstruction errors and log-likelihoods combine fairly).
+:func:`detection_metrics` gives AUROC, AUPR and precision@k per anomaly type.
+
+Objects with NaN/inf pixels cannot be scored: :func:`score_store` names them and stops, or
+leaves them out with ``skip_nan=True`` (their ids are kept in the table's metadata).
+
+References:
+    Ren et al. (2019), Likelihood ratios for out-of-distribution detection, arXiv:1906.02845.
+    Schlegl et al. (2017), AnoGAN, arXiv:1703.05921.
+    Storey-Fisher et al. (2021), anomaly detection in HSC with GANs, arXiv:2012.08082.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from deepfield.data.store import Store, open_store
+from deepfield.errors import InputError
+
+__all__ = ["METHODS", "score_store", "ensemble_scores", "detection_metrics", "write_scores", "skipped_ids",
+           "score_metadata", "default_method"]
+
+METHODS = ("reconstruction", "elbo", "density", "pixelcnn", "ratio", "gan")
+_LABEL_COLUMNS = ("anomaly_type", "anomaly_strength")
+
+
+def _load(model):
+    if model is None or isinstance(model, torch.nn.Module):
+        return model
+    import deepfield
+
+    return deepfield.load(model)
+
+
+def _is_gan(model) -> bool:
+    return "gan" in type(model).__name__.lower() or "gan" in str(getattr(model, "family", "")).lower()
+
+
+def _is_pixelcnn(model) -> bool:
+    return "pixelcnn" in type(model).__name__.lower() or "pixelcnn" in str(getattr(model, "family", "")).lower()
+
+
+def default_method(model) -> str:
+    """The natural score of a model: pixelcnn, gan, elbo (VAE) or reconstruction."""
+    if _is_pixelcnn(model):
+        return "pixelcnn"
+    if _is_gan(model):
+        return "gan"
+    if hasattr(model, "elbo_terms"):
+        return "elbo"
+    return "reconstruction"
+
+
+def _nonfinite_ids(store: Store, idx: np.ndarray, arrays: Sequence[str], chunk: int = 4096) -> np.ndarray:
+    """Ids of the objects `idx` with a NaN/inf value in any of `arrays`."""
+    bad = []
+    for name in dict.fromkeys(arrays):
+        if not store.has(name) or name in store.shared_arrays:
+            continue
+        for start in range(0, idx.size, chunk):
+            rows = idx[start:start + chunk]
+            values = store.read(name, rows)
+            if values.dtype.kind != "f":
+                break
+            flags = ~np.isfinite(values.reshape(rows.size, -1)).all(axis=1)
+            bad.append(rows[flags])
+    rows = np.unique(np.concatenate(bad)) if bad else np.zeros(0, np.int64)
+    return store.ids[rows]
+
+
+def _batches(store: Store, idx: np.ndarray, model, batch_size: int, arrays=(), columns=()):
+    """Batches the model reads (x, its arrays, its columns), plus `arrays` and `columns`."""
+    from deepfield.train.fit import iterate_batches
+
+    for start in range(0, idx.size, batch_size):
+        rows = idx[start:start + batch_size]
+        batch = next(iterate_batches(store, rows, model, rows.size))
+        for name in arrays:
+            if name not in batch and store.has(name):
+                batch[name] = torch.from_numpy(np.ascontiguousarray(store.read(name, rows), dtype=np.float32))
+        for name in columns:
+            if name not in batch:
+                batch[name] = torch.from_numpy(store.column(name)[rows].astype(np.float32))
+        yield rows, batch
+
+
+def _reconstruction(model, store, idx, batch_size, bar, task, norm: str, weighting: str) -> dict:
+    if not (hasattr(model, "reconstruct_batch") and hasattr(model, "decode")):
+        raise InputError(f"the reconstruction score needs a model that reconstructs (PCA, AE, VAE); "
+                         f"{type(model).__name__} does not: use --method {default_method(model)}")
+    if norm not in ("l1", "l2"):
+        raise InputError(f"norm {norm!r}: choose 'l2' (squared residuals) or 'l1' (absolute residuals)")
+    if weighting == "auto":
+        weighting = "ivar" if store.has("ivar") else "none"
+    if weighting not in ("ivar", "none"):
+        raise InputError(f"weighting {weighting!r}: choose 'ivar' (residual / noise sigma), 'none' (residual / "
+                         "pixel std) or 'auto' (ivar when the store has it)")
+    if weighting == "ivar" and not store.has("ivar"):
+        raise InputError(f"store {store.path} has no 'ivar' array to weight residuals by: use weighting 'none'")
+    extra = ("ivar",) if weighting == "ivar" else ()
+    extra += ("mask",) if store.has("mask") else ()
+    scores = []
+    for rows, batch in _batches(store, idx, model, batch_size, arrays=extra):
+        x = model.check_input(batch["x"])
+        residual = x - model.reconstruct_batch(batch)
+        if weighting == "ivar":
+            ivar = batch["ivar"].to(x)
+            used = ivar > 0
+            residual = residual * ivar.clamp_min(0).sqrt()
+        else:
+            residual = residual / model.data_scale
+            used = torch.ones_like(residual, dtype=torch.bool)
+        if "mask" in batch:
+            used = used & ~batch["mask"].bool()
+        r = residual.abs() if norm == "l1" else residual.square()
+        r = torch.where(used, r, torch.zeros((), dtype=r.dtype))
+        scores.append((r.flatten(1).sum(1) / used.flatten(1).sum(1).clamp_min(1)).double().numpy())
+        bar.advance(task, rows.size)
+    return {"score": np.concatenate(scores)}
+
+
+def _elbo(model, store, idx, batch_size, bar, task, samples: int, seed: int) -> dict:
+    if not hasattr(model, "elbo_terms"):
+        raise InputError(f"the elbo score needs a VAE; {type(model).__name__} has no ELBO: use --method "
+                         f"{default_method(model)}")
+    if samples < 1:
+        raise InputError(f"samples={samples}: average the ELBO over at least one posterior sample")
+    nll, kl = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for rows, batch in _batches(store, idx, model, batch_size):
+            terms = [model.elbo_terms(batch, sample=True) for _ in range(samples)]
+            nll.append(torch.stack([t["nll"] for t in terms]).mean(0).double().numpy())
+            kl.append(torch.stack([t["kl"] for t in terms]).mean(0).double().numpy())
+            bar.advance(task, rows.size)
+    nll, kl = np.concatenate(nll), np.concatenate(kl)
+    return {"score": nll + kl, "nll": nll, "kl": kl}
+
+
+def _density(model, store, idx, batch_size, bar, task) -> dict:
+    prior = getattr(model, "prior", None)
+    if not hasattr(model, "posterior_batch"):
+        raise InputError(f"the density score needs a VAE with a latent prior; {type(model).__name__} has no "
+                         f"posterior: use --method {default_method(model)}")
+    if prior is None:
+        raise InputError("the density score needs the VAE's latent prior, and this VAE has none: fit one with "
+                         "`deepfield train flow --model VAE_DIR` (or gmm), or use --method elbo")
+    columns = tuple(prior.data_columns)
+    for name in columns:
+        store.column(name)  # names the missing column and the ones there are
+    scores = []
+    for rows, batch in _batches(store, idx, model, batch_size, columns=columns):
+        z = model.posterior_batch(batch)[0]
+        scores.append(-prior.log_prob(z, batch if columns else None).double().numpy())
+        bar.advance(task, rows.size)
+    return {"score": np.concatenate(scores)}
+
+
+def _import(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        raise InputError(f"the {what} score needs {module}, which this deepfield installation does not have "
+                         "yet; choose another --method (reconstruction, elbo, density)") from None
+
+
+def _ids_values(out, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise InputError(f"{what} returned {type(out).__name__}, expected (ids, values)")
+    return np.asarray(out[0], dtype=np.int64), np.asarray(out[1], dtype=np.float64)
+
+
+def _pixelcnn(model, store, idx, batch_size, progress) -> dict:
+    compare = _import("deepfield.tasks.compare", "pixelcnn")
+    if not (_is_pixelcnn(model) and hasattr(model, "log_prob")):
+        raise InputError(f"the pixelcnn score needs a PixelCNN (an exact log p(x)); got a {type(model).__name__}: "
+                         f"use --method {default_method(model)}")
+    ids, log_p = _ids_values(compare.log_likelihood_store(model, store, indices=idx, batch_size=batch_size,
+                                                          progress=progress), "log_likelihood_store")
+    n_dims = float(np.prod(store.sample_shape))
+    return {"id": ids, "score": -log_p, "log_prob": log_p, "bits_per_dim": -log_p / (n_dims * math.log(2))}
+
+
+def _ratio(model, background, store, idx, batch_size, progress) -> dict:
+    compare = _import("deepfield.tasks.compare", "ratio")
+    if background is None:
+        raise InputError("the likelihood-ratio score needs a background model (a PixelCNN trained on perturbed "
+                         "data): pass background= (--background DIR)")
+    for m, role in ((model, "model"), (background, "background")):
+        if not (_is_pixelcnn(m) and hasattr(m, "log_prob")):
+            raise InputError(f"the ratio score needs PixelCNNs; the {role} is a {type(m).__name__}")
+    ids, llr = _ids_values(compare.likelihood_ratio_store(model, background, store, indices=idx,
+                                                          batch_size=batch_size, progress=progress),
+                           "likelihood_ratio_store")
+    return {"id": ids, "score": -llr, "log_likelihood_ratio": llr}
+
+
+def _gan(model, store, idx, batch_size, progress) -> dict:
+    gan_score = _import("deepfield.tasks.gan_score", "gan")
+    if not _is_gan(model):
+        raise InputError(f"the gan score needs a GAN model folder; got a {type(model).__name__}: use --method "
+                         f"{default_method(model)}")
+    out = dict(gan_score.gan_score_store(model, store, indices=idx, batch_size=batch_size, progress=progress))
+    ids = out.pop("id", None)
+    ids = out.pop("ids", None) if ids is None else ids
+    if ids is None or "score" not in out:
+        raise InputError(f"gan_score_store returned keys {sorted(out)}; expected 'id(s)' and 'score'")
+    n = len(ids)
+    parts = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()
+             if np.ndim(v) == 1 and len(v) == n and np.asarray(v).dtype.kind in "iuf"}
+    return {"id": np.asarray(ids, dtype=np.int64), **parts}
+
+
+def score_store(store: Store | str | os.PathLike, method: str, model=None, *, background=None, indices=None,
+                batch_size: int = 256, skip_nan: bool = False, progress: bool = True, norm: str = "l2",
+                weighting: str = "auto", samples: int = 4, seed: int = 0) -> pa.Table:
+    """Anomaly scores of the objects of `store` (higher = more anomalous), keyed by id.
+
+    Arguments:
+        store: the store to score (path or Store).
+        method: one of :data:`METHODS` (module docstring).
+        model: the model (or its folder); background: the ratio method's background model.
+        indices: rows to score (default all).
+        batch_size: objects per forward pass.
+        skip_nan: leave out objects with NaN/inf pixels instead of stopping (ids in the metadata).
+        progress: show a progress bar.
+        norm: reconstruction: 'l2' (mean squared residual) or 'l1' (mean absolute residual).
+        weighting: reconstruction: 'ivar' (residual x sqrt(ivar), so L2 is chi^2 per pixel),
+            'none' (residual / per-band pixel std, the training MSE's units) or 'auto'.
+        samples, seed: elbo: posterior samples per object, and their seed (same seed, same scores).
+
+    Returns:
+        A pyarrow Table with ``id``, ``score``, ``rank`` and the method's parts (e.g. ``nll``,
+        ``kl``), plus ``anomaly_type``/``anomaly_strength`` when the catalog has them; schema
+        metadata records the method, options, model and store fingerprint, and skipped ids.
+    """
+    from deepfield.tasks.apply import progress_bar
+    from deepfield.tasks.encode import check_model_store
+
+    if method not in METHODS:
+        raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)} (or ensemble_scores for a "
+                         "rank average)")
+    store = store if isinstance(store, Store) else open_store(store)
+    model_path = "" if model is None or isinstance(model, torch.nn.Module) else str(model)
+    model, background = _load(model), _load(background)
+    if model is None:
+        raise InputError(f"the {method} score needs a model (--model DIR)")
+    model.eval()
+    if background is not None:
+        background.eval()
+    check_model_store(model, store)
+    idx = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if idx.size == 0:
+        raise InputError(f"no objects selected from {store.path}")
+    arrays = ("x", *getattr(model, "data_arrays", ()))
+    if method == "reconstruction" and store.has("ivar") and weighting in ("auto", "ivar"):
+        arrays += ("ivar",)
+    bad = _nonfinite_ids(store, idx, arrays)
+    if bad.size and not skip_nan:
+        shown = ", ".join(map(str, bad[:20].tolist())) + (" ..." if bad.size > 20 else "")
+        raise InputError(f"{bad.size} object(s) of {store.path} have NaN/inf values in {'/'.join(arrays)}, ids: "
+                         f"{shown}. Clean or drop them, or pass skip_nan=True (--skip-nan) to score the others")
+    if bad.size:
+        idx = idx[~np.isin(store.ids[idx], bad)]
+        if idx.size == 0:
+            raise InputError(f"every selected object of {store.path} has NaN/inf values; nothing to score")
+    options: dict = {}
+    with torch.no_grad(), progress_bar(progress and method in ("reconstruction", "elbo", "density")) as bar:
+        task = bar.add_task(f"scoring ({method})", total=idx.size)
+        if method == "reconstruction":
+            options = {"norm": norm, "weighting": weighting if weighting != "auto" else
+                       ("ivar" if store.has("ivar") else "none")}
+            parts = _reconstruction(model, store, idx, batch_size, bar, task, norm, weighting)
+        elif method == "elbo":
+            options = {"samples": samples, "seed": seed}
+            parts = _elbo(model, store, idx, batch_size, bar, task, samples, seed)
+        elif method == "density":
+            parts = _density(model, store, idx, batch_size, bar, task)
+        elif method == "pixelcnn":
+            parts = _pixelcnn(model, store, idx, batch_size, progress)
+        elif method == "ratio":
+            parts = _ratio(model, background, store, idx, batch_size, progress)
+        else:
+            parts = _gan(model, store, idx, batch_size, progress)
+    ids = parts.pop("id", store.ids[idx])
+    rows = idx
+    if not np.array_equal(ids, store.ids[idx]):  # a delegate may return its own order
+        position = {int(i): r for i, r in zip(store.ids, range(len(store)))}
+        rows = np.array([position[int(i)] for i in ids], dtype=np.int64)
+    metadata = {"method": method, "options": options, "model_class": type(model).__name__,
+                "model_path": model_path, "store": str(store.path),
+                "store_fingerprint": store.fingerprint, "skipped_ids": bad.tolist()}
+    return _table(ids, parts, store, rows, metadata)
+
+
+def _table(ids: np.ndarray, parts: Mapping[str, np.ndarray], store: Store | None, rows, metadata: dict) -> pa.Table:
+    score = np.asarray(parts["score"], dtype=np.float64)
+    if np.isnan(score).any():
+        raise InputError(f"the {metadata.get('method')} score is NaN for ids "
+                         f"{np.asarray(ids)[np.isnan(score)][:10].tolist()}; check the model and those objects")
+    order = np.argsort(-score, kind="stable")
+    rank = np.empty(score.size, dtype=np.int64)
+    rank[order] = np.arange(1, score.size + 1)
+    columns = {"id": pa.array(np.asarray(ids, dtype=np.int64)), "score": pa.array(score), "rank": pa.array(rank)}
+    for name, values in parts.items():
+        if name != "score":
+            columns[name] = pa.array(np.asarray(values, dtype=np.float64))
+    if store is not None:
+        for name in _LABEL_COLUMNS:
+            if name in store.columns:
+                columns[name] = pa.array(store.column(name)[rows])
+    table = pa.table(columns)
+    return table.replace_schema_metadata({b"deepfield": json.dumps(metadata).encode()})
+
+
+def score_metadata(table: pa.Table) -> dict:
+    """The record a score table carries: method, options, model, store fingerprint, skipped ids."""
+    raw = (table.schema.metadata or {}).get(b"deepfield")
+    return json.loads(raw) if raw else {}
+
+
+def skipped_ids(table: pa.Table) -> list[int]:
+    """Ids left out of a score table because of NaN/inf pixels (``skip_nan=True``)."""
+    return list(score_metadata(table).get("skipped_ids", []))
+
+
+def ensemble_scores(tables: Sequence[pa.Table] | Mapping[str, pa.Table]) -> pa.Table:
+    """Rank-average ensemble: each table's scores become normalised ranks (1/n lowest ... 1 highest,
+    ties share their mean rank); the ensemble score is their mean over the tables.
+
+    Objects missing from any table (e.g. skipped there) are left out. Returns a score table
+    with ``id``, ``score``, ``rank``, one ``rank_<name>`` column per input, and the labels.
+    """
+    from scipy.stats import rankdata
+
+    if isinstance(tables, Mapping):
+        names, tables = list(tables), list(tables.values())
+    else:
+        tables = list(tables)
+        names = []
+        for t in tables:
+            base = score_metadata(t).get("method", "score")
+            name, k = base, 2
+            while name in names:
+                name, k = f"{base}{k}", k + 1
+            names.append(name)
+    if len(tables) < 2:
+        raise InputError(f"an ensemble needs two or more score tables, got {len(tables)}")
+    common = tables[0].column("id").to_numpy()
+    for t in tables[1:]:
+        common = common[np.isin(common, t.column("id").to_numpy())]
+    if common.size == 0:
+        raise InputError("the score tables share no ids: score the same store with each model")
+    ranks = {}
+    for name, t in zip(names, tables):
+        ids = t.column("id").to_numpy()
+        score = t.column("score").to_numpy()
+        lookup = dict(zip(ids.tolist(), range(ids.size)))
+        values = score[[lookup[int(i)] for i in common]]
+        ranks[f"rank_{name}"] = rankdata(values, method="average") / values.size
+    parts = {"score": np.mean(list(ranks.values()), axis=0), **ranks}
+    table = _table(common, parts, None, None, {"method": "ensemble", "members": names,
+                                               "member_metadata": [score_metadata(t) for t in tables],
+                                               "skipped_ids": sorted({i for t in tables for i in skipped_ids(t)})})
+    for name in _LABEL_COLUMNS:
+        source = next((t for t in tables if name in t.column_names), None)
+        if source is not None:
+            lookup = dict(zip(source.column("id").to_numpy().tolist(), range(source.num_rows)))
+            table = table.append_column(name, source.column(name).take(pa.array([lookup[int(i)] for i in common])))
+    return table
+
+
+def detection_metrics(table: pa.Table, score: str = "score", k: int = 100) -> dict[str, dict]:
+    """How well `score` separates each anomaly type from normal objects (``anomaly_type == 'none'``).
+
+    For each type (and the groups 'artefacts', 'oddities' and 'all'): ``n`` positives, ``auroc``,
+    ``aupr`` (average precision), ``precision_at_k`` (positives among the top k of positives +
+    normal objects) and ``precision_ceiling`` = min(1, n / k), the best possible value.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from deepfield.data.anomalies import ARTEFACTS, ODDITIES
+
+    if "anomaly_type" not in table.column_names:
+        raise InputError("the score table has no anomaly_type column: score a store with injected anomalies "
+                         "(deepfield inject) to measure detection")
+    labels = np.asarray(table.column("anomaly_type").to_pylist(), dtype=object)
+    values = table.column(score).to_numpy().astype(np.float64)
+    normal = labels == "none"
+    if not normal.any():
+        raise InputError("the score table has no normal objects (anomaly_type 'none') to compare with")
+    present = [t for t in dict.fromkeys(labels.tolist()) if t != "none"]
+    groups = {t: labels == t for t in sorted(present)}
+    groups["artefacts"] = np.isin(labels, ARTEFACTS)
+    groups["oddities"] = np.isin(labels, ODDITIES)
+    groups["all"] = ~normal
+    out = {}
+    for name, positive in groups.items():
+        n = int(positive.sum())
+        if n == 0:
+            continue
+        sel = positive | normal
+        y, s = positive[sel].astype(int), values[sel]
+        top = np.argsort(-s, kind="stable")[:k]
+        out[name] = {"n": n, "auroc": float(roc_auc_score(y, s)), "aupr": float(average_precision_score(y, s)),
+                     "precision_at_k": float(y[top].mean()), "precision_ceiling": min(1.0, n / k), "k": k}
+    return out
+
+
+def write_scores(table: pa.Table, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a score table as Parquet, atomically (temporary name, then rename)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; pass --overwrite to replace it or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
