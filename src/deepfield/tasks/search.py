@@ -24,8 +24,9 @@ Kinds: 'flat' is exact; 'hnsw' a navigable small-world graph (Malkov & Yashunin 
 arXiv:1603.09320); 'ivf' an inverted file of k-means cells over the raw codes; 'ivfpq' the
 same cells with product-quantised codes (Jegou et al. 2011) re-ranked exactly. 'auto' takes
 flat below 100,000 objects, HNSW below 10 million and IVF-PQ above. The approximate kinds'
-search effort (efSearch, nprobe) is tuned at build time on a sample of the indexed codes to
-reach `target_recall` of the exact top 10.
+search effort (efSearch, nprobe) is tuned at build time to reach `target_recall` of the exact
+top 10, on 500 of the codes held out of the index until the end (so they search like new
+objects); the recall reached is recorded in meta.json.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def _default_params(kind: str, n: int, dim: int) -> dict:
     # IVF: ~4 sqrt(N) cells (FAISS's guideline), but at least ~39 training points per cell
     nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
     if kind == "hnsw":
-        return {"M": 32, "ef_construction": 64}
+        # links per node: 16 suits codes of up to ~32 dimensions, longer codes want more
+        return {"M": 16 if dim <= 32 else 32, "ef_construction": 40}
     if kind == "ivf":
         return {"nlist": nlist}
     if kind == "ivfpq":
@@ -195,12 +197,8 @@ def _make_faiss(kind: str, dim: int, params: dict):
     if kind == "ivf":
         return faiss.IndexIVFFlat(quantizer, dim, int(params["nlist"]))
     ivfpq = faiss.IndexIVFPQ(quantizer, dim, int(params["nlist"]), int(params["pq_m"]), int(params["pq_bits"]))
-    refine = faiss.IndexRefineFlat(ivfpq)
+    refine = faiss.IndexRefineFlat(ivfpq)  # keeps the raw codes to re-rank candidates exactly
     refine.k_factor = float(params["k_factor"])
-    refine.own_fields = True  # the refine index frees the IVF-PQ index it wraps
-    ivfpq.this.disown()
-    quantizer.this.disown()
-    ivfpq.own_fields = True
     return refine
 
 
@@ -227,41 +225,30 @@ def _raw_search(index, kind: str, params: dict, vectors: np.ndarray, fetch: int,
     return index.search(np.ascontiguousarray(vectors, dtype=np.float32), int(fetch), params=sp)
 
 
-def _recall_at_k(index, kind: str, params: dict, queries: np.ndarray, positions: np.ndarray,
-                 truth: np.ndarray, k: int) -> float:
-    """Mean fraction of each sample code's exact k nearest others that the index returns."""
-    _, found = _raw_search(index, kind, params, queries, k + 1)
-    hits = 0
-    for pos, row, exact in zip(positions, found, truth):
-        got = [p for p in row if p != pos and p >= 0][:k]
-        hits += len(set(got) & set(exact))
-    return hits / (k * len(positions))
+def _recall_at_k(index, kind: str, params: dict, queries: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each query's exact k nearest neighbours that the index returns."""
+    _, found = _raw_search(index, kind, params, queries, truth.shape[1])
+    return float(np.mean([len(set(f) & set(t)) for f, t in zip(found, truth)])) / truth.shape[1]
 
 
-def _tune(index, kind: str, params: dict, vectors: np.ndarray, target_recall: float, seed: int,
-          sample: int = 500) -> tuple[dict, float]:
-    """Smallest efSearch / nprobe whose recall@10 on a sample of the codes reaches the target.
+def _tune(index, kind: str, params: dict, queries: np.ndarray, indexed: np.ndarray,
+          target_recall: float) -> tuple[dict, float]:
+    """Smallest efSearch / nprobe whose recall@10 on held-out `queries` reaches the target.
 
-    Queries are indexed codes themselves, each excluding itself from both its exact and its
-    approximate neighbours. Returns the parameters and the recall they reach.
+    `indexed` are the codes in the index so far (positions 0..len-1); the queries are codes
+    not yet added, so they behave like new objects. Returns the parameters and their recall.
     """
     import faiss
 
-    n = len(vectors)
-    k = min(_TUNE_K, n - 1)
-    rng = np.random.default_rng(seed)
-    positions = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    queries = vectors[positions]
-    _, exact = faiss.knn(queries, vectors, k + 1)
-    truth = np.array([[p for p in row if p != pos][:k] for pos, row in zip(positions, exact)])
+    _, truth = faiss.knn(queries, indexed, min(_TUNE_K, len(indexed)))
     name, grid = ("ef_search", _EF_GRID) if kind == "hnsw" else ("nprobe", _NPROBE_GRID)
     if name in params:  # given by the user: measure only
-        return params, _recall_at_k(index, kind, params, queries, positions, truth, k)
+        return params, _recall_at_k(index, kind, params, queries, truth)
     if kind != "hnsw":
         grid = sorted({min(g, int(params["nlist"])) for g in grid})
     best = (-1.0, grid[-1])
     for value in grid:
-        recall = _recall_at_k(index, kind, {**params, name: value}, queries, positions, truth, k)
+        recall = _recall_at_k(index, kind, {**params, name: value}, queries, truth)
         if recall > best[0]:
             best = (recall, value)
         if recall >= target_recall:
@@ -335,7 +322,8 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
             nprobe; ivfpq nlist, nprobe, pq_m, pq_bits, k_factor (re-ranked candidates per result).
             A given ef_search/nprobe is kept; otherwise it is tuned to `target_recall`.
         target_recall: recall@10 against exact search that the tuned effort must reach.
-        seed: seed of the k-means training sample and of the tuning sample.
+        seed: seed of the k-means training sample and of the held-out tuning sample (500 codes,
+            added to the index last).
     """
     import faiss
 
@@ -362,27 +350,37 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
     if kind == "ivfpq" and dim % int(settings["pq_m"]):
         raise ConfigError(f"pq_m={settings['pq_m']} must divide the code length {dim}")
     t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    held = 0
+    if kind != "flat":
+        # tune on codes held out until the end, so they search like new objects; the index
+        # keeps its own order of positions (ids.npy and the catalog follow it)
+        held = min(500, n // 5)
+        last = np.zeros(n, dtype=bool)
+        last[rng.choice(n, size=held, replace=False)] = True
+        order = np.concatenate([np.flatnonzero(~last), np.flatnonzero(last)])
+        vectors, ids, table = vectors[order], ids[order], table.take(order)
     index = _make_faiss(kind, dim, settings)
+    recall = 1.0
     with progress_bar(progress) as bar:
         if kind in ("ivf", "ivfpq"):
             task = bar.add_task("training k-means cells", total=None)
-            rng = np.random.default_rng(seed)
-            sample = vectors if n <= 64 * settings["nlist"] else vectors[np.sort(
-                rng.choice(n, size=64 * int(settings["nlist"]), replace=False))]
+            size, pool = 64 * int(settings["nlist"]), n - held
+            sample = vectors[:pool] if pool <= size else vectors[np.sort(rng.choice(pool, size=size, replace=False))]
             faiss.extract_index_ivf(index).cp.seed = seed
             index.train(sample)
             bar.update(task, total=1, completed=1)
         task = bar.add_task(f"adding codes ({kind})", total=n)
-        for start in range(0, n, 65536):
-            index.add(vectors[start:start + 65536])
-            bar.advance(task, min(65536, n - start))
+        for start in range(0, n - held, 65536):
+            stop = min(start + 65536, n - held)
+            index.add(vectors[start:stop])
+            bar.advance(task, stop - start)
+        if held:
+            settings, recall = _tune(index, kind, settings, vectors[n - held:], vectors[:n - held], target_recall)
+            index.add(vectors[n - held:])
+            bar.advance(task, held)
         if kind in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(index).make_direct_map()  # reconstruct codes by position
-        recall = 1.0
-        if kind != "flat":
-            task = bar.add_task("tuning search effort", total=None)
-            settings, recall = _tune(index, kind, settings, vectors, target_recall, seed)
-            bar.update(task, total=1, completed=1)
     meta = {
         "format_version": INDEX_FORMAT_VERSION, "metric": metric, "kind": kind, "dim": int(dim), "count": int(n),
         "params": settings, "recall_at_10": float(recall), "target_recall": float(target_recall),
@@ -772,8 +770,7 @@ class SimilarityIndex:
         while pending.size:
             # bound the candidate matrix to ~16M entries per call
             step = max(1, (1 << 24) // fetch)
-            still = []
-            exhausted_any = False
+            still, exhausted = [], False
             for s in range(0, pending.size, step):
                 rows = pending[s:s + step]
                 dist, pos = _raw_search(self.index, self.kind, self.meta["params"], vectors[rows], fetch, nprobe)
@@ -786,19 +783,21 @@ class SimilarityIndex:
                 if own is not None:
                     ok &= pos != own[rows, None]
                 returned = (pos >= 0).sum(axis=1)
-                for j, row in enumerate(rows):
-                    keep = np.flatnonzero(ok[j])[:k]
-                    # done: enough pass, or every object was seen, or no wider search can find more
-                    done = keep.size >= k or returned[j] >= n or fetch >= n and (nprobe is None or nprobe >= nlist) or (
-                        self.kind == "hnsw" and returned[j] < fetch)
-                    if done:
-                        out_p[row, :keep.size] = pos[j, keep]
-                        out_d[row, :keep.size] = dist[j, keep]
-                    else:
-                        still.append(row)
-                        exhausted_any |= bool(returned[j] < fetch)
-            pending = np.asarray(still, dtype=np.int64)
-            if exhausted_any and nprobe is not None and nprobe < nlist:
+                # done: enough pass, or every object was seen, or no wider search can find more
+                done = (ok.sum(axis=1) >= k) | (returned >= n)
+                if fetch >= n and (nprobe is None or nprobe >= nlist):
+                    done[:] = True
+                if self.kind == "hnsw":
+                    done |= returned < fetch
+                first = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # passing candidates, nearest first
+                chosen = np.take_along_axis(ok, first, axis=1)
+                width = first.shape[1]
+                out_p[rows[done], :width] = np.where(chosen, np.take_along_axis(pos, first, axis=1), -1)[done]
+                out_d[rows[done], :width] = np.where(chosen, np.take_along_axis(dist, first, axis=1), np.inf)[done]
+                still.append(rows[~done])
+                exhausted |= bool((returned[~done] < fetch).any())
+            pending = np.concatenate(still)
+            if exhausted and nprobe is not None and nprobe < nlist:
                 nprobe = min(nlist, 4 * nprobe)  # the probed cells ran out: probe more of them
             else:
                 fetch = min(n, 4 * fetch)
