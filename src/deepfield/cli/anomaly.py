@@ -77,8 +77,8 @@ def anomalies(
     import deepfield
     from deepfield.data.store import open_store
     from deepfield.errors import InputError
-    from deepfield.tasks.anomaly import (METHODS, default_method, detection_metrics, ensemble_scores, score_metadata,
-                                         score_store, skipped_ids, write_scores)
+    from deepfield.tasks.anomaly import (METHODS, default_method, detection_metrics, ensemble_scores, reconstructs,
+                                         score_metadata, score_store, skipped_ids, write_scores)
     from deepfield.tasks.apply import resolve_indices
 
     if out.exists() and not overwrite:
@@ -97,7 +97,7 @@ def anomalies(
                 name, k = f"{Path(path).name}:{chosen}#{k}", k + 1
             tables[name] = score_store(s, chosen, m, indices=idx, **options)
         table = ensemble_scores(tables)
-        shown_model = next((m for m, _, _ in loaded if hasattr(m, "decode")), None)
+        shown_model = next((m for m, _, _ in loaded if reconstructs(m)), None)
     else:
         if model is None:
             raise InputError(f"--method {method} needs --model DIR (or --method ensemble with --models)")

@@ -124,20 +124,20 @@ def plot_score_distribution(scores: np.ndarray, path, *, labels: np.ndarray | No
         return _save(fig, path)
 
 
-@torch.no_grad()
 def _reconstruct(model, store: Store, rows: np.ndarray) -> np.ndarray | None:
-    """Reconstructions (as observed) of `rows`, or None for models without one (PixelCNN)."""
+    """Reconstructions (as observed) of `rows`: a GAN's best-matching G(z), another model's
+    reconstruct_batch (a PixelCNN's one-step-ahead prediction), or None."""
+    from deepfield.tasks.anomaly import _is_gan, reconstructs
     from deepfield.train.fit import iterate_batches
 
     batch = next(iterate_batches(store, rows, model, rows.size))
-    if hasattr(model, "reconstruct_batch") and hasattr(model, "decode"):
-        return model.reconstruct_batch(batch).double().numpy()
-    if "gan" in type(model).__name__.lower():
-        try:
-            from deepfield.tasks.gan_score import gan_anomaly_scores
-        except ModuleNotFoundError:
-            return None
-        return np.asarray(gan_anomaly_scores(model, batch)["reconstruction"], dtype=np.float64)
+    if _is_gan(model):
+        from deepfield.tasks.gan_score import gan_anomaly_scores
+
+        return gan_anomaly_scores(model, batch)["reconstruction"].double().numpy()
+    if reconstructs(model):
+        with torch.no_grad():
+            return model.reconstruct_batch(batch).double().numpy()
     return None
 
 

@@ -45,7 +45,7 @@ from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 
 __all__ = ["METHODS", "score_store", "ensemble_scores", "detection_metrics", "write_scores", "skipped_ids",
-           "score_metadata", "default_method"]
+           "score_metadata", "default_method", "reconstructs"]
 
 METHODS = ("reconstruction", "elbo", "density", "pixelcnn", "ratio", "gan")
 _LABEL_COLUMNS = ("anomaly_type", "anomaly_strength")
@@ -59,12 +59,32 @@ def _load(model):
     return deepfield.load(model)
 
 
+def _instance_of(model, module: str, name: str) -> bool:
+    """isinstance(model, module.name) for a model family that may not be installed."""
+    import importlib
+
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ModuleNotFoundError, AttributeError):
+        return False
+    return isinstance(model, cls)
+
+
 def _is_gan(model) -> bool:
-    return "gan" in type(model).__name__.lower() or "gan" in str(getattr(model, "family", "")).lower()
+    return _instance_of(model, "deepfield.models.gan", "GAN")
 
 
 def _is_pixelcnn(model) -> bool:
-    return "pixelcnn" in type(model).__name__.lower() or "pixelcnn" in str(getattr(model, "family", "")).lower()
+    return _instance_of(model, "deepfield.models.pixelcnn", "PixelCNN")
+
+
+def reconstructs(model) -> bool:
+    """True for models with a reconstruction of the data (PCA, AE, VAE, GAN, PixelCNN's
+    one-step-ahead prediction); latent priors have none."""
+    from deepfield.models.base import Model
+
+    own = getattr(type(model), "reconstruct_batch", None)
+    return own is not None and (own is not Model.reconstruct_batch or hasattr(model, "decode"))
 
 
 def default_method(model) -> str:
@@ -112,7 +132,7 @@ def _batches(store: Store, idx: np.ndarray, model, batch_size: int, arrays=(), c
 
 
 def _reconstruction(model, store, idx, batch_size, bar, task, norm: str, weighting: str) -> dict:
-    if not (hasattr(model, "reconstruct_batch") and hasattr(model, "decode")):
+    if not reconstructs(model):
         raise InputError(f"the reconstruction score needs a model that reconstructs (PCA, AE, VAE); "
                          f"{type(model).__name__} does not: use --method {default_method(model)}")
     if norm not in ("l1", "l2"):
