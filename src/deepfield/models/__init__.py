@@ -25,3 +25,5 @@ __all__ = ["Model", "MODEL_REGISTRY", "register", "PCA", "PCAConfig", "DenseAuto
 FAMILIES = {**{cls.family: cls for cls in (PCA, DenseAutoencoder, ConvAutoencoder, VAE)}, "cvae": VAE}
 from deepfield.models.pixelcnn import PixelCNN, PixelCNNConfig  # noqa: E402  (pixelcnn: exact likelihoods)
 FAMILIES["pixelcnn"] = PixelCNN
+from deepfield.models.gan import CycleGAN, ConditionalGAN, DCGAN, WGANGP  # noqa: E402  (adversarial families)
+FAMILIES.update({cls.family: cls for cls in (DCGAN, WGANGP, ConditionalGAN, CycleGAN)})

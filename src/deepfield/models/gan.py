@@ -1,0 +1,785 @@
+"""Adversarial models: DCGAN, WGAN-GP, conditional GAN and CycleGAN.
+
+A generator G maps noise z ~ N(0, I) (and, for the conditional GAN, catalog conditions such
+as size, magnitude and redshift) to images; a discriminator D (the *critic* of WGAN-GP) tells
+them from real ones. Training alternates (deepfield.train.gan): generate, update D on a real
+and a generated batch, then update G through the frozen D. The models here hold the maths:
+the networks, the losses of each player and the gradient penalty; they know no Lightning.
+
+Working space. Survey stamps span orders of magnitude in brightness, so the networks see each
+image in a bounded working space ``u``: store units divided by the per-band pixel standard
+deviation of the training set (``data_scale``), asinh-stretched with softening
+``stretch_softening`` (in those units), then divided by the largest stretched training value
+of the band (``u_scale``), so training images lie in [-1, 1] and the generator ends in tanh
+as in DCGAN. Vector data (spectra, tables) use the plain normalisation and a linear output
+(``stretch='linear'``). ``sample``, ``decode``, ``reconstruct`` and ``translate`` take and
+return store units; losses, critic features and anomaly scores are in working units.
+
+Codes. Every noise-to-image GAN carries an encoder E trained after the game (f-AnoGAN's
+izi_f: minimise |G(E(x)) - x|^2 + kappa |f(x) - f(G(E(x)))|^2 with G and D frozen, f the
+critic's last feature layer), so ``encode`` gives codes and starts the anomaly-score search
+(deepfield.tasks.gan_score).
+
+References:
+    Goodfellow et al. (2014), Generative Adversarial Nets, arXiv:1406.2661.
+    Radford, Metz & Chintala (2016), DCGAN, arXiv:1511.06434.
+    Gulrajani et al. (2017), Improved Training of Wasserstein GANs (WGAN-GP), arXiv:1704.00028.
+    Mirza & Osindero (2014), Conditional GANs, arXiv:1411.1784; Miyato & Koyama (2018),
+    cGANs with Projection Discriminator, arXiv:1802.05637.
+    Zhu et al. (2017), CycleGAN, arXiv:1703.10593.
+    Schlegl et al. (2019), f-AnoGAN, Medical Image Analysis 54, 30 (the izi_f encoder).
+    Storey-Fisher et al. (2021), anomaly detection in HSC with a GAN, arXiv:2012.08082.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepfield.errors import ConfigError, InputError
+from deepfield.models.base import Model, register
+from deepfield.nn import MLP, ConditionNormaliser, ConvEncoder, ResidualBlock, downsample_plan
+
+__all__ = ["GANConfig", "DCGANConfig", "WGANGPConfig", "ConditionalGANConfig", "CycleGANConfig", "GAN",
+           "DCGAN", "WGANGP", "ConditionalGAN", "CycleGAN", "gradient_penalty", "resample_images", "LOSSES"]
+
+LOSSES = ("nonsaturating", "wasserstein")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Arguments:
+    input_shape: (C, H, W) square images, or (L,) spectra / (D,) features.
+    latent_dim: length of the noise vector z ~ N(0, I).
+    channels: feature channels per resolution (images), from full size down, as ConvEncoder.
+    hidden: hidden widths of G, D and E for vector data (G mirrors them).
+    leaky_slope: negative slope of the LeakyReLUs in G and D (0: ReLU).
+    g_dropout, d_dropout: dropout probability after the hidden activations of G / D.
+    g_batch_norm, d_batch_norm: batch norm in the hidden layers of G / D.
+    loss: 'nonsaturating' (DCGAN: D classifies, G maximises log D(G(z))) or 'wasserstein'
+        (WGAN-GP: a critic with a gradient penalty).
+    gp_weight: weight of the gradient penalty ('wasserstein').
+    n_critic: discriminator steps per generator step.
+    lr_g, lr_d: Adam learning rates of G and D (the encoder uses lr_g).
+    betas: Adam betas.
+    label_smoothing: one-sided label smoothing: D's target for real images is 1 - this.
+    condition: catalog columns G and D are conditioned on (conditional GAN).
+    stretch: 'auto' (asinh for images, linear for vectors), 'asinh' or 'linear'.
+    stretch_softening: asinh softening, in units of the pixel standard deviation.
+    encoder_epochs: epochs training the encoder E after the GAN (0: no encoder training).
+    encoder_feature_weight: kappa, weight of the critic-feature term of E's loss (izi_f).
+    normalisation: 'channel' (images, spectra) or 'feature' (tables).
+    """
+
+    input_shape: tuple[int, ...]
+    latent_dim: int = 64
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    hidden: tuple[int, ...] = (256, 256)
+    leaky_slope: float = 0.2
+    g_dropout: float = 0.0
+    d_dropout: float = 0.0
+    g_batch_norm: bool = True
+    d_batch_norm: bool = True
+    loss: str = "nonsaturating"
+    gp_weight: float = 10.0
+    n_critic: int = 1
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    label_smoothing: float = 0.0
+    condition: tuple[str, ...] = ()
+    stretch: str = "auto"
+    stretch_softening: float = 1.0
+    encoder_epochs: int = 5
+    encoder_feature_weight: float = 1.0
+    normalisation: str = "channel"
+
+
+@dataclass(frozen=True)
+class DCGANConfig(GANConfig):
+    """DCGAN defaults (Radford et al. 2016): batch norm in G and D, Adam 2e-4, betas (0.5, 0.999)."""
+
+
+@dataclass(frozen=True)
+class WGANGPConfig(GANConfig):
+    """WGAN-GP defaults (Gulrajani et al. 2017, the HSC anomaly work's settings): a critic
+    without batch norm, gradient penalty 10, 5 critic steps per generator step, Adam 1e-4,
+    betas (0.5, 0.9)."""
+
+    d_batch_norm: bool = False
+    loss: str = "wasserstein"
+    n_critic: int = 5
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+
+
+@dataclass(frozen=True)
+class ConditionalGANConfig(WGANGPConfig):
+    """A conditional GAN; by default played as WGAN-GP (set loss='nonsaturating' and
+    d_batch_norm=True, n_critic=1 for the DCGAN game). `condition` names the catalog columns."""
+
+
+@dataclass(frozen=True)
+class CycleGANConfig:
+    """Arguments:
+    input_shape: (C, H, W) images of both domains (the B store is on A's pixel grid).
+    channels: base width of the generators and discriminators.
+    downsample: stride-2 stages in each generator (capped by the image size).
+    res_blocks: residual blocks at the bottom of each generator.
+    d_layers: stride-2 layers of each PatchGAN discriminator.
+    leaky_slope: negative slope of the discriminators' LeakyReLUs.
+    cycle_weight: weight of the cycle-consistency L1 losses |F(G(a)) - a| + |G(F(b)) - b|.
+    identity_weight: weight of the identity L1 losses |G(b) - b| + |F(a) - a|.
+    lr_g, lr_d, betas: Adam settings of the generators / discriminators.
+    stretch_softening: asinh softening, in units of each domain's pixel standard deviation.
+    normalisation: 'channel'.
+    """
+
+    input_shape: tuple[int, ...]
+    channels: int = 32
+    downsample: int = 2
+    res_blocks: int = 4
+    d_layers: int = 2
+    leaky_slope: float = 0.2
+    cycle_weight: float = 10.0
+    identity_weight: float = 5.0
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    stretch_softening: float = 1.0
+    normalisation: str = "channel"
+
+
+# ----------------------------------------------------------------------------- maths shared by the families
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     weight: float = 10.0, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP penalty: weight * mean over the batch of (|grad critic(x_hat)|_2 - 1)^2.
+
+    ``x_hat = eps * real + (1 - eps) * fake`` with one eps ~ U(0, 1) per object (or the given
+    `eps`, shape (N,)); the gradient norm is over all of an object's elements. The graph is
+    kept (create_graph) so the penalty trains the critic.
+    """
+    if real.shape != fake.shape:
+        raise InputError(f"gradient penalty needs real and fake batches of one shape, got {tuple(real.shape)} "
+                         f"and {tuple(fake.shape)}")
+    n = real.shape[0]
+    if eps is None:
+        eps = torch.rand(n, device=real.device, dtype=real.dtype)
+    eps = eps.reshape(n, *([1] * (real.ndim - 1)))
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    score = critic(x_hat)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    norm = grad.reshape(n, -1).norm(dim=1)
+    return weight * ((norm - 1) ** 2).mean()
+
+
+def resample_images(x: torch.Tensor, pixel_scale: float, target_pixel_scale: float, size: int) -> torch.Tensor:
+    """Images (N, C, H, W) in counts per pixel of `pixel_scale` arcsec -> (N, C, size, size) in
+    counts per pixel of `target_pixel_scale` arcsec, flux conserving.
+
+    The stamp centre (pixel ``H // 2``, the simulator's convention) maps to the new centre
+    (pixel ``size // 2``); surface brightness is interpolated bilinearly (after a Gaussian
+    anti-aliasing filter when the pixels grow) and multiplied by the pixel-area ratio; the
+    new stamp is cut or zero-padded about the centre.
+    """
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.ndim != 4:
+        raise InputError(f"resampling needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    if not (pixel_scale > 0 and target_pixel_scale > 0):
+        raise InputError(f"pixel scales must be > 0 arcsec, got {pixel_scale} and {target_pixel_scale}")
+    n, c, h, w = x.shape
+    step = float(target_pixel_scale) / float(pixel_scale)  # source pixels per new pixel
+    if math.isclose(step, 1.0, rel_tol=1e-9) and (h, w) == (size, size):
+        return x.contiguous()
+    if step > 1:  # anti-aliasing: smooth to the new pixel's width before sampling
+        sigma = 0.5 * math.sqrt(step**2 - 1)
+        radius = max(1, int(math.ceil(3 * sigma)))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        flat = x.reshape(n * c, 1, h, w)
+        flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0)), kernel.view(1, 1, 1, -1))
+        flat = F.conv2d(F.pad(flat, (0, 0, radius, radius)), kernel.view(1, 1, -1, 1))
+        x = flat.reshape(n, c, h, w)
+    offsets = (torch.arange(size, dtype=x.dtype) - size // 2) * step
+    gx = (w // 2 + offsets) / max(w - 1, 1) * 2 - 1
+    gy = (h // 2 + offsets) / max(h - 1, 1) * 2 - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).expand(n, size, size, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return (out * step**2).contiguous()
+
+
+def _act(slope: float) -> nn.Module:
+    return nn.LeakyReLU(slope) if slope > 0 else nn.ReLU()
+
+
+def _channels_per_stage(channels: Sequence[int], stages: int) -> list[int]:
+    """`channels` cut or extended (repeating its last entry) to stages + 1 entries, full size first."""
+    ch = list(channels)
+    while len(ch) < stages + 1:
+        ch.append(ch[-1])
+    return ch[: stages + 1]
+
+
+class _Stretch(nn.Module):
+    """Store units <-> bounded working units u = asinh((x - offset) / scale / a) / u_scale."""
+
+    def __init__(self, shape: tuple[int, ...], asinh: bool, softening: float):
+        super().__init__()
+        self.asinh = asinh
+        self.softening = float(softening)
+        self.register_buffer("u_scale", torch.ones(shape))
+
+    def forward(self, xn: torch.Tensor) -> torch.Tensor:
+        return torch.asinh(xn / self.softening) / self.u_scale if self.asinh else xn
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        if not self.asinh:
+            return u
+        return torch.sinh(u.clamp(-1.5, 1.5) * self.u_scale) * self.softening
+
+    def fit(self, xn_batches: Iterator[torch.Tensor]) -> None:
+        """Set u_scale to 1.05 x the largest |asinh(xn / a)| per band over normalised training data."""
+        if not self.asinh:
+            return
+        peak = None
+        for xn in xn_batches:
+            p = torch.asinh(xn.abs() / self.softening).amax(dim=tuple(i for i in range(xn.ndim) if i != 1))
+            peak = p if peak is None else torch.maximum(peak, p)
+        self.u_scale.copy_((peak.clamp_min(1e-3) * 1.05).reshape(self.u_scale.shape))
+
+
+def _normalised_chunks(model: Model, x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
+                       rows: int = 1024) -> Iterator[torch.Tensor]:
+    for start in range(0, len(x), rows):
+        yield (torch.as_tensor(np.asarray(x[start:start + rows]), dtype=torch.float32) - offset) / scale
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class _ImageGenerator(nn.Module):
+    """z (N, D) -> (N, C, H, W): a linear layer to the coarsest grid, then nearest-neighbour
+    upsampling + 3x3 convolutions (no transposed-convolution checkerboards), DCGAN-style
+    batch norm and (Leaky)ReLU, a final 3x3 convolution and tanh (bounded working units)."""
+
+    def __init__(self, in_features: int, out_channels: int, image_size: int, channels: Sequence[int],
+                 slope: float, dropout: float, batch_norm: bool, bounded: bool):
+        super().__init__()
+        stages, final = downsample_plan(image_size)
+        ch = _channels_per_stage(channels, stages)
+        self.start = (ch[-1], final)
+        self.head = nn.Linear(in_features, ch[-1] * final * final)
+        layers: list[nn.Module] = [nn.BatchNorm2d(ch[-1]) if batch_norm else nn.Identity(), _act(slope)]
+        for i in reversed(range(stages)):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i + 1], ch[i], 3, padding=1)]
+            layers += [nn.BatchNorm2d(ch[i]) if batch_norm else nn.Identity(), _act(slope)]
+            if dropout > 0:
+                layers.append(nn.Dropout2d(dropout))
+        layers.append(nn.Conv2d(ch[0], out_channels, 3, padding=1))
+        if bounded:
+            layers.append(nn.Tanh())
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c, s = self.start
+        return self.body(self.head(z).view(z.shape[0], c, s, s))
+
+
+class _ImageCritic(nn.Module):
+    """(N, C, H, W) -> features (N, F) through a 3x3 stem and stride-2 4x4 convolutions with
+    LeakyReLU (batch norm optional, never on the first layer; dropout optional)."""
+
+    def __init__(self, in_channels: int, image_size: int, channels: Sequence[int], slope: float,
+                 dropout: float, batch_norm: bool):
+        super().__init__()
+        stages, final = downsample_plan(image_size)
+        ch = _channels_per_stage(channels, stages)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1), _act(slope)]
+        for i in range(stages):
+            layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1),
+                       nn.BatchNorm2d(ch[i + 1]) if batch_norm else nn.Identity(), _act(slope)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        self.body = nn.Sequential(*layers)
+        self.features = ch[-1] * final * final
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.body(u).flatten(1)
+
+
+class _VectorNet(nn.Sequential):
+    """Linear layers with optional batch norm, (Leaky)ReLU and dropout after each but the last."""
+
+    def __init__(self, sizes: Sequence[int], slope: float, dropout: float, batch_norm: bool, last_activation: bool):
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2 or last_activation:
+                layers += [nn.BatchNorm1d(b) if batch_norm else nn.Identity(), _act(slope)]
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+
+# ----------------------------------------------------------------------------- noise-to-image GANs
+
+
+class GAN(Model):
+    """Noise-to-image GAN with an encoder: the shared body of DCGAN, WGAN-GP and the conditional GAN.
+
+    ``sample(n, condition, generator)`` draws images in store units; ``encode`` / ``encode_batch``
+    give codes from the encoder E; ``decode(z, condition)`` is G in store units;
+    ``critic_features(u)`` is f, the critic's last feature layer. The losses of the two
+    players are :meth:`discriminator_loss` and :meth:`generator_loss`, and E's is
+    :meth:`encoder_loss`; deepfield.train.gan plays the game.
+    """
+
+    config_class = GANConfig
+
+    def __init__(self, config: GANConfig):
+        self._check_config(config)
+        super().__init__(config)
+        shape = tuple(config.input_shape)
+        self.is_image = len(shape) == 3
+        stretch = config.stretch if config.stretch != "auto" else ("asinh" if self.is_image else "linear")
+        self.stretch = _Stretch(self.data_scale.shape, stretch == "asinh", config.stretch_softening)
+        self.conditions = ConditionNormaliser(config.condition)
+        k = len(config.condition)
+        bounded = stretch == "asinh"
+        if self.is_image:
+            c, h, w = shape
+            self.generator = _ImageGenerator(config.latent_dim + k, c, h, config.channels, config.leaky_slope,
+                                             config.g_dropout, config.g_batch_norm, bounded)
+            self.critic = _ImageCritic(c, h, config.channels, config.leaky_slope, config.d_dropout,
+                                       config.d_batch_norm)
+            self.encoder = ConvEncoder(c, h, config.latent_dim, config.channels, blocks=1)
+            n_features = self.critic.features
+        else:
+            d = int(np.prod(shape))
+            hidden = tuple(config.hidden)
+            self.generator = nn.Sequential(
+                _VectorNet((config.latent_dim + k, *hidden[::-1], d), config.leaky_slope, config.g_dropout,
+                           config.g_batch_norm, last_activation=False),
+                nn.Tanh() if bounded else nn.Identity())
+            self.critic = _VectorNet((d, *hidden), config.leaky_slope, config.d_dropout, config.d_batch_norm,
+                                     last_activation=True)
+            self.encoder = MLP((d, *hidden, config.latent_dim))
+            n_features = hidden[-1]
+        self.critic_head = nn.Linear(n_features, 1)
+        # projection discriminator: <embed(c), f(x)> adds the condition's evidence to the score
+        self.critic_projection = MLP((k, 64, n_features)) if k else None
+
+    @staticmethod
+    def _check_config(config: GANConfig) -> None:
+        shape = tuple(config.input_shape)
+        if len(shape) == 3 and shape[1] != shape[2]:
+            raise ConfigError(f"GANs need square images, got input shape {shape}")
+        if len(shape) not in (1, 3):
+            raise ConfigError(f"input shape {shape}: expected (C, H, W) images or (L,) vectors")
+        if config.loss not in LOSSES:
+            raise ConfigError(f"loss {config.loss!r}: choose one of {', '.join(LOSSES)}")
+        if config.stretch not in ("auto", "asinh", "linear"):
+            raise ConfigError(f"stretch {config.stretch!r}: choose auto, asinh or linear")
+        if config.latent_dim < 1 or config.n_critic < 1 or config.encoder_epochs < 0:
+            raise ConfigError("latent_dim >= 1, n_critic >= 1 and encoder_epochs >= 0 are required")
+        if not (0 <= config.g_dropout < 1 and 0 <= config.d_dropout < 1 and 0 <= config.label_smoothing < 0.5):
+            raise ConfigError("dropout must lie in [0, 1) and label_smoothing in [0, 0.5)")
+        if config.leaky_slope < 0 or config.gp_weight < 0 or config.stretch_softening <= 0:
+            raise ConfigError("leaky_slope >= 0, gp_weight >= 0 and stretch_softening > 0 are required")
+        if config.lr_g <= 0 or config.lr_d <= 0:
+            raise ConfigError(f"learning rates must be > 0, got lr_g={config.lr_g}, lr_d={config.lr_d}")
+        if config.loss == "wasserstein" and config.d_batch_norm:
+            raise ConfigError("a WGAN-GP critic cannot use batch norm (the gradient penalty is per object and "
+                              "batch norm couples the objects of a batch): set d_batch_norm to false")
+
+    # -- data the model reads
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        return tuple(self.config.condition)
+
+    # -- normalisation: store units <-> working units
+    def fit_normalisation(self, x: np.ndarray) -> None:
+        """Fit the per-band scale and the stretch on training data `x` (N, *input_shape), store units."""
+        super().fit_normalisation(x)
+        self.stretch.fit(_normalised_chunks(self, x, self.data_offset, self.data_scale))
+
+    def fit_conditions(self, values: np.ndarray) -> None:
+        """Fit the normalisation and training range of the condition columns (N, K)."""
+        self.conditions.fit(values)
+
+    def to_working(self, x: torch.Tensor) -> torch.Tensor:
+        """Store units -> working units (in [-1, 1] for training images)."""
+        return self.stretch(self.normalise(self.check_input(x)))
+
+    def from_working(self, u: torch.Tensor) -> torch.Tensor:
+        """Working units -> store units."""
+        return self.denormalise(self.stretch.inverse(u))
+
+    def condition_tensor(self, batch_or_values, n: int | None = None) -> torch.Tensor | None:
+        """Normalised conditions (N, K) from a batch dict or raw values; None if unconditional."""
+        if not self.config.condition:
+            return None
+        if isinstance(batch_or_values, dict):
+            batch_or_values = {k: v for k, v in batch_or_values.items() if k in self.config.condition}
+        return self.conditions(batch_or_values, n)
+
+    # -- the networks in working units
+    def generate(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """G: codes (N, latent_dim) and normalised conditions (N, K) -> working-unit images."""
+        inp = z if condition is None else torch.cat([z, condition], dim=1)
+        out = self.generator(inp)
+        return out.reshape(z.shape[0], *self.input_shape)
+
+    def critic_features(self, u: torch.Tensor) -> torch.Tensor:
+        """f: the critic's last feature layer (N, F) of working-unit images."""
+        return self.critic(u if self.is_image else u.reshape(u.shape[0], -1))
+
+    def critic_score(self, u: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """D's logit (nonsaturating) or the critic's value (wasserstein), (N,)."""
+        f = self.critic_features(u)
+        score = self.critic_head(f).squeeze(1)
+        if self.critic_projection is not None:
+            score = score + (self.critic_projection(condition) * f).sum(1) / math.sqrt(f.shape[1])
+        return score
+
+    def encode_working(self, u: torch.Tensor) -> torch.Tensor:
+        return self.encoder(u if self.is_image else u.reshape(u.shape[0], -1))
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator, device=self.data_scale.device)
+
+    # -- the players' losses (batch["x"] in store units)
+    def discriminator_loss(self, batch: dict) -> dict:
+        """D's loss on a real batch and a batch generated from fresh noise (G not trained by it)."""
+        u = self.to_working(batch["x"])
+        c = self.condition_tensor(batch)
+        with torch.no_grad():
+            fake = self.generate(self.noise(u.shape[0]), c)
+        real_score, fake_score = self.critic_score(u, c), self.critic_score(fake, c)
+        if self.config.loss == "nonsaturating":
+            target = torch.full_like(real_score, 1.0 - self.config.label_smoothing)
+            real_loss = F.binary_cross_entropy_with_logits(real_score, target)
+            fake_loss = F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score))
+            return {"loss": real_loss + fake_loss, "d_real": torch.sigmoid(real_score).mean(),
+                    "d_fake": torch.sigmoid(fake_score).mean()}
+        distance = real_score.mean() - fake_score.mean()  # the critic's Wasserstein-1 estimate
+        gp = gradient_penalty(lambda v: self.critic_score(v, c), u, fake, self.config.gp_weight) \
+            if self.config.gp_weight > 0 else torch.zeros((), device=u.device)
+        return {"loss": -distance + gp, "wasserstein": distance, "gp": gp}
+
+    def generator_loss(self, batch: dict) -> dict:
+        """G's loss on a generated batch as large as the real one (conditions from the batch)."""
+        n = batch["x"].shape[0]
+        c = self.condition_tensor(batch)
+        fake_score = self.critic_score(self.generate(self.noise(n), c), c)
+        if self.config.loss == "nonsaturating":  # maximise log D(G(z)), not minimise log(1 - D(G(z)))
+            return {"loss": F.binary_cross_entropy_with_logits(fake_score, torch.ones_like(fake_score))}
+        return {"loss": -fake_score.mean()}
+
+    def encoder_loss(self, batch: dict) -> dict:
+        """izi_f: mean (u - G(E(u)))^2 + kappa mean (f(u) - f(G(E(u))))^2, G and f held fixed by the caller."""
+        u = self.to_working(batch["x"])
+        c = self.condition_tensor(batch)
+        recon = self.generate(self.encode_working(u), c)
+        residual = F.mse_loss(recon, u)
+        feature = F.mse_loss(self.critic_features(recon), self.critic_features(u).detach())
+        return {"loss": residual + self.config.encoder_feature_weight * feature, "residual": residual,
+                "feature": feature}
+
+    def loss(self, batch: dict) -> dict:
+        raise ConfigError(f"a {type(self).__name__} is trained as a two-player game, not by minimising one loss: "
+                          f"use deepfield.train.gan.train_gan or `deepfield train {self.family}`")
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return list(self.generator.parameters())
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        params = list(self.critic.parameters()) + list(self.critic_head.parameters())
+        if self.critic_projection is not None:
+            params += list(self.critic_projection.parameters())
+        return params
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    # -- protocol in store units
+    def encode(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+        """Codes (N, latent_dim) of `x` in store units from the encoder E (conditions unused by E)."""
+        return self.encode_working(self.to_working(x))
+
+    def encode_batch(self, batch: dict) -> torch.Tensor:
+        return self.encode(batch["x"])
+
+    def decode(self, z: torch.Tensor, condition=None) -> torch.Tensor:
+        """G(z, condition) in store units; `condition` as raw catalog values (dict, (N, K) or (K,))."""
+        c = self.condition_tensor(condition, n=z.shape[0]) if self.config.condition else None
+        return self.from_working(self.generate(z, c))
+
+    def reconstruct(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+        return self.decode(self.encode(x), condition)
+
+    def reconstruct_batch(self, batch: dict) -> torch.Tensor:
+        return self.decode(self.encode_batch(batch), batch if self.config.condition else None)
+
+    @torch.no_grad()
+    def sample(self, n: int, condition=None, generator: torch.Generator | None = None,
+               prior: str = "auto") -> torch.Tensor:
+        """`n` images (n, *input_shape) in store units, as the training data look (with their PSF
+        and noise: a GAN learns the observed images).
+
+        Arguments:
+            condition: conditional GAN: {column: value or (n,) values}, or an array (n, K) / (K,)
+                in the order of ``config.condition``.
+            generator: torch.Generator; the same seed gives the same images.
+            prior: 'auto' or 'gaussian': z ~ N(0, I) either way (the argument keeps the VAE's signature).
+        """
+        if prior not in ("auto", "gaussian"):
+            raise InputError(f"prior {prior!r}: a GAN draws z from N(0, I); use 'auto' or 'gaussian'")
+        if n < 1:
+            raise InputError(f"n must be >= 1, got {n}")
+        return self.decode(self.noise(n, generator), condition)
+
+
+@register
+class DCGAN(GAN):
+    """DCGAN: discriminator and generator of strided/upsampling convolutions with batch norm and
+    LeakyReLU, the non-saturating generator loss, optional dropout, separate learning rates and
+    one-sided label smoothing; an encoder for codes and anomaly scores.
+
+    Example:
+        >>> gan = DCGAN(DCGANConfig(input_shape=(1, 16, 16), latent_dim=8, channels=(8, 16)))
+        >>> gan.eval().sample(3, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 1, 16, 16])
+    """
+
+    family = "dcgan"
+    config_class = DCGANConfig
+
+    def __init__(self, config: DCGANConfig):
+        if config.loss != "nonsaturating":
+            raise ConfigError("a DCGAN plays the non-saturating game; for the Wasserstein loss train 'wgan-gp'")
+        if config.condition:
+            raise ConfigError("a DCGAN is unconditional; train 'cgan' for conditions")
+        super().__init__(config)
+
+
+@register
+class WGANGP(GAN):
+    """WGAN-GP: a critic without batch norm estimating the Wasserstein-1 distance, held 1-Lipschitz
+    by a gradient penalty (weight 10), 5 critic steps per generator step, Adam 1e-4, betas
+    (0.5, 0.9); an encoder for codes and anomaly scores.
+
+    Example:
+        >>> gan = WGANGP(WGANGPConfig(input_shape=(2,), latent_dim=2, hidden=(16,)))
+        >>> gan.eval().sample(4, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 2])
+    """
+
+    family = "wgan-gp"
+    config_class = WGANGPConfig
+
+    def __init__(self, config: WGANGPConfig):
+        if config.loss != "wasserstein":
+            raise ConfigError("a WGAN-GP plays the Wasserstein game; for the non-saturating loss train 'dcgan'")
+        if config.condition:
+            raise ConfigError("this WGAN-GP is unconditional; train 'cgan' for conditions")
+        super().__init__(config)
+
+
+@register
+class ConditionalGAN(GAN):
+    """Conditional GAN on catalog columns (size, magnitude, redshift...): the generator reads
+    [z, c], the discriminator adds a projection term <embed(c), f(x)>; played as WGAN-GP by
+    default. Samples need the condition values; out-of-range values are extrapolations (see
+    ``conditions.outside_range``).
+
+    Example:
+        >>> cfg = ConditionalGANConfig(input_shape=(1, 16, 16), latent_dim=8, channels=(8, 16),
+        ...                            condition=("magnitude",))
+        >>> gan = ConditionalGAN(cfg).eval()
+        >>> gan.sample(2, condition={"magnitude": 22.0}).shape
+        torch.Size([2, 1, 16, 16])
+    """
+
+    family = "cgan"
+    config_class = ConditionalGANConfig
+
+    def __init__(self, config: ConditionalGANConfig):
+        if not config.condition:
+            raise ConfigError("a conditional GAN needs condition columns, e.g. half_light_radius,magnitude,redshift")
+        super().__init__(config)
+
+
+# ----------------------------------------------------------------------------- CycleGAN
+
+
+class _TranslationGenerator(nn.Module):
+    """(N, C, H, W) -> (N, C, H, W): stride-2 convolutions down, residual blocks, nearest
+    upsampling + convolutions up, a final 3x3 convolution added to the input (residual
+    translation: the identity is the starting point)."""
+
+    def __init__(self, channels: int, width: int, image_size: int, downsample: int, res_blocks: int):
+        super().__init__()
+        stages = min(downsample, downsample_plan(image_size)[0])
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.SiLU()]
+        ch = width
+        for _ in range(stages):
+            layers += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), nn.SiLU()]
+            ch *= 2
+        layers += [ResidualBlock(ch) for _ in range(res_blocks)]
+        for _ in range(stages):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch // 2, 3, padding=1), nn.SiLU()]
+            ch //= 2
+        layers.append(nn.Conv2d(ch, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u + self.body(u)
+
+
+class _PatchDiscriminator(nn.Sequential):
+    """PatchGAN: stride-2 4x4 convolutions with LeakyReLU, then a 3x3 convolution to one logit per patch."""
+
+    def __init__(self, channels: int, width: int, image_size: int, layers: int, slope: float):
+        stages = max(1, min(layers, downsample_plan(image_size)[0]))
+        mods: list[nn.Module] = []
+        ch_in, ch = channels, width
+        for _ in range(stages):
+            mods += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), nn.LeakyReLU(slope)]
+            ch_in, ch = ch, ch * 2
+        mods.append(nn.Conv2d(ch_in, 1, 3, padding=1))
+        super().__init__(*mods)
+
+
+@register
+class CycleGAN(Model):
+    """CycleGAN between two stores (domains A and B, e.g. a ground-based and a space-based survey):
+    generators G: A -> B and F: B -> A, PatchGAN discriminators D_A and D_B, least-squares
+    adversarial losses plus cycle-consistency |F(G(a)) - a| + |G(F(b)) - b| and identity
+    |G(b) - b| + |F(a) - a| L1 losses, in each domain's working units.
+
+    ``translate(x, direction='a2b')`` maps images in store units of one domain to the other's.
+    Each domain has its own normalisation (``data_scale`` for A, ``data_scale_b`` for B).
+
+    Example:
+        >>> gan = CycleGAN(CycleGANConfig(input_shape=(1, 16, 16), channels=8, res_blocks=1))
+        >>> gan.translate(torch.rand(2, 1, 16, 16), "a2b").shape
+        torch.Size([2, 1, 16, 16])
+    """
+
+    family = "cyclegan"
+    config_class = CycleGANConfig
+
+    def __init__(self, config: CycleGANConfig):
+        shape = tuple(config.input_shape)
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ConfigError(f"CycleGAN translates square images (C, H, W), got input shape {shape}")
+        if config.channels < 1 or config.res_blocks < 0 or config.downsample < 0 or config.d_layers < 1:
+            raise ConfigError("channels >= 1, res_blocks >= 0, downsample >= 0 and d_layers >= 1 are required")
+        if config.cycle_weight < 0 or config.identity_weight < 0 or config.lr_g <= 0 or config.lr_d <= 0:
+            raise ConfigError("loss weights must be >= 0 and learning rates > 0")
+        super().__init__(config)
+        c, h, _ = shape
+        self.register_buffer("data_offset_b", torch.zeros_like(self.data_offset))
+        self.register_buffer("data_scale_b", torch.ones_like(self.data_scale))
+        self.stretch_a = _Stretch(self.data_scale.shape, True, config.stretch_softening)
+        self.stretch_b = _Stretch(self.data_scale.shape, True, config.stretch_softening)
+        self.g_ab = _TranslationGenerator(c, config.channels, h, config.downsample, config.res_blocks)
+        self.g_ba = _TranslationGenerator(c, config.channels, h, config.downsample, config.res_blocks)
+        self.d_a = _PatchDiscriminator(c, config.channels, h, config.d_layers, config.leaky_slope)
+        self.d_b = _PatchDiscriminator(c, config.channels, h, config.d_layers, config.leaky_slope)
+
+    @property
+    def latent_dim(self) -> int:
+        raise AttributeError("a CycleGAN translates images; it has no latent codes")
+
+    # -- normalisation of both domains
+    def fit_normalisation(self, x: np.ndarray) -> None:
+        """Fit domain A's scale and stretch on its training images (store units)."""
+        super().fit_normalisation(x)
+        self.stretch_a.fit(_normalised_chunks(self, x, self.data_offset, self.data_scale))
+
+    def fit_normalisation_b(self, x: np.ndarray) -> None:
+        """Fit domain B's scale and stretch on its training images (store units, on A's grid)."""
+        from deepfield.models.base import fit_normalisation
+
+        offset, scale = fit_normalisation(x, self.config.normalisation)
+        self.data_offset_b.copy_(torch.as_tensor(offset).reshape(self.data_offset_b.shape))
+        self.data_scale_b.copy_(torch.as_tensor(scale).reshape(self.data_scale_b.shape))
+        self.stretch_b.fit(_normalised_chunks(self, x, self.data_offset_b, self.data_scale_b))
+
+    def to_working(self, x: torch.Tensor, domain: str = "a") -> torch.Tensor:
+        x = self.check_input(x)
+        if domain == "a":
+            return self.stretch_a((x - self.data_offset) / self.data_scale)
+        return self.stretch_b((x - self.data_offset_b) / self.data_scale_b)
+
+    def from_working(self, u: torch.Tensor, domain: str = "a") -> torch.Tensor:
+        if domain == "a":
+            return self.stretch_a.inverse(u) * self.data_scale + self.data_offset
+        return self.stretch_b.inverse(u) * self.data_scale_b + self.data_offset_b
+
+    # -- losses (batch["x"]: domain A, batch["x_b"]: domain B, store units)
+    @staticmethod
+    def _lsgan(score: torch.Tensor, real: bool) -> torch.Tensor:
+        return ((score - (1.0 if real else 0.0)) ** 2).mean()
+
+    def discriminator_loss(self, batch: dict) -> dict:
+        a, b = self.to_working(batch["x"], "a"), self.to_working(batch["x_b"], "b")
+        with torch.no_grad():
+            fake_b, fake_a = self.g_ab(a), self.g_ba(b)
+        loss_a = 0.5 * (self._lsgan(self.d_a(a), True) + self._lsgan(self.d_a(fake_a), False))
+        loss_b = 0.5 * (self._lsgan(self.d_b(b), True) + self._lsgan(self.d_b(fake_b), False))
+        return {"loss": loss_a + loss_b, "d_a": loss_a, "d_b": loss_b}
+
+    def generator_loss(self, batch: dict) -> dict:
+        a, b = self.to_working(batch["x"], "a"), self.to_working(batch["x_b"], "b")
+        fake_b, fake_a = self.g_ab(a), self.g_ba(b)
+        adversarial = self._lsgan(self.d_b(fake_b), True) + self._lsgan(self.d_a(fake_a), True)
+        cycle = F.l1_loss(self.g_ba(fake_b), a) + F.l1_loss(self.g_ab(fake_a), b)
+        out = {"adversarial": adversarial, "cycle": cycle}
+        loss = adversarial + self.config.cycle_weight * cycle
+        if self.config.identity_weight > 0:
+            identity = F.l1_loss(self.g_ab(b), b) + F.l1_loss(self.g_ba(a), a)
+            out["identity"] = identity
+            loss = loss + self.config.identity_weight * identity
+        out["loss"] = loss
+        return out
+
+    def loss(self, batch: dict) -> dict:
+        raise ConfigError("a CycleGAN is trained as a two-player game: use deepfield.train.gan.train_gan or "
+                          "`deepfield train cyclegan --store A --store-b B`")
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return list(self.g_ab.parameters()) + list(self.g_ba.parameters())
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.d_a.parameters()) + list(self.d_b.parameters())
+
+    # -- protocol
+    def translate(self, x: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
+        """Images (N, C, H, W) of one domain in its store units -> the other domain's units."""
+        if direction not in ("a2b", "b2a"):
+            raise InputError(f"direction {direction!r}: choose a2b or b2a")
+        src, dst = ("a", "b") if direction == "a2b" else ("b", "a")
+        net = self.g_ab if direction == "a2b" else self.g_ba
+        return self.from_working(net(self.to_working(x, src)), dst)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """A -> B -> A: the cycle reconstruction of domain-A images."""
+        return self.translate(self.translate(x, "a2b"), "b2a")
