@@ -21,6 +21,7 @@ standardised W1 = W1 / (IQR / 1.349 of the real sample).
 >>> print(format_table(compare_samples(real, model)))  # doctest: +SKIP
 """
 
+from deepfield.metrics.frechet import encoder_features, encoder_frechet_distance, frechet_distance
 from deepfield.metrics.morphology import (
     MORPHOLOGY_STATISTICS,
     asymmetry,
@@ -44,6 +45,7 @@ from deepfield.metrics.stats import (
 )
 
 __all__ = [
+    "frechet_distance", "encoder_frechet_distance", "encoder_features",
     "MORPHOLOGY_STATISTICS",
     "hsm_moments",
     "gini",
