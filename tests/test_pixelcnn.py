@@ -180,6 +180,8 @@ def test_background_model_perturbs_training_only():
     a = model.loss({"x": x})["loss"]
     b = model.loss({"x": x})["loss"]
     assert not torch.equal(a, b)  # fresh perturbations each step
+    model.eval()
+    assert torch.equal(model.loss({"x": x})["loss"], -model.log_prob(x).mean() / (16 * math.log(2)))
     assert torch.equal(model.log_prob(x), model.log_prob(x))  # scoring never perturbs
 
 

@@ -357,11 +357,12 @@ class PixelCNN(Model):
         return -self.log_prob(batch) / (float(np.prod(self.input_shape)) * math.log(2.0))
 
     def loss(self, batch: dict) -> dict:
-        """Mean bits/dim of the batch; with perturb_rate > 0 (background model) each pixel value
-        is first replaced by a uniformly random level with that probability (Ren et al. 2019)."""
+        """Mean bits/dim of the batch. In training mode with perturb_rate > 0 (background model)
+        each pixel value is first replaced by a uniformly random level with that probability
+        (Ren et al. 2019); in eval mode (validation) the loss is that of the clean images."""
         x, c = self._split_batch(batch)
         q = self.quantise(x)
-        if self.config.perturb_rate > 0:
+        if self.training and self.config.perturb_rate > 0:
             replace = torch.rand(q.shape, device=q.device) < self.config.perturb_rate
             q = torch.where(replace, torch.randint(0, self.levels, q.shape, device=q.device).to(q.dtype), q)
         nll = -self._log_prob_levels(q, c)
