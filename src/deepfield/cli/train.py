@@ -15,8 +15,8 @@ def _devices(value: str):
 
 @app.command()
 def train(
-    family: str = typer.Argument(..., help="pca, ae (dense autoencoder), conv-ae, vae, cvae; or flow / gmm: a "
-                                         "latent prior for the VAE given by --model."),
+    family: str = typer.Argument(..., help="pca, ae (dense autoencoder), conv-ae, vae, cvae, dcgan, wgan-gp, cgan, "
+                                         "cyclegan; or flow / gmm: a latent prior for the VAE given by --model."),
     store: Path = typer.Option(None, "--store", "-s", help="Training store (flow/gmm: default the VAE's)."),
     out: Path = typer.Option(None, "--out", "-o", help="Model folder to write (flow/gmm: MODEL/prior)."),
     model: Path = typer.Option(None, "--model", help="flow/gmm: the trained VAE folder."),
@@ -33,10 +33,12 @@ def train(
     condition: str = typer.Option(None, "--condition", help="CVAE: catalog columns, e.g. half_light_radius,magnitude,redshift."),
     beta: float = typer.Option(None, "--beta", help="VAE: weight of the KL term (beta-VAE)."),
     kl_warmup: int = typer.Option(None, "--kl-warmup", help="VAE: epochs over which the KL weight rises to beta."),
-    bits: int = typer.Option(None, "--bits", help="pixelcnn: quantisation depth, bits per pixel value (default 8)."),
-    perturb_rate: float = typer.Option(None, "--perturb-rate",
-                                       help="pixelcnn: fraction of pixel values randomised in training (Ren et al. "
-                                            "2019 background model; 0.1-0.2)."),
+    store_b: Path = typer.Option(None, "--store-b", help="cyclegan: the second domain's store (A is --store)."),
+    resample: bool = typer.Option(False, "--resample", help="cyclegan: resample --store-b onto --store's pixel grid."),
+    n_critic: int = typer.Option(None, "--n-critic", help="GANs: discriminator steps per generator step."),
+    gp_weight: float = typer.Option(None, "--gp-weight", help="wgan-gp, cgan: gradient-penalty weight (default 10)."),
+    encoder_epochs: int = typer.Option(None, "--encoder-epochs",
+                                       help="GANs: epochs training the encoder after the game (default 5)."),
     config: Path = typer.Option(None, "--config", help="YAML file with 'model:' and 'training:' sections."),
     seed: int = typer.Option(None, "--seed", help="Random seed (default: 0)."),
     patience: int = typer.Option(None, "--patience", help="Early-stopping patience in epochs (0: off) (default: 5)."),
@@ -74,7 +76,6 @@ def train(
     model_options, train_options = load_yaml_config(config) if config else ({}, {})
     cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method,
                  "likelihood": likelihood, "beta": beta, "kl_warmup_epochs": kl_warmup,
-                 "bits": bits, "perturb_rate": perturb_rate,
                  "condition": tuple(c.strip() for c in condition.split(",") if c.strip()) if condition else None}
     for key, value in cli_model.items():
         if value is not None:
@@ -85,14 +86,21 @@ def train(
     train_options.update({k: v for k, v in cli_train.items() if v is not None})
     train_options["progress"] = progress
     settings = config_from_dict(TrainSettings, train_options, str(config) if config else "training options")
+    from deepfield.train.gan import GAN_FAMILIES
+
+    if family in GAN_FAMILIES:
+        _train_gan(family, store, out, model_options, settings, store_b=store_b, resample=resample, lr=lr,
+                   gan_options={"n_critic": n_critic, "gp_weight": gp_weight, "encoder_epochs": encoder_epochs},
+                   resume=resume, overwrite=overwrite)
+        return
+    if store_b is not None or resample or n_critic is not None or gp_weight is not None or encoder_epochs is not None:
+        raise ConfigError("--store-b, --resample, --n-critic, --gp-weight and --encoder-epochs apply to GANs "
+                          "(dcgan, wgan-gp, cgan, cyclegan)")
     if family == "pca" and ("denoise_sigma" in model_options or "sparse_l1" in model_options):
         raise ConfigError("--denoise and --sparse apply to autoencoders (ae, conv-ae), not pca")
     if family != "pca" and "method" in model_options:
         raise ConfigError("--method applies to pca only")
-    if family != "pixelcnn" and ("bits" in model_options or "perturb_rate" in model_options):
-        raise ConfigError("--bits and --perturb-rate apply to pixelcnn only")
-    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition") if k in model_options
-                and not (k == "condition" and family == "pixelcnn")]
+    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition") if k in model_options]
     if vae_only and family not in ("vae", "cvae"):
         raise ConfigError(f"{', '.join('--' + k.replace('_epochs', '').replace('_', '-') for k in vae_only)} "
                           "apply to vae and cvae only")
@@ -108,6 +116,36 @@ def train(
 
     metrics = json.loads((path / "metrics.json").read_text())
     parts = [f"{k} {metrics[k]:.4g}" for k in ("train_mse", "val_mse", "test_mse") if metrics.get(k) is not None]
-    if family == "pixelcnn" and metrics.get("best_val_loss") is not None:
-        parts.insert(0, f"validation bits/dim {metrics['best_val_loss']:.4g}")
     console.print(f"[green]model written to[/] {path}  ({', '.join(parts)}; MSE in units of the pixel variance)")
+
+
+def _train_gan(family, store, out, model_options, settings, *, store_b, resample, lr, gan_options, resume, overwrite):
+    """`deepfield train dcgan|wgan-gp|cgan|cyclegan`: the two-player training of deepfield.train.gan."""
+    import json
+
+    from deepfield.errors import ConfigError
+    from deepfield.train import TrainingInterrupted
+    from deepfield.train.gan import train_gan
+
+    flags = {"denoise_sigma": "--denoise", "sparse_l1": "--sparse", "method": "--method", "likelihood": "--likelihood",
+             "beta": "--beta", "kl_warmup_epochs": "--kl-warmup", "condition": "--condition"}
+    not_gan = [flag for key, flag in flags.items() if key in model_options and (key != "condition" or family != "cgan")]
+    if not_gan:
+        raise ConfigError(f"{', '.join(not_gan)} do(es) not apply to {family}")
+    if lr is not None:  # one --lr for both players; a config file can set lr_g and lr_d apart
+        model_options.update(lr_g=lr, lr_d=lr)
+    model_options.update({k: v for k, v in gan_options.items() if v is not None})
+    try:
+        path = train_gan(family, store, out, store_b=store_b, model_options=model_options, settings=settings,
+                         resample=resample, resume=resume, overwrite=overwrite)
+    except TrainingInterrupted as err:
+        console.print(f"[yellow]{err}[/]")
+        raise typer.Exit(130) from None
+    if path is None:
+        return
+    metrics = json.loads((path / "metrics.json").read_text())
+    last = ([row for row in metrics.get("history", []) if "train_d_loss" in row] or [{}])[-1]
+    parts = [f"{k} {last[k]:.4g}" for k in ("train_d_loss", "train_g_loss") if k in last]
+    parts += [f"{k} {metrics[k]:.4g}" for k in ("encoder_val_residual_mse", "cycle_val_l1_a", "cycle_val_l1_b")
+              if metrics.get(k) is not None]
+    console.print(f"[green]model written to[/] {path}  ({', '.join(parts)}; sample grids in {path / 'logs' / 'samples'})")
