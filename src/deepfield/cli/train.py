@@ -33,6 +33,10 @@ def train(
     condition: str = typer.Option(None, "--condition", help="CVAE: catalog columns, e.g. half_light_radius,magnitude,redshift."),
     beta: float = typer.Option(None, "--beta", help="VAE: weight of the KL term (beta-VAE)."),
     kl_warmup: int = typer.Option(None, "--kl-warmup", help="VAE: epochs over which the KL weight rises to beta."),
+    bits: int = typer.Option(None, "--bits", help="pixelcnn: quantisation depth, bits per pixel value (default 8)."),
+    perturb_rate: float = typer.Option(None, "--perturb-rate",
+                                       help="pixelcnn: fraction of pixel values randomised in training (Ren et al. "
+                                            "2019 background model; 0.1-0.2)."),
     store_b: Path = typer.Option(None, "--store-b", help="cyclegan: the second domain's store (A is --store)."),
     resample: bool = typer.Option(False, "--resample", help="cyclegan: resample --store-b onto --store's pixel grid."),
     n_critic: int = typer.Option(None, "--n-critic", help="GANs: discriminator steps per generator step."),
@@ -76,6 +80,7 @@ def train(
     model_options, train_options = load_yaml_config(config) if config else ({}, {})
     cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method,
                  "likelihood": likelihood, "beta": beta, "kl_warmup_epochs": kl_warmup,
+                 "bits": bits, "perturb_rate": perturb_rate,
                  "condition": tuple(c.strip() for c in condition.split(",") if c.strip()) if condition else None}
     for key, value in cli_model.items():
         if value is not None:
@@ -100,7 +105,10 @@ def train(
         raise ConfigError("--denoise and --sparse apply to autoencoders (ae, conv-ae), not pca")
     if family != "pca" and "method" in model_options:
         raise ConfigError("--method applies to pca only")
-    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition") if k in model_options]
+    if family != "pixelcnn" and ("bits" in model_options or "perturb_rate" in model_options):
+        raise ConfigError("--bits and --perturb-rate apply to pixelcnn only")
+    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition") if k in model_options
+                and not (k == "condition" and family == "pixelcnn")]
     if vae_only and family not in ("vae", "cvae"):
         raise ConfigError(f"{', '.join('--' + k.replace('_epochs', '').replace('_', '-') for k in vae_only)} "
                           "apply to vae and cvae only")
@@ -116,6 +124,8 @@ def train(
 
     metrics = json.loads((path / "metrics.json").read_text())
     parts = [f"{k} {metrics[k]:.4g}" for k in ("train_mse", "val_mse", "test_mse") if metrics.get(k) is not None]
+    if family == "pixelcnn" and metrics.get("best_val_loss") is not None:
+        parts.insert(0, f"validation bits/dim {metrics['best_val_loss']:.4g}")
     console.print(f"[green]model written to[/] {path}  ({', '.join(parts)}; MSE in units of the pixel variance)")
 
 
