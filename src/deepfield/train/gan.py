@@ -331,6 +331,8 @@ def _write_grid(rows: list[torch.Tensor], path: Path) -> Path:
         img = np.concatenate([img, pad])
         tiles.append(np.concatenate([np.pad(t, 1, constant_values=np.nan) for t in img], axis=1))
     grid = np.concatenate(tiles, axis=0)
+    zoom = max(1, 64 // rows[0].shape[-1])  # small stamps: show each pixel as zoom x zoom
+    grid = np.repeat(np.repeat(grid, zoom, axis=0), zoom, axis=1)
     finite = grid[np.isfinite(grid)]
     vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
     path.parent.mkdir(parents=True, exist_ok=True)
