@@ -22,8 +22,11 @@ unit length and searched with L2, since |a - b|^2 = 2 (1 - cos) for unit vectors
 
 Kinds: 'flat' is exact; 'hnsw' a navigable small-world graph (Malkov & Yashunin 2018,
 arXiv:1603.09320); 'ivf' an inverted file of k-means cells over the raw codes; 'ivfpq' the
-same cells with product-quantised codes (Jegou et al. 2011) re-ranked exactly. 'auto' takes
-flat below 100,000 objects, HNSW below 10 million and IVF-PQ above. The approximate kinds'
+same cells with product-quantised codes (Jegou et al. 2011, doi:10.1109/TPAMI.2010.57), D/2
+bytes per code, whose candidates are re-ranked with the raw codes (k_factor > 0, the default:
+recall as IVF's, memory not saved) or not (k_factor=0: 8x smaller than the raw codes, recall
+capped by the quantisation). 'auto' takes flat below 100,000 objects, HNSW below 10 million
+and IVF above (its cells build much faster than a graph of that size). The approximate kinds'
 search effort (efSearch, nprobe) is tuned at build time to reach `target_recall` of the exact
 top 10, on 500 of the codes held out of the index until the end (so they search like new
 objects); the recall reached is recorded in meta.json.
@@ -164,13 +167,19 @@ def embed_store(model: Model | str | os.PathLike, store: Store | str | os.PathLi
 
 
 def _auto_kind(n: int) -> str:
-    return "flat" if n < 100_000 else "hnsw" if n < 10_000_000 else "ivfpq"
+    return "flat" if n < 100_000 else "hnsw" if n < 10_000_000 else "ivf"
+
+
+def _held_out(n: int) -> int:
+    """Codes held out of an approximate index until the end of the build, to tune its search."""
+    return min(500, n // 5)
 
 
 def _default_params(kind: str, n: int, dim: int) -> dict:
     """Sensible starting parameters for `n` codes of length `dim`."""
     # IVF: ~4 sqrt(N) cells (FAISS's guideline), but at least ~39 training points per cell
-    nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+    # (from the codes left after the tuning sample is held out)
+    nlist = int(max(1, min(round(4 * math.sqrt(n)), (n - _held_out(n)) // 39)))
     if kind == "hnsw":
         # links per node: 16 suits codes of up to ~32 dimensions, longer codes want more
         return {"M": 16 if dim <= 32 else 32, "ef_construction": 40}
@@ -179,7 +188,7 @@ def _default_params(kind: str, n: int, dim: int) -> dict:
     if kind == "ivfpq":
         pq_m = next(m for m in (dim // 2, dim // 4, dim // 3, dim, 1) if m >= 1 and dim % m == 0)
         # 2^bits centroids per sub-quantiser need ~39 training points each
-        pq_bits = int(min(8, max(4, math.floor(math.log2(max(n // 39, 16))))))
+        pq_bits = int(min(8, max(4, math.floor(math.log2(max((n - _held_out(n)) // 39, 16))))))
         return {"nlist": nlist, "pq_m": pq_m, "pq_bits": pq_bits, "k_factor": 8}
     return {}
 
@@ -197,6 +206,8 @@ def _make_faiss(kind: str, dim: int, params: dict):
     if kind == "ivf":
         return faiss.IndexIVFFlat(quantizer, dim, int(params["nlist"]))
     ivfpq = faiss.IndexIVFPQ(quantizer, dim, int(params["nlist"]), int(params["pq_m"]), int(params["pq_bits"]))
+    if not params["k_factor"]:
+        return ivfpq
     refine = faiss.IndexRefineFlat(ivfpq)  # keeps the raw codes to re-rank candidates exactly
     refine.k_factor = float(params["k_factor"])
     return refine
@@ -210,7 +221,7 @@ def _search_parameters(kind: str, params: dict, fetch: int, nprobe: int | None =
         # efSearch was tuned for the top 10: scale it with the number fetched, up to the index size
         ef = int(math.ceil(fetch * params["ef_search"] / _TUNE_K))
         return faiss.SearchParametersHNSW(efSearch=max(int(params["ef_search"]), fetch, min(ef, n or ef)))
-    if kind == "ivf":
+    if kind == "ivf" or kind == "ivfpq" and not params["k_factor"]:
         return faiss.SearchParametersIVF(nprobe=int(nprobe or params["nprobe"]))
     if kind == "ivfpq":
         base = faiss.SearchParametersIVF(nprobe=int(nprobe or params["nprobe"]))
@@ -319,7 +330,8 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
         ids: object ids of an array's rows (default 0..N-1); stores bring their own.
         catalog: columns for an array's rows (dict or pyarrow Table), for filters.
         params: override the kind's parameters: hnsw M, ef_construction, ef_search; ivf nlist,
-            nprobe; ivfpq nlist, nprobe, pq_m, pq_bits, k_factor (re-ranked candidates per result).
+            nprobe; ivfpq nlist, nprobe, pq_m (bytes per code at 8 bits), pq_bits, k_factor
+            (candidates re-ranked with the raw codes per result; 0: keep only the PQ codes).
             A given ef_search/nprobe is kept; otherwise it is tuned to `target_recall`.
         target_recall: recall@10 against exact search that the tuned effort must reach.
         seed: seed of the k-means training sample and of the held-out tuning sample (500 codes,
@@ -355,7 +367,7 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
     if kind != "flat":
         # tune on codes held out until the end, so they search like new objects; the index
         # keeps its own order of positions (ids.npy and the catalog follow it)
-        held = min(500, n // 5)
+        held = _held_out(n)
         last = np.zeros(n, dtype=bool)
         last[rng.choice(n, size=held, replace=False)] = True
         order = np.concatenate([np.flatnonzero(~last), np.flatnonzero(last)])
@@ -596,7 +608,10 @@ class SimilarityIndex:
         return pos
 
     def vectors(self, ids) -> np.ndarray:
-        """The indexed codes (unit-normalised for cosine) of object ids, (Q, D)."""
+        """The indexed codes (unit-normalised for cosine) of object ids, (Q, D).
+
+        Exact, except for an IVF-PQ index without re-ranking (k_factor=0): its decoded PQ codes.
+        """
         return self.index.reconstruct_batch(self.positions(ids).astype(np.int64))
 
     # -- queries into vectors
@@ -670,9 +685,10 @@ class SimilarityIndex:
         if isinstance(queries, _Codes):
             vectors = self._normalise(queries.values, np.arange(len(np.atleast_2d(queries.values))), "query codes")
             return vectors, np.arange(len(vectors), dtype=np.int64), {}, None
-        if isinstance(queries, (int, np.integer)) or (
-                isinstance(queries, (list, tuple)) and queries and all(isinstance(q, (int, np.integer)) for q in queries)) or (
-                isinstance(queries, np.ndarray) and queries.dtype.kind in "iu" and queries.ndim <= 1):
+        id_list = isinstance(queries, (list, tuple)) and queries and all(
+            isinstance(q, (int, np.integer)) for q in queries)
+        id_array = isinstance(queries, np.ndarray) and queries.dtype.kind in "iu" and queries.ndim <= 1
+        if isinstance(queries, (int, np.integer)) or id_list or id_array:
             qids = np.atleast_1d(np.asarray(queries, dtype=np.int64))
             pos = self.positions(qids)
             return self.vectors(qids), qids, {"index_positions": pos}, pos
@@ -763,7 +779,9 @@ class SimilarityIndex:
         out_p = np.full((q, k), -1, dtype=np.int64)
         filtered = bool(windows) or static is not None
         pass_rate = float(static.mean()) if static is not None else 1.0
-        fetch = min(n, k + (own is not None)) if not filtered else min(n, max(4 * k, 64, int(4 * k / max(pass_rate, 1e-6))))
+        # first try: the k nearest (one more to drop the query itself); filtered, enough that
+        # ~4k candidates pass the catalog query
+        fetch = min(n, max(4 * k, 64, int(4 * k / max(pass_rate, 1e-6))) if filtered else k + (own is not None))
         nprobe = self.meta["params"].get("nprobe")
         nlist = self.meta["params"].get("nlist")
         pending = np.arange(q)
@@ -804,7 +822,7 @@ class SimilarityIndex:
         return out_d, out_p
 
     def _table(self, parts, columns: Sequence[str]) -> pa.Table:
-        qid, rank, nid, dist, pos = [], [], [], [], []
+        qid, rank, dist, pos = [], [], [], []
         for qids, d, p in parts:
             valid = p >= 0
             qid.append(np.repeat(qids, valid.sum(axis=1)))
