@@ -11,10 +11,10 @@ from deepfield.cli._app import app, console
 
 @app.command()
 def compare(
-    model_dir: Path = typer.Argument(..., help="Model folder with a likelihood: pixelcnn (exact) or vae (ELBO bound)."),
-    reference: Path = typer.Option(..., "--reference", "-r", help="The observations: the store the model was trained on."),
+    model_dir: Path = typer.Argument(..., help="Model folder with a likelihood: pixelcnn (exact), vae (ELBO bound)."),
+    reference: Path = typer.Option(..., "--reference", "-r", help="The observations: the model's training store."),
     store: Path = typer.Option(..., "--store", "-s", help="The simulation (or any store) to score against them."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: scores.parquet, PNG histograms, summary.json/.md."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: scores.parquet, histograms (PNG), summary."),
     background: Path = typer.Option(None, "--background", "-b",
                                     help="Background model for the likelihood ratio (Ren et al. 2019), e.g. "
                                          "`deepfield train pixelcnn --perturb-rate 0.2` on the same store."),

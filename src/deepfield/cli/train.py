@@ -16,7 +16,7 @@ def _devices(value: str):
 @app.command()
 def train(
     family: str = typer.Argument(..., help="pca, ae (dense autoencoder), conv-ae, vae, cvae, dcgan, wgan-gp, cgan, "
-                                         "cyclegan; or flow / gmm: a latent prior for the VAE given by --model."),
+                                         "cyclegan, pixelcnn; or flow / gmm: a latent prior for the VAE at --model."),
     store: Path = typer.Option(None, "--store", "-s", help="Training store (flow/gmm: default the VAE's)."),
     out: Path = typer.Option(None, "--out", "-o", help="Model folder to write (flow/gmm: MODEL/prior)."),
     model: Path = typer.Option(None, "--model", help="flow/gmm: the trained VAE folder."),

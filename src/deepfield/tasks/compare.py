@@ -270,10 +270,11 @@ def _markdown(summary: dict) -> str:
     lines = [f"# Likelihood comparison: {summary['simulation_store']} vs {summary['reference_store']}", "",
              f"Model: `{summary['model']}` ({summary['model_class']}); scores: {summary['score']}.", "",
              f"Reference objects: {summary['reference_rows']}. Simulation objects: {summary['n_simulation']}.", "",
-             "| score | unit | reference mean | simulation mean | KS | KS p | W1 | AUROC |", "|---|---|---|---|---|---|---|---|"]
-    for name, entry in summary["statistics"].items():
-        lines.append(f"| {name} | {entry['unit']} | {entry['reference']['mean']:.4g} | {entry['simulation']['mean']:.4g} "
-                     f"| {entry['ks_statistic']:.3f} | {entry['ks_pvalue']:.2g} | {entry['w1']:.4g} | {entry['auroc']:.3f} |")
+             "| score | unit | reference mean | simulation mean | KS | KS p | W1 | AUROC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, e in summary["statistics"].items():
+        lines.append(f"| {name} | {e['unit']} | {e['reference']['mean']:.4g} | {e['simulation']['mean']:.4g} "
+                     f"| {e['ks_statistic']:.3f} | {e['ks_pvalue']:.2g} | {e['w1']:.4g} | {e['auroc']:.3f} |")
     lines += ["", "KS: two-sample Kolmogorov-Smirnov statistic; W1: Wasserstein-1 distance in the score's unit; "
               "AUROC: how well the score tells simulation from reference objects (0.5: not at all; 1: perfectly), "
               "with higher bits/dim and lower log-ratio counting as 'simulation'."]
