@@ -212,11 +212,18 @@ def test_report_on_a_conditional_observation_model_vae(galaxies, tmp_path):
 
     out = train("cvae", galaxies, tmp_path / "cvae", model_options=SMALL,
                 settings=TrainSettings(epochs=1, batch_size=32, progress=False))
-    page = make_report(out, galaxies, color_by="magnitude")
+    page = make_report(out, galaxies, color_by="magnitude", split="all", samples=60)
     html = page.read_text()
     assert "reconstructions.png" in html and "latent" in html
     recorded = json.loads((out / "metrics.json").read_text())["test_mse"]
     assert f"{recorded:.4g}" in html  # the report's numbers are the model's own
+    # the generative section: samples beside held-out galaxies, one sweep per condition, morphology
+    for figure in ("samples.png", "sweep_half_light_radius.png", "sweep_magnitude.png", "sweep_redshift.png",
+                   "morphology_histograms.png"):
+        assert figure in html and (page.parent / figure).stat().st_size > 5000
+    summary = json.loads((page.parent / "report.json").read_text())["morphology"]
+    assert summary["n"] == 60 and "N(0, I)" in summary["priors"]
+    assert set(summary["reference"]["spearman"]) == {"half_light_radius", "magnitude"}
 
 
 def test_latent_walks_interpolate_traverse_and_edit(pixel_vae, galaxies, tmp_path):
@@ -249,8 +256,13 @@ def test_evaluate_morphology_compares_held_out_galaxies_with_samples(pixel_vae, 
     from deepfield.tasks import evaluate_morphology
 
     model = deepfield.load(pixel_vae)
-    result = evaluate_morphology(model, galaxies, split=None, n=60)
+    result = evaluate_morphology(model, galaxies, split=None, n=60, measurements=True)
     assert result["n"] == 60 and set(result["priors"]) >= {"N(0, I)"}
+    assert set(result["measurements"]) == {"held-out", *result["priors"]}
+    assert all(v.shape == (60,) for v in result["measurements"]["held-out"].values())
+    # the real galaxies' own size and magnitude track their catalog values: the conditional ceiling
+    assert result["reference"]["spearman"]["magnitude"] > 0.9
+    assert result["reference"]["spearman"]["half_light_radius"] > 0.5
     rows = {r["statistic"]: r for r in next(iter(result["priors"].values()))["rows"]}
     assert set(rows) >= {"magnitude", "sigma_arcsec", "e", "gini", "m20", "concentration", "asymmetry"}
     for r in rows.values():

@@ -22,11 +22,16 @@ def report(
     n_examples: int = typer.Option(8, "--n-examples", help="Objects in the reconstruction grids."),
     split: str = typer.Option("test", "--split", help="Objects to use: test (held out), val, train or all."),
     seed: int = typer.Option(0, "--seed", help="Seed choosing the example objects."),
+    samples: int = typer.Option(1000, "--samples",
+                                help="VAEs: held-out galaxies compared with samples in the morphology histograms "
+                                     "(0: sample grids and sweeps only; -1: no samples section)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
-    """Write an HTML report (loss curves, reconstructions, latent space, comparison); print its path."""
+    """Write an HTML report (loss curves, reconstructions, latent space, comparison; samples and morphology for
+    VAEs); print its path."""
     from deepfield.report import make_report
 
     index = make_report(model_dir, store, out, compare=tuple(compare or ()), color_by=color_by,
-                        n_examples=n_examples, split=split, seed=seed, progress=progress)
+                        n_examples=n_examples, split=split, seed=seed, progress=progress,
+                        samples=None if samples < 0 else samples)
     typer.echo(str(index))

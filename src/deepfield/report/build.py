@@ -3,7 +3,9 @@
 The page shows the model card facts, training curves (PCA: explained variance), input /
 reconstruction / residual examples of held-out objects, the latent space coloured by a
 catalog column, reconstruction error against that column, and, given other model folders
-trained on the same store, a comparison of them all on the same objects.
+trained on the same store, a comparison of them all on the same objects. For generative
+models (VAEs) it adds samples beside held-out galaxies, conditional sweeps and morphology
+histograms (deepfield.report.samples).
 
 Reconstruction errors are mean squared errors in normalised units, as in training and
 metrics.json: data divided by the per-band pixel standard deviation of the training set
@@ -248,7 +250,7 @@ def _spread_examples(store, rows: np.ndarray, n: int, rng) -> np.ndarray:
 
 def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None = None, n_examples: int = 8,
                 split: str = "test", seed: int = 0, max_objects: int = 20000, batch_size: int = 256,
-                progress: bool = False) -> Path:
+                samples: int | None = 1000, progress: bool = False) -> Path:
     """Write an HTML report on a trained model; returns the path of its index.html.
 
     Arguments:
@@ -264,6 +266,10 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
         seed: chooses the example objects (and the subsample beyond `max_objects`).
         max_objects: evaluate at most this many objects (a seeded random subset beyond).
         batch_size: objects per forward pass.
+        samples: generative models (VAEs on image stores with PSF and noise): a 'Samples'
+            section with held-out vs sample grids, conditional sweeps, and morphology
+            histograms of up to this many held-out galaxies vs samples (0: grids and sweeps
+            only; None: no section).
         progress: show a progress bar.
 
     Raises:
@@ -325,7 +331,8 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
 
     tmp = _prepare_out(out)
     try:
-        page = _build_page(main, members, store, rows, n_selected, split, colour, n_examples, rng, notes, tmp)
+        page = _build_page(main, members, store, rows, n_selected, split, colour, n_examples, rng, notes, tmp,
+                           n_morphology=samples)
         (tmp / "index.html").write_text(page)
         _commit(tmp, out)
     except BaseException:
@@ -335,7 +342,8 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
 
 
 def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.ndarray, n_selected: int,
-                split: str, colour: str | None, n_examples: int, rng, notes: list[str], tmp: Path) -> str:
+                split: str, colour: str | None, n_examples: int, rng, notes: list[str], tmp: Path,
+                n_morphology: int | None = 1000) -> str:
     import deepfield
 
     unit_sentence, mse_label = _mse_units(main.model, store.kind)
@@ -523,6 +531,13 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
                    f"Per-object reconstruction {mse_label} per class of {label}; diamonds: medians.")
         plots.plot_mse_vs_column(values, {m.name: m.mse for m in members}, tmp / "mse_vs_column.png",
                                  label=label, mse_label=mse_label, class_names=class_names)
+
+    # -- 6. generative models: samples, conditional sweeps, morphology
+    from deepfield.report.samples import is_generative, sample_section
+
+    if is_generative(main.model, store) and n_morphology is not None:
+        sample_section(page, main.model, store, rows, examples, tmp, add_figure, seed=int(rng.integers(2**31)),
+                       n_morphology=n_morphology, summary=summary)
 
     for m in members:
         summary["models"][m.name] = {"path": str(m.path), "family": m.family, "latent_dim": int(m.model.latent_dim),

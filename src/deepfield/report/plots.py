@@ -17,7 +17,8 @@ import numpy as np
 
 __all__ = ["plot_training_history", "plot_explained_variance", "plot_image_grid",
            "plot_spectra_grid", "plot_latent", "plot_mse_bars", "plot_mse_vs_column",
-           "plot_validation_curves", "asinh_rgb", "is_categorical"]
+           "plot_validation_curves", "asinh_rgb", "is_categorical", "plot_morphology_histograms",
+           "plot_sample_grid", "MORPHOLOGY_LABELS"]
 
 DPI = 100
 _MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
@@ -535,4 +536,95 @@ def plot_mse_vs_column(values: np.ndarray, mse: Mapping[str, np.ndarray], path, 
         ax.set_ylabel(f"reconstruction {mse_label}")
         ax.grid(alpha=0.25)
         ax.legend(fontsize=7)
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# generative models
+
+#: axis labels (with units) of the morphology statistics (deepfield.tasks.evaluate.STATISTICS)
+MORPHOLOGY_LABELS = {"magnitude": "magnitude (zeropoint 30, counts)", "sigma_arcsec": "HSM size σ (arcsec)",
+                     "e": "HSM |e| (distortion)", "rho4": "HSM ρ4 (kurtosis)", "gini": "Gini", "m20": "M20",
+                     "concentration": "concentration C", "asymmetry": "asymmetry A"}
+
+
+def plot_morphology_histograms(measurements: Mapping[str, Mapping[str, np.ndarray]], path, *,
+                               reference: str = "held-out") -> Path:
+    """One panel per statistic: histograms of the held-out galaxies (grey, filled) and of each
+    prior's samples observed the same way (lines), on the held-out 1st-99th percentile range."""
+    sets = list(measurements)
+    stats = [k for k in measurements[reference] if k in MORPHOLOGY_LABELS] or list(measurements[reference])
+    cols = 4
+    rows = -(-len(stats) // cols)
+    with _rc():
+        fig = _figure(2.6 * cols, 2.1 * rows)
+        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+        for ax, stat in zip(axes, stats):
+            ref = np.asarray(measurements[reference][stat], dtype=float)
+            ref = ref[np.isfinite(ref)]
+            if ref.size < 2:
+                ax.set_axis_off()
+                continue
+            lo, hi = np.percentile(ref, (1, 99))
+            bins = np.linspace(lo, hi, 31)
+            for k, name in enumerate(sets):
+                v = np.asarray(measurements[name][stat], dtype=float)
+                v = v[np.isfinite(v)]
+                if not ((v >= lo) & (v <= hi)).any():  # nothing in the held-out range: say so in the legend
+                    ax.plot([], [], color=_colour(k), label=f"{name}: all {v.size} outside")
+                    continue
+                if name == reference:
+                    ax.hist(v, bins, density=True, color="0.75", label=f"{name} ({v.size})")
+                else:
+                    ax.hist(v, bins, density=True, histtype="step", lw=1.4, color=_colour(k), label=f"{name} ({v.size})")
+            ax.set_xlabel(MORPHOLOGY_LABELS.get(stat, stat))
+            ax.set_yticks([])
+        for ax in axes[len(stats):]:
+            ax.set_axis_off()
+        axes[0].legend(fontsize=6, loc="upper left")
+        return _save(fig, path)
+
+
+def plot_sample_grid(panels: Mapping[str, np.ndarray], path, *, band: int = 0, pixel_scale: float | None = None,
+                     column_labels: Sequence[str] | None = None, flux_unit: str = "store units",
+                     stretch: str = "column") -> Path:
+    """Rows of images (one row per panel name: held-out / samples per prior, or one row per
+    condition value). `stretch`: one asinh stretch for the whole 'figure' (brightness compares
+    everywhere), per 'column' (a held-out galaxy and the samples beside it), or per 'panel'."""
+    from matplotlib.colors import AsinhNorm
+
+    names = list(panels)
+    stack = [np.asarray(panels[k])[:, band] for k in names]
+    n = max(s.shape[0] for s in stack)
+
+    def limits(pixels: np.ndarray) -> tuple[float, float, float]:
+        sigma = _noise_sigma(pixels)
+        hi = float(np.percentile(pixels, 99.7))
+        lo = -3 * sigma if sigma > 0 else float(pixels.min())
+        return lo, max(hi, lo + 1e-12), _asinh_width(pixels, hi)
+
+    whole = limits(np.concatenate([s.ravel() for s in stack]))
+    per_column = [limits(np.concatenate([s[j].ravel() for s in stack if j < s.shape[0]])) for j in range(n)]
+    with _rc():
+        fig = _figure(1.05 * n + 1.2, 1.05 * len(names) + 0.5)
+        axes = fig.subplots(len(names), n, squeeze=False)
+        for i, name in enumerate(names):
+            for j in range(n):
+                ax = axes[i, j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j >= stack[i].shape[0]:
+                    ax.set_axis_off()
+                    continue
+                img = stack[i][j]
+                lo, hi, width = {"figure": whole, "column": per_column[j]}.get(stretch) or limits(img)
+                ax.imshow(img, origin="lower", cmap="gray", interpolation="nearest",
+                          norm=AsinhNorm(linear_width=width, vmin=lo, vmax=hi))
+                if i == 0 and column_labels is not None and j < len(column_labels):
+                    ax.set_title(column_labels[j], fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(name, fontsize=7)
+                if pixel_scale and i == len(names) - 1 and j == 0:
+                    _scale_bar(ax, img.shape[-1], pixel_scale)
+        fig.suptitle(f"asinh stretch per {stretch} ({flux_unit})", fontsize=7)
         return _save(fig, path)

@@ -16,7 +16,7 @@ import torch
 
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
-from deepfield.tasks.apply import resolve_indices
+from deepfield.tasks.apply import progress_bar, resolve_indices
 
 __all__ = ["evaluate_morphology", "STATISTICS"]
 
@@ -36,10 +36,17 @@ def _measure(images: np.ndarray, noise_sigma: np.ndarray, pixel_scale: float) ->
 
 @torch.no_grad()
 def evaluate_morphology(model, store, *, split: str = "test", n: int | None = None, seed: int = 0,
-                        band: int = 0, priors=("auto", "gaussian"), batch_size: int = 256) -> dict:
+                        band: int = 0, priors=("auto", "gaussian"), batch_size: int = 256,
+                        measurements: bool = False, progress: bool = False, rows=None) -> dict:
     """Compare held-out galaxies of `store` with samples of `model` observed the same way.
 
-    Returns {"n": N, "priors": {prior name: {"rows": compare_samples rows, "spearman": {...}}}}.
+    Returns {"n": N, "band": b, "priors": {prior name: {"rows": compare_samples rows, "spearman":
+    {column: rho}}}, "reference": {...}}. "reference" compares two random halves of the held-out
+    galaxies with each other (the same rows): the W1 a perfect model would reach with this
+    many objects, and the Spearman correlations measured on the real galaxies themselves (the
+    ceiling noise and the PSF leave for a conditional model). With `measurements`, the
+    per-object statistics too: out["measurements"] = {"held-out": {...}, prior name: {...}}.
+    `rows` (store row indices) replaces the split selection.
     """
     from deepfield.metrics import compare_samples, spearman
     from deepfield.physics import ObservationModel
@@ -51,7 +58,8 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
         if not store.has(array):
             raise InputError(f"store {store.path} has no {array!r}: model samples are observed through each "
                              "held-out object's PSF and noise, so the store needs both")
-    rows = resolve_indices(store, None, split, getattr(model, "record", None))
+    rows = (resolve_indices(store, None, split, getattr(model, "record", None)) if rows is None
+            else np.asarray(rows, dtype=np.int64))
     if n is not None:
         rows = rows[:n]
     if rows.size < 10:
@@ -60,6 +68,8 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
     ivar = store.read("ivar", rows)
     sigma = np.sqrt(1.0 / np.where(ivar[:, band] > 0, ivar[:, band], np.inf).mean(axis=(1, 2)).clip(1e-30))
     real = _measure(store.read("x", rows)[:, band], sigma, pixel_scale)
+    halves = np.random.default_rng(seed).permutation(rows.size)
+    first, second = halves[: rows.size // 2], halves[rows.size // 2:]
     names = list(getattr(model.config, "condition", ()) or ())
     for c in getattr(getattr(model, "prior", None), "data_columns", ()) or ():
         if c not in names:
@@ -69,21 +79,45 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
     observation = ObservationModel("pixel")
     generator = torch.Generator().manual_seed(seed)
     out = {"n": int(rows.size), "band": band, "priors": {}}
-    for prior in chosen:
-        observed = []
-        for start in range(0, rows.size, batch_size):
-            sl = slice(start, start + batch_size)
-            cond = {c: torch.from_numpy(v[sl]) for c, v in catalog.items()} or None
-            sky = model.sample(len(rows[sl]), condition=cond, generator=generator, prior=prior)
-            psf = torch.from_numpy(store.read("psf", rows[sl]))
-            observed.append(observation.observe(sky, psf, ivar=torch.from_numpy(ivar[sl]), generator=generator).numpy())
-        samples = _measure(np.concatenate(observed)[:, band], sigma, pixel_scale)
-        table = compare_samples({k: real[k] for k in STATISTICS}, {k: samples[k] for k in STATISTICS}, seed=seed)
-        rho = {}
-        if "half_light_radius" in catalog:
-            rho["half_light_radius"] = spearman(catalog["half_light_radius"], samples["sigma_arcsec"]).rho
-        if "magnitude" in catalog:
-            rho["magnitude"] = spearman(catalog["magnitude"], samples["magnitude"]).rho
-        name = type(model.prior).__name__ if prior == "auto" else "N(0, I)"
-        out["priors"][name] = {"rows": table, "spearman": rho}
+    out["reference"] = {
+        "rows": compare_samples({k: real[k][first] for k in STATISTICS}, {k: real[k][second] for k in STATISTICS},
+                                seed=seed),
+        "spearman": _spearman({c: store.column(c)[rows] for c in ("half_light_radius", "magnitude")
+                               if c in store.columns}, real, spearman)}
+    if measurements:
+        out["measurements"] = {"held-out": {k: real[k] for k in STATISTICS}}
+    with progress_bar(progress) as bar:
+        for prior in chosen:
+            name = type(model.prior).__name__ if prior == "auto" else "N(0, I)"
+            task = bar.add_task(f"sampling ({name} prior)", total=rows.size)
+            samples = _observed_samples(model, store, rows, catalog, prior, ivar, batch_size, observation,
+                                        generator, band, sigma, pixel_scale, bar, task)
+            table = compare_samples({k: real[k] for k in STATISTICS}, {k: samples[k] for k in STATISTICS}, seed=seed)
+            out["priors"][name] = {"rows": table, "spearman": _spearman(catalog, samples, spearman)}
+            if measurements:
+                out["measurements"][name] = {k: samples[k] for k in STATISTICS}
     return out
+
+
+def _observed_samples(model, store, rows, catalog, prior, ivar, batch_size, observation, generator, band, sigma,
+                      pixel_scale, bar, task) -> dict[str, np.ndarray]:
+    """Model samples for `rows` (their conditions), observed through their PSFs and noise, measured."""
+    observed = []
+    for start in range(0, rows.size, batch_size):
+        sl = slice(start, start + batch_size)
+        cond = {c: torch.from_numpy(v[sl]) for c, v in catalog.items()} or None
+        sky = model.sample(len(rows[sl]), condition=cond, generator=generator, prior=prior)
+        psf = torch.from_numpy(store.read("psf", rows[sl]))
+        observed.append(observation.observe(sky, psf, ivar=torch.from_numpy(ivar[sl]), generator=generator).numpy())
+        bar.advance(task, len(rows[sl]))
+    return _measure(np.concatenate(observed)[:, band], sigma, pixel_scale)
+
+
+def _spearman(catalog: dict, measured: dict, spearman) -> dict[str, float]:
+    """Rank correlation of asked (catalog) and measured size and magnitude."""
+    rho = {}
+    if "half_light_radius" in catalog:
+        rho["half_light_radius"] = spearman(catalog["half_light_radius"], measured["sigma_arcsec"]).rho
+    if "magnitude" in catalog:
+        rho["magnitude"] = spearman(catalog["magnitude"], measured["magnitude"]).rho
+    return rho
