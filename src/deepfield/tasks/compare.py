@@ -211,7 +211,8 @@ def _reference_rows(model, reference: Store, which: str) -> tuple[np.ndarray, st
     if which == "test":
         raise InputError(f"--reference-split test needs the model's training store; {reference.path} "
                          f"(fingerprint {reference.fingerprint}) is not it ({rec.get('fingerprint')})")
-    return np.arange(len(reference)), "all objects (the model was trained on another store)"
+    why = "the model was trained on another store" if rec else "the model records no training store"
+    return np.arange(len(reference)), f"all objects ({why})"
 
 
 def _check_stores(model, reference: Store, store: Store) -> None:
