@@ -182,7 +182,7 @@ def main():
     ap.add_argument("--n-queries", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=2, help="timing rounds; each setting keeps its best")
     ap.add_argument("--n-galaxies", type=int, default=4000)
-    ap.add_argument("--ae-epochs", type=int, default=15)
+    ap.add_argument("--ae-epochs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
     ap.add_argument("--quick", action="store_true", help="100,000 codes, 1,000 galaxies, 5 AE epochs")
     ap.add_argument("--only", choices=["speed", "galaxies"], help="run one part")

@@ -57,14 +57,14 @@ def index_cmd(
     codes: Path = typer.Argument(..., help="Codes store from `deepfield embed`."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to write."),
     metric: str = typer.Option("cosine", "--metric", help="cosine (1 - cos angle) or l2 (Euclidean)."),
-    kind: str = typer.Option("auto", "--kind", help="auto (flat < 100k < hnsw < 10M < ivf), flat, hnsw, ivf, ivfpq."),
+    kind: str = typer.Option("auto", "--kind", help="auto (flat below 100k codes, else ivf), flat, hnsw, ivf, ivfpq."),
     target_recall: float = typer.Option(0.95, "--target-recall", help="recall@10 the tuned search effort must reach."),
     param: list[str] = typer.Option(None, "--param", help="Index parameter, e.g. M=48, nlist=4096, nprobe=16."),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Build a FAISS index over a codes store (exact below 100k objects, HNSW or IVF above)."""
+    """Build a FAISS index over a codes store (exact below 100k objects, IVF above; or HNSW, IVF-PQ)."""
     from deepfield.tasks.search import build_index
 
     params = {k: (int(v) if float(v).is_integer() else v) for k, v in _pairs(param, "--param").items()}
