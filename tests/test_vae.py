@@ -274,3 +274,35 @@ def test_evaluate_morphology_compares_held_out_galaxies_with_samples(pixel_vae, 
     with pytest.raises(InputError, match="generative model"):
         evaluate_morphology(deepfield.load(train("pca", galaxies, pixel_vae.parent / "pca",
                                                  model_options={"latent_dim": 2})), galaxies)
+
+
+def test_bad_telescope_inputs_are_named(galaxies, pixel_vae, tmp_path):
+    """A PSF stamp of the wrong size, a missing ivar, a band the model lacks: clear errors."""
+    from deepfield.data.store import create_store
+    from deepfield.galsim import GenerativeGalaxyModel
+    from deepfield.tasks.encode import check_model_store, denoise_store
+
+    rows = np.arange(40)
+    x, psf, ivar = (galaxies.read(a, rows) for a in ("x", "psf", "ivar"))
+    model_dir = train("vae", galaxies, tmp_path / "psfenc", model_options={**SMALL, "psf_to_encoder": True},
+                      settings=TrainSettings(epochs=1, batch_size=32, progress=False))
+    model = deepfield.load(model_dir)
+    assert model.config.psf_shape == (1, 25, 25)
+    with create_store(tmp_path / "small_psf", (1, 32, 32), bands=("r",), pixel_scale=0.2,
+                      arrays={"psf": (1, 21, 21), "ivar": (1, 32, 32)}) as w:
+        w.append(x=x, psf=psf[:, :, 2:-2, 2:-2], ivar=ivar, catalog={})
+    with pytest.raises(InputError, match=r"PSF stamps of shape \(1, 21, 21\).*\(1, 25, 25\).*crop or pad"):
+        check_model_store(model, w.store)
+    with pytest.raises(InputError, match=r"encoder reads \(1, 25, 25\)"):
+        model.encode_batch({"x": torch.from_numpy(x[:2]), "psf": torch.from_numpy(psf[:2, :, 2:-2, 2:-2])})
+    with create_store(tmp_path / "no_ivar", (1, 32, 32), bands=("r",), pixel_scale=0.2,
+                      arrays={"psf": (1, 25, 25)}) as w:
+        w.append(x=x, psf=psf, catalog={})
+    with pytest.raises(InputError, match=r"reads 'ivar'.*deepfield import --ivar"):
+        denoise_store(deepfield.load(pixel_vae), w.store, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    bridge = GenerativeGalaxyModel(pixel_vae, prior="gaussian")
+    with pytest.raises(InputError, match="no band.*i.*trained on r"):
+        bridge.sample(n=2, bands=("i",))
+    one = bridge.sample(n=2, bands="r", flux=100.0)
+    assert len(one) == 2 and abs(one[0].flux - 100.0) < 1e-6

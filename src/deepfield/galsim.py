@@ -81,7 +81,7 @@ class GenerativeGalaxyModel:
         return (f"GenerativeGalaxyModel({type(self.model).__name__}, bands={self.bands}, "
                 f"pixel_scale={self.pixel_scale}, conditions={self.conditions})")
 
-    def sample(self, catalog=None, rng=None, flux=None, n: int | None = None):
+    def sample(self, catalog=None, rng=None, flux=None, n: int | None = None, bands=None):
         """One galaxy per catalog row (or `n` galaxies for an unconditional model).
 
         Arguments:
@@ -89,12 +89,20 @@ class GenerativeGalaxyModel:
                 pyarrow Table or structured array).
             rng: a galsim.BaseDeviate; the same seed gives the same galaxies.
             flux: per-object total flux (counts) replacing the model's (scalar or (n,)); in
-                multi-band models it sets the first band's flux and keeps the colours.
+                multi-band models it sets the first (requested) band's flux and keeps the colours.
+            bands: the bands to return (default all the model's), e.g. ('r',) or 'r'.
 
         Returns:
-            a list of galsim.InterpolatedImage (single band), or of dicts {band: InterpolatedImage}.
+            a list of galsim.InterpolatedImage (one band), or of dicts {band: InterpolatedImage}.
         """
         import galsim
+
+        wanted = (bands,) if isinstance(bands, str) else tuple(bands or self.bands)
+        lacking = [b for b in wanted if b not in self.bands]
+        if lacking:
+            raise InputError(f"the model has no band(s) {', '.join(map(str, lacking))}: it was trained on "
+                             f"{', '.join(self.bands)}; ask for those, or train a model on a store with the band")
+        index = [self.bands.index(b) for b in wanted]
 
         rows, columns = _columns(catalog, self.conditions)
         if self.conditions and rows == 0:
@@ -117,12 +125,12 @@ class GenerativeGalaxyModel:
         for i in range(count):
             factor = 1.0
             if fluxes is not None:
-                total = stack[i, 0].sum()
+                total = stack[i, index[0]].sum()
                 if total <= 0:
                     raise InputError(f"sample {i} has no flux to rescale to {fluxes[i]}")
                 factor = fluxes[i] / total
             objs = {band: galsim.InterpolatedImage(galsim.Image(stack[i, b] * factor, scale=self.pixel_scale),
                                                    flux=float(stack[i, b].sum() * factor))
-                    for b, band in enumerate(self.bands)}
-            out.append(objs[self.bands[0]] if len(self.bands) == 1 else objs)
+                    for b, band in zip(index, wanted)}
+            out.append(objs[wanted[0]] if len(wanted) == 1 else objs)
         return out

@@ -313,6 +313,13 @@ class Store:
     def has(self, name: str) -> bool:
         return name in self.meta["arrays"] or name in self.shared_arrays
 
+    def array_shape(self, name: str) -> tuple[int, ...]:
+        """The per-object shape of array `name` (a shared array's full shape)."""
+        if not self.has(name):
+            raise InputError(f"store {self.path} has no array {name!r}; it has {', '.join(self.array_names)}")
+        shape = tuple(self._group[name].shape)
+        return shape if name in self.shared_arrays and name not in self.meta["arrays"] else shape[1:]
+
     # -- catalog
     @property
     def catalog(self) -> pa.Table:

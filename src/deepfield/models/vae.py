@@ -181,6 +181,10 @@ class VAE(Model):
             if self.config.psf_to_encoder:
                 if psf is None:
                     raise InputError("this model reads the PSF in its encoder: the batch needs 'psf'")
+                if tuple(psf.shape[1:]) != tuple(self.config.psf_shape):
+                    raise InputError(f"PSF stamps of shape {tuple(psf.shape[1:])} given, but this model's encoder "
+                                     f"reads {tuple(self.config.psf_shape)} stamps (the training store's): crop or "
+                                     "pad the stamps symmetrically about their centre to that size, or retrain")
                 parts.append(psf.reshape(psf.shape[0], -1) * float(np.prod(self.config.psf_shape[-2:])))
             h = self.encoder_head(torch.cat(parts, dim=1))
         mean, log_var = h.chunk(2, dim=1)

@@ -32,6 +32,19 @@ def check_model_store(model: Model, store: Store) -> None:
                              f"{tuple(trained)}: select matching bands or retrain")
         raise InputError(f"store {store.path} holds objects of shape {store.sample_shape} but the model "
                          f"was trained on {model.input_shape}: use a store of that shape or retrain")
+    psf_shape = tuple(getattr(getattr(model, "config", None), "psf_shape", ()) or ())
+    if getattr(getattr(model, "config", None), "psf_to_encoder", False) and store.has("psf") \
+            and store.array_shape("psf") != psf_shape:
+        raise InputError(f"store {store.path} has PSF stamps of shape {store.array_shape('psf')} but the model's "
+                         f"encoder reads {psf_shape} stamps: crop or pad them symmetrically about their centre to "
+                         "that size (or retrain on this store)")
+    for array in getattr(model, "data_arrays", ()):
+        if array != "x" and not store.has(array):
+            raise InputError(f"the model reads {array!r} for each object but store {store.path} has no such array "
+                             f"(it has {', '.join(store.array_names)}); "
+                             + ("give the PSF stamps when importing (deepfield import --psf)" if array == "psf" else
+                                "give the inverse variance when importing (deepfield import --ivar)" if array == "ivar"
+                                else "add it to the store"))
     if rec.get("pixel_scale") and store.pixel_scale and not np.isclose(rec["pixel_scale"], store.pixel_scale):
         raise InputError(f"store {store.path} has pixel scale {store.pixel_scale} arcsec but the model was "
                          f"trained at {rec['pixel_scale']} arcsec: resample the images or retrain")
