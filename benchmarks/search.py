@@ -25,6 +25,7 @@ against the fraction expected for random neighbours.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -38,7 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import cached_store, markdown_table, write_results  # noqa: E402
+from _common import RESULTS, cached_store, markdown_table, write_results  # noqa: E402
 
 
 def gaussian_mixture(n: int, dim: int = 32, components: int = 100, seed: int = 0, draw_seed: int = 1) -> np.ndarray:
@@ -203,6 +204,12 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     payload["load_average_at_end"] = list(os.getloadavg())
     payload["total_seconds"] = time.perf_counter() - t_start
+    previous = RESULTS / "search.json"
+    if args.only and previous.is_file():  # keep the part this run did not redo
+        kept = json.loads(previous.read_text())
+        for part in ("speed", "galaxies"):
+            if part not in payload and part in kept:
+                payload[part] = kept[part]
     lines = []
     if "speed" in payload:
         s = payload["speed"]

@@ -67,9 +67,15 @@ def index_cmd(
     """Build a FAISS index over a codes store (exact below 100k objects, IVF above; or HNSW, IVF-PQ)."""
     from deepfield.tasks.search import build_index
 
+    import warnings
+
     params = {k: (int(v) if float(v).is_integer() else v) for k, v in _pairs(param, "--param").items()}
-    index = build_index(codes, out, metric=metric, kind=kind, params=params, target_recall=target_recall,
-                        seed=seed, overwrite=overwrite, progress=progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = build_index(codes, out, metric=metric, kind=kind, params=params, target_recall=target_recall,
+                            seed=seed, overwrite=overwrite, progress=progress)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
     m = index.meta
     settings = ", ".join(f"{k}={v}" for k, v in m["params"].items())
     console.print(f"[green]{m['kind']} index ({m['metric']}) of {m['count']} codes of length {m['dim']} written to[/] "
