@@ -141,7 +141,10 @@ class CycleGANConfig:
     cycle_weight: weight of the cycle-consistency L1 losses |F(G(a)) - a| + |G(F(b)) - b|.
     identity_weight: weight of the identity L1 losses |G(b) - b| + |F(a) - a|.
     lr_g, lr_d, betas: Adam settings of the generators / discriminators.
-    stretch_softening: asinh softening, in units of each domain's pixel standard deviation.
+    shared_normalisation: one normalisation and stretch, fitted on both domains' training
+        images, so that the identity in working units is the identity in flux (stores in one
+        flux unit, e.g. counts at one zeropoint); false: each domain its own.
+    stretch_softening: asinh softening, in units of the pixel standard deviation.
     normalisation: 'channel'.
     """
 
@@ -156,6 +159,7 @@ class CycleGANConfig:
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
+    shared_normalisation: bool = True
     stretch_softening: float = 1.0
     normalisation: str = "channel"
 
@@ -261,7 +265,7 @@ class _Stretch(nn.Module):
         self.u_scale.copy_((peak.clamp_min(1e-3) * 1.05).reshape(self.u_scale.shape))
 
 
-def _normalised_chunks(model: Model, x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
+def _normalised_chunks(x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
                        rows: int = 1024) -> Iterator[torch.Tensor]:
     for start in range(0, len(x), rows):
         yield (torch.as_tensor(np.asarray(x[start:start + rows]), dtype=torch.float32) - offset) / scale
@@ -414,7 +418,7 @@ class GAN(Model):
     def fit_normalisation(self, x: np.ndarray) -> None:
         """Fit the per-band scale and the stretch on training data `x` (N, *input_shape), store units."""
         super().fit_normalisation(x)
-        self.stretch.fit(_normalised_chunks(self, x, self.data_offset, self.data_scale))
+        self.stretch.fit(_normalised_chunks(x, self.data_offset, self.data_scale))
 
     def fit_conditions(self, values: np.ndarray) -> None:
         """Fit the normalisation and training range of the condition columns (N, K)."""
@@ -674,7 +678,8 @@ class CycleGAN(Model):
     |G(b) - b| + |F(a) - a| L1 losses, in each domain's working units.
 
     ``translate(x, direction='a2b')`` maps images in store units of one domain to the other's.
-    Each domain has its own normalisation (``data_scale`` for A, ``data_scale_b`` for B).
+    Both domains share one normalisation by default (then the untrained generators, which
+    start as the identity, leave the flux alone); ``data_scale`` holds A's, ``data_scale_b`` B's.
 
     Example:
         >>> gan = CycleGAN(CycleGANConfig(input_shape=(1, 16, 16), channels=8, res_blocks=1))
@@ -712,7 +717,7 @@ class CycleGAN(Model):
     def fit_normalisation(self, x: np.ndarray) -> None:
         """Fit domain A's scale and stretch on its training images (store units)."""
         super().fit_normalisation(x)
-        self.stretch_a.fit(_normalised_chunks(self, x, self.data_offset, self.data_scale))
+        self.stretch_a.fit(_normalised_chunks(x, self.data_offset, self.data_scale))
 
     def fit_normalisation_b(self, x: np.ndarray) -> None:
         """Fit domain B's scale and stretch on its training images (store units, on A's grid)."""
@@ -721,7 +726,15 @@ class CycleGAN(Model):
         offset, scale = fit_normalisation(x, self.config.normalisation)
         self.data_offset_b.copy_(torch.as_tensor(offset).reshape(self.data_offset_b.shape))
         self.data_scale_b.copy_(torch.as_tensor(scale).reshape(self.data_scale_b.shape))
-        self.stretch_b.fit(_normalised_chunks(self, x, self.data_offset_b, self.data_scale_b))
+        self.stretch_b.fit(_normalised_chunks(x, self.data_offset_b, self.data_scale_b))
+
+    def fit_domains(self, x_a: np.ndarray, x_b: np.ndarray) -> None:
+        """Fit both domains' normalisations on their training images (store units, one grid):
+        one shared normalisation of the pooled images, or one each (``shared_normalisation``)."""
+        if self.config.shared_normalisation:
+            x_a = x_b = np.concatenate([np.asarray(x_a), np.asarray(x_b)])
+        self.fit_normalisation(x_a)
+        self.fit_normalisation_b(x_b)
 
     def to_working(self, x: torch.Tensor, domain: str = "a") -> torch.Tensor:
         x = self.check_input(x)

@@ -124,8 +124,9 @@ def deconvolution_baseline(images, psf, target_psf, *, method: str = "wiener", b
         psf: (N, C, h, w) or (C, h, w) source PSF stamps (unit sum, pixel-centre sampled).
         target_psf: (N, C, h, w) or (C, h, w) PSF stamps of the target survey, same pixel grid.
         method: 'wiener' (skimage.restoration.wiener with a Laplacian regulariser weighted by
-            `balance`) or 'richardson_lucy' (`iterations` steps; negative pixels clipped to 0,
-            as the algorithm assumes non-negative counts).
+            `balance`) or 'richardson_lucy' (`iterations` steps on the image raised by a constant
+            pedestal that makes it positive, as the algorithm assumes non-negative counts; the
+            pedestal is subtracted afterwards).
 
     Returns:
         (N, C, H, W) images as the target survey would see them, without its noise.
@@ -147,9 +148,10 @@ def deconvolution_baseline(images, psf, target_psf, *, method: str = "wiener", b
             kernel = _centred_psf(psf[i, b], (h, w))
             if method == "wiener":
                 sharp[i, b] = restoration.wiener(x[i, b], kernel, balance, clip=False)
-            else:
-                sharp[i, b] = restoration.richardson_lucy(np.clip(x[i, b], 0, None), kernel, num_iter=iterations,
-                                                          clip=False)
+            else:  # on a pedestal: RL needs non-negative data, and clipping the noise at 0 would add flux
+                pedestal = max(0.0, -float(x[i, b].min())) + 1e-3 * max(float(np.abs(x[i, b]).max()), 1e-12)
+                sharp[i, b] = restoration.richardson_lucy(x[i, b] + pedestal, kernel, num_iter=iterations,
+                                                          clip=False) - pedestal
     target = torch.as_tensor(np.asarray(target_psf, dtype=np.float32))
     return convolve_psf(torch.from_numpy(sharp.astype(np.float32)), target).numpy()
 

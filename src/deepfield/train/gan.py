@@ -445,7 +445,7 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
         sample_b = _normalisation_sample(store_b, splits_b["train"])
         if resample_b is not None:
             sample_b = resample_images(torch.from_numpy(sample_b), *resample_b, model.input_shape[-1]).numpy()
-        model.fit_normalisation_b(sample_b)
+        model.fit_domains(_normalisation_sample(store, splits["train"]), sample_b)
         record["b"] = {**_store_record(store_b, splits_b, settings), "resampled_to_a": resample_b is not None}
     return _fit(model, store, splits, out, record, settings, resume, overwrite, callbacks or [],
                 store_b=store_b, splits_b=splits_b, resample_b=resample_b)
