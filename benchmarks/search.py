@@ -75,6 +75,7 @@ def part_speed(args) -> dict:
 
     from deepfield.tasks.search import build_index
 
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     codes = gaussian_mixture(args.n_codes, draw_seed=1)
     queries = gaussian_mixture(args.n_queries, draw_seed=2)
@@ -120,7 +121,8 @@ def part_speed(args) -> dict:
     for r in rows:
         print(f"{r['kind']}: {r['qps']:.0f} queries/s ({r['speedup']:.1f}x exact), recall@10 {r['recall_at_10']:.4f}")
     return {"n_codes": args.n_codes, "dim": 32, "n_queries": args.n_queries, "rounds": args.rounds,
-            "faiss_threads": _faiss_threads(), "indexes": rows, "sweeps": sweeps}
+            "faiss_threads": _faiss_threads(), "load_average_1min": [load_start, os.getloadavg()[0]],
+            "indexes": rows, "sweeps": sweeps}
 
 
 def _faiss_threads() -> int:
@@ -215,8 +217,8 @@ def main():
         s = payload["speed"]
         lines.append(f"**Speed and recall**: {s['n_codes']:,} Gaussian-mixture codes of dimension 32, "
                      f"{s['n_queries']:,} held-out queries, {s['faiss_threads']} FAISS threads, queries/s best of "
-                     f"{s['rounds']} interleaved rounds (1-min load average {load[0]:.1f} at start, "
-                     f"{payload['load_average_at_end'][0]:.1f} at end).\n")
+                     f"{s['rounds']} interleaved rounds (1-min load average {s['load_average_1min'][0]:.1f} at "
+                     f"start, {s['load_average_1min'][1]:.1f} at end).\n")
         lines.append(markdown_table(["index", "parameters", "build (s)", "size (MB)", "queries/s", "x exact",
                                      "recall@10"],
                                     [[r["kind"], ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-",
