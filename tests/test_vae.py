@@ -306,3 +306,22 @@ def test_bad_telescope_inputs_are_named(galaxies, pixel_vae, tmp_path):
         bridge.sample(n=2, bands=("i",))
     one = bridge.sample(n=2, bands="r", flux=100.0)
     assert len(one) == 2 and abs(one[0].flux - 100.0) < 1e-6
+
+
+def test_a_dead_sky_decoder_is_pulled_back_into_the_live_range():
+    """Empty sky drives softplus logits to -inf; below the floor the loss pushes them back up."""
+    from deepfield.models.vae import SKY_FLOOR_LOGIT
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(input_shape=(1, 8, 8), latent_dim=2, channels=(4,), likelihood="pixel"))
+    last = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    batch = {"x": torch.randn(4, 1, 8, 8), "psf": torch.ones(4, 1, 3, 3) / 9, "ivar": torch.ones(4, 1, 8, 8)}
+    with torch.no_grad():
+        last.bias.fill_(-1000.0)  # every pixel deep in softplus' flat tail: the likelihood has no gradient
+    out = vae.loss(batch)
+    assert float(out["sky_floor"]) > (1000 + SKY_FLOOR_LOGIT) ** 2 * 0.5
+    out["loss"].backward()
+    assert bool((last.bias.grad < 0).all())  # descending the loss raises the logits
+    with torch.no_grad():
+        last.bias.fill_(0.0)
+    assert float(vae.loss(batch)["sky_floor"]) == 0.0  # no effect on a decoder in the live range

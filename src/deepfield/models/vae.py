@@ -38,6 +38,8 @@ from deepfield.nn import MLP, ConditionNormaliser, ConvDecoder, ConvEncoder
 __all__ = ["VAEConfig", "VAE", "LIKELIHOODS"]
 
 LIKELIHOODS = ("gaussian", "bernoulli", "pixel", "fourier")
+#: decoder logits below this are pushed back up (see VAE.loss): softplus(-10) = 4.5e-5
+SKY_FLOOR_LOGIT = -10.0
 
 
 @dataclass(frozen=True)
@@ -298,10 +300,12 @@ class VAE(Model):
             batch = dict(batch, noise_ps=noise_power_spectrum_from_ivar(batch["ivar"]))
         return self.observation.nll(self._sky(raw), batch)
 
-    def elbo_terms(self, batch: dict, sample: bool = True) -> dict:
+    def elbo_terms(self, batch: dict, sample: bool = True, raw_out: list | None = None) -> dict:
         mean, log_var, c = self.posterior_batch(batch)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if sample else mean
         raw = self._decode_raw(z, c)
+        if raw_out is not None:
+            raw_out.append(raw)
         nll = self._nll(raw, batch)
         kl = 0.5 * (mean**2 + log_var.exp() - 1 - log_var).sum(1)
         return {"nll": nll, "kl": kl}
@@ -312,11 +316,21 @@ class VAE(Model):
         return -(t["nll"] + t["kl"])
 
     def loss(self, batch: dict) -> dict:
-        t = self.elbo_terms(batch, sample=True)
+        raw: list = []
+        t = self.elbo_terms(batch, sample=True, raw_out=raw)
         nll, kl = t["nll"].mean(), t["kl"].mean()
         n_el = float(np.prod(self.input_shape))
         loss = (nll + self.kl_weight * kl) / n_el  # per data element: learning rates transfer across sizes
-        return {"loss": loss, "nll": nll, "kl": kl, "elbo": -(nll + kl)}
+        out = {"loss": loss, "nll": nll, "kl": kl, "elbo": -(nll + kl)}
+        if self.config.likelihood in ("pixel", "fourier"):
+            # Empty sky wants softplus(raw) -> 0, i.e. raw -> -inf; Adam turns that vanishing gradient into
+            # full-size steps, until the whole decoder sits where softplus has no gradient and stops learning
+            # (seen: raw ~ -1000 after one epoch, loss frozen). A barrier below SKY_FLOOR_LOGIT (a sky of
+            # 5e-5 x the pixel std per pixel) holds it in the live range and pulls a dead decoder back.
+            floor = F.relu(SKY_FLOOR_LOGIT - raw[0].float()).square().mean()
+            out["loss"] = loss + floor
+            out["sky_floor"] = floor
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """KL warm-up: the KL weight rises linearly to beta over `kl_warmup_epochs`."""

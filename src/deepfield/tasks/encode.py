@@ -57,14 +57,18 @@ def _provenance(model: Model, task: str) -> dict:
 
 
 def encode_store(model: Model, store, out, *, indices=None, batch_size: int = 256, overwrite: bool = False,
-                 progress: bool = True) -> Store:
-    """Latent codes (N, latent_dim) of the objects of `store`, written as a store at `out`."""
+                 progress: bool = True, provenance: dict | None = None) -> Store:
+    """Latent codes (N, latent_dim) of the objects of `store`, written as a store at `out`.
+
+    Each batch carries what the model reads besides the pixels (a conditional VAE's catalog
+    columns, a PSF-reading encoder's PSF stamps). `provenance` adds entries to the record.
+    """
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
     model.eval()
-    return map_store(model.encode, store, out, out_kind="table", indices=indices, batch_size=batch_size,
-                     description="encoding", provenance=_provenance(model, "encode"),
-                     overwrite=overwrite, progress=progress)
+    return map_store(model.encode_batch, store, out, out_kind="table", indices=indices, batch_size=batch_size,
+                     description="encoding", provenance={**_provenance(model, "encode"), **(provenance or {})},
+                     overwrite=overwrite, progress=progress, model=model)
 
 
 def reconstruct_store(model: Model, store, out, *, indices=None, batch_size: int = 256,
