@@ -432,9 +432,9 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
         if not options["condition"]:
             raise ConfigError(f"cgan needs condition columns (--condition a,b); the store's catalog has: "
                               f"{', '.join(store.columns)}")
+    torch.manual_seed(settings.seed)  # before the networks are built: the seed fixes their initialisation
     model = build_model(family, store, options)
     splits = _splits(store, settings)
-    torch.manual_seed(settings.seed)
     model.fit_normalisation(_normalisation_sample(store, splits["train"]))
     if model.data_columns:
         model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
