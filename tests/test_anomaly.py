@@ -17,7 +17,8 @@ from deepfield.cli._app import run_app
 from deepfield.data.anomalies import ANOMALY_TYPES, ARTEFACTS, inject_anomalies
 from deepfield.data.store import create_store, open_store
 from deepfield.errors import InputError
-from deepfield.tasks.anomaly import detection_metrics, ensemble_scores, score_store, skipped_ids
+from deepfield.tasks.anomaly import (calibrate_scores, calibrate_table, detection_metrics, ensemble_scores, score_store,
+                                    skipped_ids)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,6 @@ def _observe(truth, psf):
 
 
 def test_labels_cover_exactly_the_injected_objects_and_the_input_is_untouched(galaxies, injected, tmp_path):
-    before = (galaxies.fingerprint, galaxies.read("x").copy())
     kinds = injected.column("anomaly_type")
     assert (kinds != "none").sum() == round(0.8 * 40)
     counts = {t: int((kinds == t).sum()) for t in ANOMALY_TYPES}
@@ -59,9 +59,12 @@ def test_labels_cover_exactly_the_injected_objects_and_the_input_is_untouched(ga
     assert np.array_equal(changed, kinds != "none")
     assert np.all(injected.column("anomaly_strength")[kinds == "none"] == 0)
     assert np.array_equal(injected.ids, galaxies.ids)
-    assert open_store(galaxies.path).fingerprint == before[0] and np.array_equal(galaxies.read("x"), before[1])
-    # deterministic by seed; another seed picks other objects
+    # the input is untouched, and the same seed gives the same store
+    files = sorted(p for p in galaxies.path.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
     again = inject_anomalies(galaxies, tmp_path / "again", fraction=0.8, seed=3, progress=False)
+    assert sorted(p for p in galaxies.path.rglob("*") if p.is_file()) == files
+    assert all(p.read_bytes() == content for p, content in before.items())
     assert again.fingerprint == injected.fingerprint
     other = inject_anomalies(galaxies, tmp_path / "other", fraction=0.1, seed=4, progress=False)
     assert other.fingerprint != injected.fingerprint and (other.column("anomaly_type") != "none").sum() == 4
@@ -207,6 +210,8 @@ def test_bad_injection_requests_fail_clearly(blob_store, tmp_path):
         inject_anomalies(blob_store, tmp_path / "b", types="cosmic_rays", progress=False)
     with pytest.raises(InputError, match="rounds to no anomalies"):
         inject_anomalies(blob_store, tmp_path / "c", fraction=0.001, progress=False)
+    with pytest.raises(InputError, match="never modified"):
+        inject_anomalies(blob_store, blob_store.path, overwrite=True, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
@@ -246,6 +251,32 @@ def test_rank_average_ensemble_on_a_hand_built_example():
     assert e.column("rank").to_pylist() == [4, 1, 2, 3]
     with pytest.raises(InputError, match="two or more"):
         ensemble_scores([a])
+
+
+def test_calibration_ranks_a_faint_outlier_above_bright_normal_objects(blob_models):
+    rng = np.random.default_rng(0)
+    magnitude = rng.uniform(18, 25, 2000)
+    # normal objects: a misfit growing 10x per 2.5 mag brighter, 10% scatter; plus 10 outliers at
+    # 3x the misfit of their magnitude, all of them faint
+    score = 10 ** (-0.4 * (magnitude - 25)) * rng.lognormal(0, 0.1, 2000)
+    outliers = np.flatnonzero(magnitude > 24)[:10]
+    score[outliers] *= 3
+    z = calibrate_scores(score, magnitude)
+    assert np.all(np.isin(np.argsort(-z)[:10], outliers))  # calibrated: the outliers first
+    assert not np.isin(np.argsort(-score)[:10], outliers).any()  # raw: bright normal galaxies first
+    normal = np.setdiff1d(np.arange(2000), outliers)
+    assert abs(np.median(z[normal])) < 0.1 and 0.8 < np.std(z[normal]) < 1.25  # a z-score of the normal ones
+    odd, pca = blob_models
+    table = score_store(odd, "reconstruction", pca, calibrate="magnitude", progress=False)
+    raw = score_store(odd, "reconstruction", pca, progress=False).column("score").to_numpy()
+    assert np.array_equal(table.column("raw_score").to_numpy(), raw)
+    assert np.allclose(table.column("score").to_numpy(), calibrate_scores(raw, odd.column("magnitude")))
+    assert np.array_equal(calibrate_table(score_store(odd, "reconstruction", pca, progress=False), odd,
+                                          "magnitude").column("score").to_numpy(), table.column("score").to_numpy())
+    with pytest.raises(InputError, match="no catalog column 'mag'"):
+        score_store(odd, "reconstruction", pca, calibrate="mag", progress=False)
+    with pytest.raises(InputError, match="already calibrated"):
+        calibrate_table(table, odd, "magnitude")
 
 
 def test_nan_objects_are_named_and_skipped_only_when_asked(blob_store, blob_models, tmp_path):
@@ -316,8 +347,9 @@ def test_cli_inject_score_and_gallery(capsys, blob_store, blob_models, tmp_path)
     page = (tmp_path / "gallery" / "index.html").read_text()
     assert "gallery_01.png" in page and (tmp_path / "gallery" / "gallery_01.png").stat().st_size > 5000
     assert "AUROC" in page
-    code, out = cli(capsys, "anomalies", tmp_path / "odd", "--method", "ensemble", "--models", f"{pca},{pca}:reconstruction",
-                    "--out", tmp_path / "e.parquet", "--no-progress")
+    code, out = cli(capsys, "anomalies", tmp_path / "odd", "--method", "ensemble", "--models",
+                    f"{pca},{pca}:reconstruction", "--calibrate", "magnitude", "--out", tmp_path / "e.parquet",
+                    "--no-progress")
     assert code == 0 and pq.read_table(tmp_path / "e.parquet").num_rows == 240
     # bad input: exit code 2 with the fix
     code, out = cli(capsys, "anomalies", tmp_path / "odd", "--method", "ensemble", "--models", pca, "--out",

@@ -63,6 +63,8 @@ def anomalies(
     show: int = typer.Option(20, "--show", help="Top-ranked objects printed."),
     norm: str = typer.Option("l2", "--norm", help="Reconstruction: l2 or l1."),
     weighting: str = typer.Option("auto", "--weighting", help="Reconstruction: ivar, none or auto."),
+    calibrate: str = typer.Option(None, "--calibrate", help="Score relative to objects of similar values of this "
+                                                            "catalog column, e.g. magnitude (robust z-score)."),
     where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
     split: str = typer.Option(None, "--split", help="Only the model's train, val or test objects."),
     skip_nan: bool = typer.Option(False, "--skip-nan", help="Leave out objects with NaN/inf pixels."),
@@ -85,7 +87,7 @@ def anomalies(
         raise InputError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     s = open_store(store)
     options = {"batch_size": batch_size, "skip_nan": skip_nan, "progress": progress, "norm": norm,
-               "weighting": weighting}
+               "weighting": weighting, "calibrate": calibrate}
     if method == "ensemble":
         loaded = [(deepfield.load(path), path, m) for path, m in _members(models, model)]
         idx = resolve_indices(s, where, split, getattr(loaded[0][0], "record", None))

@@ -598,6 +598,8 @@ def inject_anomalies(store: Store | str | os.PathLike, out: str | os.PathLike, f
     if store.kind != "image" or len(store.sample_shape) != 3:
         raise InputError(f"store {store.path} holds {store.kind} data of shape {store.sample_shape}; "
                          "anomalies are injected into (N, C, H, W) image stores")
+    if os.path.abspath(out) == os.path.abspath(store.path):
+        raise InputError(f"out {out} is the input store itself; the input is never modified: choose a new path")
     if "anomaly_type" in store.columns:
         raise InputError(f"store {store.path} already has an anomaly_type column (it was injected "
                          "before); inject into the clean store instead")

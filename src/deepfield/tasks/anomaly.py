@@ -19,6 +19,11 @@ them (an injected store, :mod:`deepfield.data.anomalies`). Methods:
 blind to the scores' units, so reconstruction errors and log-likelihoods combine fairly).
 :func:`detection_metrics` gives AUROC, AUPR and precision@k per anomaly type.
 
+Reconstruction errors and likelihoods depend on brightness: a model misfits a bright galaxy by
+many noise sigma, so raw scores rank bright normal galaxies among the anomalies. With
+``calibrate='magnitude'`` (any catalog column) each score is replaced by its robust z-score
+among objects of similar magnitude (:func:`calibrate_scores`); the raw score is kept.
+
 Objects with NaN/inf pixels cannot be scored: :func:`score_store` names them and stops, or
 leaves them out with ``skip_nan=True`` (their ids are kept in the table's metadata).
 
@@ -44,8 +49,8 @@ import torch
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 
-__all__ = ["METHODS", "score_store", "ensemble_scores", "detection_metrics", "write_scores", "skipped_ids",
-           "score_metadata", "default_method", "reconstructs"]
+__all__ = ["METHODS", "score_store", "ensemble_scores", "calibrate_scores", "calibrate_table", "detection_metrics",
+           "write_scores", "skipped_ids", "score_metadata", "default_method", "reconstructs"]
 
 METHODS = ("reconstruction", "elbo", "density", "pixelcnn", "ratio", "gan")
 _LABEL_COLUMNS = ("anomaly_type", "anomaly_strength")
@@ -264,7 +269,7 @@ def _gan(model, store, idx, batch_size, progress) -> dict:
 
 def score_store(store: Store | str | os.PathLike, method: str, model=None, *, background=None, indices=None,
                 batch_size: int = 256, skip_nan: bool = False, progress: bool = True, norm: str = "l2",
-                weighting: str = "auto", samples: int = 4, seed: int = 0) -> pa.Table:
+                weighting: str = "auto", samples: int = 4, seed: int = 0, calibrate: str | None = None) -> pa.Table:
     """Anomaly scores of the objects of `store` (higher = more anomalous), keyed by id.
 
     Arguments:
@@ -279,6 +284,9 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
         weighting: reconstruction: 'ivar' (residual x sqrt(ivar), so L2 is chi^2 per pixel),
             'none' (residual / per-band pixel std, the training MSE's units) or 'auto'.
         samples, seed: elbo: posterior samples per object, and their seed (same seed, same scores).
+        calibrate: a numeric catalog column (e.g. 'magnitude'): the score becomes the robust
+            z-score among objects of similar values (:func:`calibrate_scores`); ``raw_score``
+            keeps the uncalibrated one.
 
     Returns:
         A pyarrow Table with ``id``, ``score``, ``rank`` and the method's parts (e.g. ``nll``,
@@ -300,6 +308,8 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
     if background is not None:
         background.eval()
     check_model_store(model, store)
+    if calibrate is not None and calibrate not in store.columns:
+        store.column(calibrate)  # raises, naming the columns there are
     idx = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
         raise InputError(f"no objects selected from {store.path}")
@@ -341,7 +351,81 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
     metadata = {"method": method, "options": options, "model_class": type(model).__name__,
                 "model_path": model_path, "store": str(store.path),
                 "store_fingerprint": store.fingerprint, "skipped_ids": bad.tolist()}
-    return _table(ids, parts, store, rows, metadata)
+    table = _table(ids, parts, store, rows, metadata)
+    return table if calibrate is None else calibrate_table(table, store, calibrate)
+
+
+def calibrate_table(table: pa.Table, store: Store | str | os.PathLike, column: str) -> pa.Table:
+    """A score table with its scores calibrated against the catalog `column` of the scored store
+    (:func:`calibrate_scores`); the uncalibrated scores move to ``raw_score``."""
+    store = store if isinstance(store, Store) else open_store(store)
+    if "raw_score" in table.column_names:
+        raise InputError(f"this score table is already calibrated (against "
+                         f"{score_metadata(table).get('options', {}).get('calibrate')!r})")
+    values = store.column(column)  # names the columns there are when it is missing
+    if values.dtype.kind not in "iuf":
+        raise InputError(f"calibrate={column!r}: the column holds {values.dtype} values; calibrate against a "
+                         "numeric column such as magnitude")
+    ids = table.column("id").to_numpy()
+    position = dict(zip(store.ids.tolist(), range(len(store))))
+    missing = [int(i) for i in ids if int(i) not in position]
+    if missing:
+        raise InputError(f"ids {missing[:10]} of the score table are not in {store.path}: pass the store that was "
+                         "scored")
+    rows = np.array([position[int(i)] for i in ids], dtype=np.int64)
+    covariate = values[rows].astype(np.float64)
+    if not np.isfinite(covariate).all():
+        raise InputError(f"calibrate={column!r}: the column is NaN/inf for ids "
+                         f"{ids[~np.isfinite(covariate)][:10].tolist()}; choose another column or fill them")
+    parts = {name: table.column(name).to_numpy() for name in table.column_names
+             if name not in ("id", "rank", *_LABEL_COLUMNS)}
+    parts["raw_score"] = parts["score"]
+    parts["score"] = calibrate_scores(parts["score"], covariate)
+    metadata = score_metadata(table)
+    metadata["options"] = {**metadata.get("options", {}), "calibrate": column}
+    labelled = store if any(name in table.column_names for name in _LABEL_COLUMNS) else None
+    return _table(ids, parts, labelled, rows, metadata)
+
+
+def calibrate_scores(score: np.ndarray, covariate: np.ndarray, per_bin: int | None = None) -> np.ndarray:
+    """Robust z-scores of `score` among objects of similar `covariate` (e.g. magnitude).
+
+    The objects are sorted by the covariate into equal-count bins (`per_bin` objects, default
+    N / 20 between 50 and 250). The bins' median log(score) (the score itself when some are
+    <= 0), interpolated linearly in the covariate between the bins' median values (and
+    extrapolated beyond the end bins), is the trend; 1.4826 x the median absolute deviation
+    about it in each bin, interpolated the same way, is the spread; the z-score is the distance
+    from the trend in units of the spread. Anomalies being rare, trend and spread are those of
+    normal objects, so a bright galaxy's larger misfit no longer outranks a faint galaxy's
+    artefact.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    covariate = np.asarray(covariate, dtype=np.float64)
+    if score.shape != covariate.shape:
+        raise InputError(f"{score.size} scores but {covariate.size} covariate values")
+    values = np.log(score) if (score > 0).all() else score
+    n = values.size
+    per_bin = per_bin or int(np.clip(n // 20, 50, 250))
+    groups = np.array_split(np.argsort(covariate, kind="stable"), max(1, n // per_bin))
+    centre = np.array([np.median(covariate[g]) for g in groups])
+    trend = _interpolate(covariate, centre, np.array([np.median(values[g]) for g in groups]))
+    residual = values - trend
+    mad = np.array([1.4826 * np.median(np.abs(residual[g] - np.median(residual[g]))) for g in groups])
+    spread = np.interp(covariate, centre, mad)
+    return residual / np.maximum(spread, max(float(np.median(mad)) * 1e-3, 1e-12))
+
+
+def _interpolate(x: np.ndarray, nodes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Piecewise-linear through (nodes, values), extended linearly beyond the end nodes."""
+    if nodes.size < 2 or nodes[0] == nodes[-1]:
+        return np.full_like(x, values.mean())
+    out = np.interp(x, nodes, values)
+    lo, hi = x < nodes[0], x > nodes[-1]
+    if nodes[1] > nodes[0]:
+        out[lo] = values[0] + (x[lo] - nodes[0]) * (values[1] - values[0]) / (nodes[1] - nodes[0])
+    if nodes[-1] > nodes[-2]:
+        out[hi] = values[-1] + (x[hi] - nodes[-1]) * (values[-1] - values[-2]) / (nodes[-1] - nodes[-2])
+    return out
 
 
 def _table(ids: np.ndarray, parts: Mapping[str, np.ndarray], store: Store | None, rows, metadata: dict) -> pa.Table:
