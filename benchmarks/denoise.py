@@ -1,0 +1,155 @@
+"""Denoising + deconvolution: the VAE's posterior-mean sky vs Richardson-Lucy and Wiener.
+
+On held-out simulated galaxies the target is the simulator's `truth` (noiseless, PSF-free). The
+methods, side by side on the same galaxies:
+  - deepfield: `deepfield denoise` (the flow-VAE of benchmarks/morphology.py: decoder of the
+    posterior mean; knows each galaxy's PSF and noise through its likelihood);
+  - Richardson-Lucy (scikit-image) with each galaxy's own PSF. RL needs positive data, so it
+    runs on x + B (B = 5 noise sigma), and B is subtracted afterwards;
+  - Wiener (scikit-image `restoration.wiener`) with each galaxy's own PSF;
+  - the noisy observation itself (no deconvolution), for scale.
+RL's iteration count and Wiener's balance are tuned on validation galaxies (best MSE) before the
+test galaxies are scored, so the baselines get their best setting.
+
+Metrics against truth: MSE in units of the noise variance (mean over pixels of
+(estimate - truth)^2 x ivar), relative flux error (stamp sum), and the relative error of the
+half-light radius (curve of growth about the truth's centroid), as medians and 16-84% ranges;
+also for bright galaxies only (snr > 20).
+
+    python benchmarks/denoise.py [--n 2000]    # reuses the cached model of benchmarks/morphology.py
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from _common import markdown_table, write_results
+from morphology import galaxy_store, trained_vae
+
+RL_ITERATIONS = (5, 10, 20, 40)
+WIENER_BALANCE = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def centroids(images: np.ndarray) -> np.ndarray:
+    h, w = images.shape[-2:]
+    yy, xx = np.mgrid[:h, :w]
+    flux = images.sum(axis=(1, 2))
+    return np.stack([(images * yy).sum(axis=(1, 2)) / flux, (images * xx).sum(axis=(1, 2)) / flux], 1)
+
+
+def richardson_lucy(x: np.ndarray, psf: np.ndarray, sigma: np.ndarray, iterations: int) -> np.ndarray:
+    from skimage.restoration import richardson_lucy as rl
+
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        b = 5 * sigma[i]
+        out[i] = rl(x[i] + b, psf[i], num_iter=iterations, clip=False) - b
+    return out
+
+
+def wiener(x: np.ndarray, psf: np.ndarray, sigma: np.ndarray, balance: float) -> np.ndarray:
+    from skimage.restoration import wiener as wf
+
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        s = float(x[i].std()) or 1.0
+        out[i] = wf(x[i] / s, psf[i], balance=balance, clip=False) * s
+    return out
+
+
+def vae_denoise(model, store, rows: np.ndarray, batch: int = 256) -> np.ndarray:
+    from deepfield.train.fit import iterate_batches
+
+    out = []
+    with torch.no_grad():
+        for b in iterate_batches(store, rows, model, batch):
+            out.append(model.decode(model.posterior_batch(b)[0], b if model.config.condition else None).numpy())
+    return np.concatenate(out)[:, 0]
+
+
+def half_light_radius(images: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    from deepfield.metrics import half_light_radius as hlr
+
+    return hlr(images, centre=centres)  # pixels, about the truth's centroid
+
+
+def scores(estimate: np.ndarray, truth: np.ndarray, ivar: np.ndarray, r_truth: np.ndarray, centre: np.ndarray) -> dict:
+    mse = ((estimate - truth) ** 2 * ivar).mean(axis=(1, 2))
+    flux = estimate.sum(axis=(1, 2)) / truth.sum(axis=(1, 2)) - 1
+    size = half_light_radius(estimate, centre) / r_truth - 1
+    return {"mse": mse, "flux": flux, "size": size}
+
+
+def summary(s: dict, keep: np.ndarray) -> dict:
+    def q(v):
+        v = v[keep & np.isfinite(v)]
+        return [float(x) for x in np.percentile(v, (16, 50, 84))]
+
+    return {"mse_mean": float(np.mean(s["mse"][keep])), "flux_error": q(s["flux"]), "size_error": q(s["size"]),
+            "abs_size_error_median": float(np.nanmedian(np.abs(s["size"][keep]))),
+            "abs_flux_error_median": float(np.nanmedian(np.abs(s["flux"][keep])))}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000, help="held-out galaxies scored")
+    ap.add_argument("--n-tune", type=int, default=200, help="validation galaxies used to tune RL and Wiener")
+    ap.add_argument("--store-n", type=int, default=12000)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import deepfield
+    from deepfield.tasks.apply import resolve_indices
+
+    store = galaxy_store(args.store_n, args.size)
+    model = deepfield.load(trained_vae(store, args.epochs))
+    test = resolve_indices(store, None, "test", model.record)[: args.n]
+    val = resolve_indices(store, None, "val", model.record)[: args.n_tune]
+
+    def load(rows):
+        x, truth = store.read("x", rows)[:, 0], store.read("truth", rows)[:, 0]
+        psf, ivar = store.read("psf", rows)[:, 0], store.read("ivar", rows)[:, 0]
+        sigma = 1 / np.sqrt(ivar.mean(axis=(1, 2)))
+        centre = centroids(truth)
+        return x, truth, psf, ivar, sigma, centre, half_light_radius(truth, centre)
+
+    # tune the baselines on validation galaxies
+    xv, tv, pv, iv, sv, cv, _ = load(val)
+    rl_mse = {k: float(((richardson_lucy(xv, pv, sv, k) - tv) ** 2 * iv).mean()) for k in RL_ITERATIONS}
+    w_mse = {b: float(((wiener(xv, pv, sv, b) - tv) ** 2 * iv).mean()) for b in WIENER_BALANCE}
+    best_k, best_b = min(rl_mse, key=rl_mse.get), min(w_mse, key=w_mse.get)
+
+    x, truth, psf, ivar, sigma, centre, r_truth = load(test)
+    methods = {
+        "deepfield flow-VAE (posterior mean)": vae_denoise(model, store, test),
+        f"Richardson-Lucy ({best_k} iterations)": richardson_lucy(x, psf, sigma, best_k),
+        f"Wiener (balance {best_b:g})": wiener(x, psf, sigma, best_b),
+        "noisy observation (no deconvolution)": x,
+    }
+    snr = store.column("snr")[test]
+    keep_all, keep_bright = np.isfinite(r_truth), np.isfinite(r_truth) & (snr > 20)
+    results, rows = {}, []
+    for name, est in methods.items():
+        s = scores(est, truth, ivar, r_truth, centre)
+        results[name] = {"all": summary(s, keep_all), "snr>20": summary(s, keep_bright)}
+        for subset in ("all", "snr>20"):
+            r = results[name][subset]
+            rows.append([name, subset, round(r["mse_mean"], 3),
+                         f"{r['flux_error'][1]:+.3f} [{r['flux_error'][0]:+.2f}, {r['flux_error'][2]:+.2f}]",
+                         f"{r['size_error'][1]:+.3f} [{r['size_error'][0]:+.2f}, {r['size_error'][2]:+.2f}]"])
+    table = markdown_table(["method", "galaxies", "MSE vs truth / noise variance", "flux error: median [16%, 84%]",
+                            "half-light radius error: median [16%, 84%]"], rows)
+    write_results("denoise", {"n": int(test.size), "n_bright": int(keep_bright.sum()), "size": args.size,
+                              "tuning": {"richardson_lucy_mse": rl_mse, "wiener_mse": {str(k): v for k, v in w_mse.items()}},
+                              "results": results},
+                  f"{test.size} held-out galaxies ({keep_bright.sum()} with snr > 20), {args.size}x{args.size}; "
+                  "errors are relative to the simulator's noiseless PSF-free truth.\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
