@@ -16,7 +16,8 @@ def demo(
     seed: int = typer.Option(0, "--seed"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Simulate a small galaxy survey, train PCA and autoencoders on it, and write the report."""
+    """Simulate a small galaxy survey; train PCA, autoencoders and a flow-VAE; draw conditional samples; write
+    the reports."""
     from deepfield.demo import run_demo
 
     report = run_demo(out, quick=quick, seed=seed, progress=progress, log=console.print)

@@ -41,8 +41,9 @@ def _priors(model) -> list[tuple[str, str]]:
     """(argument, label) of the priors to show: the fitted prior first when there is one."""
     out = []
     if getattr(model, "prior", None) is not None:
-        out.append(("auto", f"{type(model.prior).__name__} prior"))
-    out.append(("gaussian", "N(0, I) prior"))
+        name = type(model.prior).__name__
+        out.append(("auto", {"LatentFlow": "flow", "GaussianMixturePrior": "GMM"}.get(name, name)))
+    out.append(("gaussian", "N(0, I)"))
     return out
 
 
@@ -69,13 +70,14 @@ def sample_section(page, model, store: Store, rows: np.ndarray, examples: np.nda
             sky = model.sample(examples.size, condition=cond, generator=generator, prior=arg)
             noiseless = sky.numpy() if noiseless is None else noiseless
             panels[f"{label}, observed"] = observation.observe(sky, psf, ivar=ivar, generator=generator).numpy()
-        panels[f"{priors[0][1]}, noiseless"] = noiseless
+        panels[f"{priors[0][1]}, no PSF/noise"] = noiseless
         cols = [f"id {int(store.ids[r])}" for r in examples]
         which = (f" with each held-out galaxy's {', '.join(names)}" if names else "")
         add_figure(body, "samples.png",
                    f"Top row: {examples.size} held-out galaxies. Below: model samples{which}, observed through that "
                    "galaxy's own PSF and noise, for each prior; bottom: the first prior's samples as the model draws "
-                   "them (noiseless and PSF-free). One asinh stretch per column.")
+                   "them (noiseless and PSF-free). Row labels name the latent prior (flow: the fitted latent "
+                   "prior). One asinh stretch per column.")
         plots.plot_sample_grid(panels, tmp / "samples.png", pixel_scale=store.pixel_scale, column_labels=cols,
                                stretch="column")
     swept = [c for c in SWEEP if c in names]
