@@ -111,3 +111,26 @@ def test_ddp_two_cpu_processes_through_the_cli(blob_store, tmp_path):
     assert record["training"]["devices"] == 2 and record["training"]["strategy"] == "DDPStrategy"
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["test_mse"]) and metrics["epochs_run"] == 2
+
+
+def test_the_seed_fixes_the_initial_weights_whatever_ran_before(blob_store, tmp_path):
+    import deepfield
+
+    settings = TrainSettings(epochs=1, batch_size=64, seed=3, progress=False)
+    weights = []
+    for i, noise in enumerate((1, 1000)):
+        torch.rand(noise)  # the global RNG in another state each time
+        out = train("conv-ae", blob_store, tmp_path / f"m{i}", model_options={"latent_dim": 2, "channels": (4, 8)},
+                    settings=settings)
+        weights.append(deepfield.load(out).state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_train_runs_gans_through_their_two_player_loop(blob_store, tmp_path):
+    from deepfield.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="store_b"):
+        train("cyclegan", blob_store, tmp_path / "c")
+    out = train("dcgan", blob_store, tmp_path / "g", model_options={"latent_dim": 4, "channels": (8, 16)},
+                settings=TrainSettings(epochs=1, batch_size=64, progress=False))
+    assert (out / "config.json").exists() and '"DCGAN"' in (out / "config.json").read_text()

@@ -227,6 +227,10 @@ def _splits(store: Store, settings: TrainSettings) -> dict[str, np.ndarray]:
     return splits
 
 
+#: families trained by deepfield.train.gan.train_gan
+GAN_FAMILIES = ("dcgan", "wgan-gp", "cgan", "cyclegan")
+
+
 def train(family: str, store, out, *, model_options: dict | None = None,
           settings: TrainSettings | None = None, resume: bool = False, overwrite: bool = False,
           callbacks: list | None = None) -> Path | None:
@@ -242,9 +246,17 @@ def train(family: str, store, out, *, model_options: dict | None = None,
     # a DDP rank started by Lightning re-running this command leaves the folders to rank 0
     if out.exists() and not overwrite and not resume and not _launched_rank():
         raise ModelFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if family == "cyclegan":
+        raise ConfigError("cyclegan learns between two stores: call deepfield.train.gan.train_gan('cyclegan', "
+                          "store_a, out, store_b=store_b) (the CLI: deepfield train cyclegan --store A --store-b B)")
+    if family in GAN_FAMILIES:  # the two-player loop
+        from deepfield.train.gan import train_gan
+
+        return train_gan(family, store, out, model_options=model_options, settings=settings, resume=resume,
+                         overwrite=overwrite, callbacks=callbacks)
+    torch.manual_seed(settings.seed)  # before building: the initial weights are part of the seed's promise
     model = build_model(family, store, model_options)
     splits = _splits(store, settings)
-    torch.manual_seed(settings.seed)
     model.fit_normalisation(_normalisation_sample(store, splits["train"]))
     if model.data_columns and hasattr(model, "fit_conditions"):
         model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
