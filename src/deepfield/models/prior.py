@@ -89,7 +89,7 @@ class _Prior(Model):
         """`n` codes (n, latent_dim), seeded by `generator` (same seed, same codes)."""
         c = self.conditions(condition, n=n) if self.config.condition else None
         seed = _seed_from(generator)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # sampling never needs a graph
             if seed is not None:
                 torch.manual_seed(seed)
             zn = self._standardised_sample(n, c)
