@@ -95,7 +95,7 @@ def denoise(
 
 @app.command()
 def sample(
-    model_dir: Path = typer.Argument(..., help="Model folder of a generative model (vae, cvae)."),
+    model_dir: Path = typer.Argument(..., help="Model folder of a generative model (vae, cvae, dcgan, wgan-gp, cgan, pixelcnn)."),
     n: int = typer.Option(..., "--n", help="Number of galaxies."),
     out: Path = typer.Option(..., "--out", "-o", help="Output store."),
     condition: str = typer.Option(None, "--condition", help="e.g. 'half_light_radius=0.8,magnitude=22,redshift=0.5'."),
@@ -106,7 +106,8 @@ def sample(
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Draw galaxies from a VAE (through its latent prior) into a store; optionally as observed."""
+    """Draw galaxies from a VAE (through its latent prior), a GAN or a PixelCNN into a store; optionally as
+    observed."""
     import warnings
 
     import deepfield
