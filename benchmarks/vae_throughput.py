@@ -1,0 +1,212 @@
+"""VAE training images/s: deepfield vs pythae 0.1.2, same architecture, data and batch; and
+flow-VAE sampling galaxies/s.
+
+Both libraries train the same network, deepfield's convolutional encoder and decoder
+(deepfield.nn.ConvEncoder / ConvDecoder, wrapped as pythae BaseEncoder / BaseDecoder), with a
+Gaussian (MSE) likelihood, Adam, batch 64, on the same simulated 64x64 galaxies (the train
+split, normalised the same way), in one process one after the other. Throughput is the
+training loop's wall time per epoch (data loading + steps), from the first batch to the last,
+over every epoch after the first (warm-up). pythae's autocast is CUDA-only, so on a CPU it
+runs in fp32; deepfield runs in its default fp32 (channels_last) and, as a separate row,
+with bf16 autocast.
+
+Sampling: a 'pixel'-likelihood VAE (PSF + noise, deconvolved decoder) with a neural-spline
+latent flow prior conditional on half_light_radius, magnitude, redshift; galaxies/s of
+``model.sample`` (noiseless, PSF-free 64x64 stamps), batch 1,000.
+
+    pip install pythae==0.1.2    # not a deepfield dependency; installs beside torch 2.13
+    python benchmarks/vae_throughput.py [--n 2560] [--epochs 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import cached_store, markdown_table, write_results
+
+SIZE = 64
+
+
+class EpochClock:
+    """Wall time of each epoch's training loop: first batch start to last batch end."""
+
+    def __init__(self):
+        self.start = None
+        self.last = None
+        self.epochs = []  # (seconds, images)
+        self.images = 0
+
+    def begin(self):
+        if self.start is not None and self.last is not None:
+            self.epochs.append((self.last - self.start, self.images))
+        self.start, self.last, self.images = time.perf_counter(), None, 0
+
+    def batch_end(self, n: int):
+        self.last = time.perf_counter()
+        self.images += n
+
+    def finish(self):
+        self.begin()
+
+    def images_per_s(self) -> float:
+        steady = self.epochs[1:] or self.epochs  # the first epoch is warm-up
+        return sum(i for _, i in steady) / sum(s for s, _ in steady)
+
+
+def lightning_clock(clock: EpochClock):
+    import lightning as L
+
+    class Clock(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            clock.begin()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.batch_end(int(batch["x"].shape[0]))
+
+        def on_train_end(self, trainer, pl_module):
+            clock.finish()
+
+    return Clock()
+
+
+def run_deepfield(store, epochs: int, batch: int, precision: str, likelihood: str, work: Path, seed: int = 0):
+    from deepfield.train import TrainSettings, train
+
+    clock = EpochClock()
+    out = work / f"deepfield-{likelihood}-{precision}"
+    train("vae", store, out, model_options={"likelihood": likelihood, "latent_dim": 16},
+          settings=TrainSettings(epochs=epochs, batch_size=batch, lr=1e-3, seed=seed, patience=0, precision=precision,
+                                 progress=False, split_fractions=(0.8, 0.2)),
+          callbacks=[lightning_clock(clock)], overwrite=True)
+    import deepfield
+
+    model = deepfield.load(out)
+    params = sum(p.numel() for n, p in model.named_parameters() if n != "log_sigma")
+    return clock.images_per_s(), params, out
+
+
+def run_pythae(x: np.ndarray, epochs: int, batch: int, work: Path, seed: int = 0):
+    from pythae.models import VAE as PVAE
+    from pythae.models import VAEConfig as PVAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.pipelines import TrainingPipeline
+    from pythae.trainers import BaseTrainerConfig
+    from pythae.trainers.training_callbacks import TrainingCallback
+
+    from deepfield.models.vae import VAEConfig
+    from deepfield.nn import ConvDecoder, ConvEncoder
+
+    cfg = VAEConfig(input_shape=(1, SIZE, SIZE), latent_dim=16)
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net = ConvEncoder(1, SIZE, 2 * cfg.latent_dim, cfg.channels, cfg.blocks, cfg.activation)
+
+        def forward(self, x):
+            mean, log_var = self.net(torch.asinh(x)).chunk(2, dim=1)  # the same input stretch as deepfield
+            return ModelOutput(embedding=mean, log_covariance=log_var.clamp(-12, 8))
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = ConvDecoder(cfg.latent_dim, 1, SIZE, cfg.channels, cfg.blocks, cfg.activation)
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=self.net(z))
+
+    class Clock(TrainingCallback):
+        def __init__(self, clock):
+            self.clock = clock
+
+        def on_train_step_begin(self, training_config, **kwargs):  # once per epoch, before its first batch
+            self.clock.begin()
+
+        def on_train_step_end(self, training_config, **kwargs):  # after every batch
+            self.clock.batch_end(batch)
+
+        def on_train_end(self, training_config, **kwargs):
+            self.clock.finish()
+
+    torch.manual_seed(seed)
+    model = PVAE(PVAEConfig(input_dim=(1, SIZE, SIZE), latent_dim=cfg.latent_dim, reconstruction_loss="mse"),
+                 encoder=Encoder(), decoder=Decoder())
+    clock = EpochClock()
+    config = BaseTrainerConfig(output_dir=str(work / "pythae"), per_device_train_batch_size=batch, num_epochs=epochs,
+                               learning_rate=1e-3, seed=seed, no_cuda=True)
+    n = len(x) - len(x) % batch  # whole batches only, as in deepfield's timing (last batch counted at its size)
+    TrainingPipeline(training_config=config, model=model)(train_data=x[:n], callbacks=[Clock(clock)])
+    params = sum(p.numel() for p in model.parameters())
+    return clock.images_per_s(), params
+
+
+def sampling_rate(vae_dir: Path, n: int, batch: int, flow_epochs: int) -> dict:
+    import deepfield
+    from deepfield.train.prior import train_prior
+
+    cond = ("half_light_radius", "magnitude", "redshift")
+    train_prior(vae_dir, None, kind="nsf", condition=cond, epochs=flow_epochs, progress=False)
+    model = deepfield.load(vae_dir)
+    g = torch.Generator().manual_seed(0)
+    condition = {"half_light_radius": torch.full((batch,), 0.5), "magnitude": torch.full((batch,), 22.0),
+                 "redshift": torch.full((batch,), 0.7)}
+    model.sample(batch, condition=condition, generator=g)  # warm-up
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        images = model.sample(batch, condition=condition, generator=g)
+        done += images.shape[0]
+    seconds = time.perf_counter() - t0
+    assert torch.isfinite(images).all() and images.shape[-1] == SIZE
+    return {"galaxies_per_s": done / seconds, "n": done, "batch": batch, "prior": type(model.prior).__name__,
+            "condition": list(cond)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2560, help="galaxies in the store (80%% train)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=10000, help="galaxies drawn for the sampling rate")
+    ap.add_argument("--flow-epochs", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from deepfield.data.galaxies import simulate_galaxies
+
+    store = cached_store(f"galaxies-{args.n}-64", lambda p: simulate_galaxies(
+        p, args.n, size=SIZE, bands=("r",), seed=2, workers=2, progress=False))
+    # pythae gets the deepfield train split, normalised as deepfield normalises it (pixel std)
+    train_rows = np.sort(store.split((0.8, 0.2, 0.0), seed=0)["train"])
+    x = store.read("x", train_rows).astype(np.float32)
+    x /= x.std()
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results["pythae fp32"] = dict(zip(("images_per_s", "params"), run_pythae(x, args.epochs, args.batch, work)))
+        for name, precision, likelihood in (("deepfield fp32", "32-true", "gaussian"),
+                                            ("deepfield bf16", "bf16-mixed", "gaussian"),
+                                            ("deepfield fp32, pixel likelihood", "32-true", "pixel")):
+            rate, params, out = run_deepfield(store, args.epochs, args.batch, precision, likelihood, work)
+            results[name] = {"images_per_s": rate, "params": params}
+            if likelihood == "pixel":
+                sampling = sampling_rate(out, args.samples, 1000, args.flow_epochs)
+    base = results["pythae fp32"]["images_per_s"]
+    for name, r in results.items():
+        r["vs_pythae"] = r["images_per_s"] / base
+        rows.append([name, r["params"], round(r["images_per_s"], 1), f"{r['vs_pythae']:.2f}x"])
+    rows.append([f"flow-VAE sampling ({sampling['prior']}, conditional)", "", round(sampling["galaxies_per_s"], 1), ""])
+    table = markdown_table(["training (64x64, batch 64, same network)", "parameters", "images/s", "vs pythae"], rows)
+    write_results("vae_throughput", {"n_train": int(len(train_rows)), "epochs": args.epochs, "batch": args.batch,
+                                     "threads": args.threads, "training": results, "sampling": sampling}, table)
+
+
+if __name__ == "__main__":
+    main()
