@@ -23,7 +23,7 @@ SECTIONS = [
      "2 threads on a quiet machine. pythae's mixed precision is CUDA-only, so its CPU run is fp32. The >= 1.3x "
      "target is met with bf16 autocast (1.9x) but not in fp32 (1.12x: both spend their time in the same "
      "convolutions). Sampling (flow draw + 64x64 decode, batch 1,000) reaches 287 galaxies/s, short of the "
-     "1,000/s target: the NSF prior's autoregressive inversion and the decoder take about equal shares."),
+     "1,000/s target: the time is split between the NSF prior's autoregressive inversion (16 sequential passes per transform) and the decoder."),
     ("morphology", "Flow-VAE morphology validation (held-out galaxies vs samples observed the same way)",
      "python benchmarks/morphology.py", "Measured with GalSim HSM and statmorph-style statistics "
      "(deepfield.metrics); the histograms are in benchmarks/results/morphology_histograms.png. Met: mean size "
