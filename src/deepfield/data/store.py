@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deepfield._atomic import replace_dir
 from deepfield.errors import DeepfieldError, InputError, StoreError
 
 __all__ = [
@@ -726,13 +727,7 @@ class StoreWriter:
         _atomic_write_table(self.root / "catalog.parquet", catalog)
         _atomic_write_json(self.root / "meta.json", meta)
         if self.new_store:
-            if self.final.exists():
-                trash = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-                os.replace(self.final, trash)
-                os.replace(self.root, self.final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(self.root, self.final)
+            replace_dir(self.root, self.final)
         # the progress record goes last: a crash before this leaves a complete store whose
         # stale record the next append ignores
         shutil.rmtree(self.final / _PROGRESS_DIR, ignore_errors=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from deepfield._atomic import replace_dir
 from deepfield.errors import ConfigError, ModelFolderError
 from deepfield.models.base import MODEL_REGISTRY, Model, config_from_dict, config_to_dict
 
@@ -131,13 +132,7 @@ def save_model(model: Model, path, *, metrics: dict | None = None, store: dict |
         (tmp / "README.md").write_text(_model_card(model, record, metrics or {}))
         if logs_dir is not None and Path(logs_dir).is_dir():
             shutil.copytree(logs_dir, tmp / "logs")
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from deepfield._atomic import replace_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.report import html as H
@@ -251,14 +252,7 @@ def anomaly_gallery(store: Store | str | os.PathLike, table: pa.Table, out: str 
         (tmp / "index.html").write_text(page.render(footer="written by deepfield.report.anomalies"))
         (tmp / _MARKER).write_text(json.dumps({"method": meta.get("method"), "store": str(store.path),
                                                "top_ids": [int(i) for i in ids[order]]}, indent=2) + "\n")
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

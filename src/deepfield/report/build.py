@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepfield._atomic import replace_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
 from deepfield.report import html as H
@@ -221,18 +222,6 @@ def _prepare_out(out: Path) -> Path:
     return tmp
 
 
-def _commit(tmp: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if trash.exists():
-            shutil.rmtree(trash)
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _spread_examples(store, rows: np.ndarray, n: int, rng) -> np.ndarray:
     """`n` objects spanning the magnitude range (bright to faint) where the catalog has one.
 
@@ -334,7 +323,7 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
         page = _build_page(main, members, store, rows, n_selected, split, colour, n_examples, rng, notes, tmp,
                            n_morphology=samples)
         (tmp / "index.html").write_text(page)
-        _commit(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from deepfield._atomic import replace_dir
 from deepfield.data.store import Store, is_store, open_store
 from deepfield.errors import ConfigError, InputError, StoreError
 from deepfield.models import Model
@@ -430,13 +431,7 @@ def _write_index_folder(final: Path, index, ids: np.ndarray, catalog: pa.Table, 
         np.save(tmp / "ids.npy", np.asarray(ids, dtype=np.int64))
         pq.write_table(catalog, tmp / "catalog.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
