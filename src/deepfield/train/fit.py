@@ -362,17 +362,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
         deterministic=False, num_sanity_val_steps=0,
         gradient_clip_val=settings.gradient_clip if settings.gradient_clip is not None else model.default_gradient_clip,
     )
-    old_handler = signal.getsignal(signal.SIGINT)
-    t0 = time.perf_counter()
-    try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
-    except SystemExit:
-        if interrupt.saved:
-            raise TrainingInterrupted(last, interrupt.epoch) from None
-        raise
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-    seconds = time.perf_counter() - t0
+    seconds = fit_interruptibly(trainer, module, (train_loader, val_loader), last, interrupt, resume)
     if not trainer.is_global_zero:
         return None
     model = module.model.to(memory_format=torch.contiguous_format).cpu()
@@ -405,6 +395,23 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
                       logs_dir=work / "logs", overwrite=overwrite or resume)
     shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def fit_interruptibly(trainer, module, loaders, last: Path, interrupt, resume: bool) -> float:
+    """trainer.fit(...) from `last` when resuming; Ctrl-C (the InterruptCheckpoint callback
+    `interrupt` saved `last`) becomes TrainingInterrupted. Restores the SIGINT handler; returns
+    the seconds spent."""
+    old_handler = signal.getsignal(signal.SIGINT)
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, *loaders, ckpt_path=str(last) if resume else None)
+    except SystemExit:
+        if interrupt.saved:
+            raise TrainingInterrupted(last, interrupt.epoch) from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+    return time.perf_counter() - t0
 
 
 def check_finite_batch(batch: dict, loss: torch.Tensor) -> None:

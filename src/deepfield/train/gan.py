@@ -25,8 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import lightning as L
@@ -38,7 +36,7 @@ from deepfield.data.store import Store, open_store
 from deepfield.errors import ConfigError, InputError, ModelFolderError
 from deepfield.models import save_model
 from deepfield.models.gan import GAN, CycleGAN, resample_images
-from deepfield.train.fit import (TrainingDiverged, TrainingInterrupted, TrainSettings, _launched_rank,
+from deepfield.train.fit import (TrainingDiverged, TrainSettings, _launched_rank, fit_interruptibly,
                                  _normalisation_sample, _prepare_work_dir, _splits, _store_record, build_model,
                                  iterate_batches, training_dir)
 
@@ -523,18 +521,8 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
         precision=settings.precision, callbacks=callbacks, logger=logger, enable_progress_bar=settings.progress,
         enable_model_summary=False, log_every_n_steps=max(1, min(10, len(train_loader))), deterministic=False,
         num_sanity_val_steps=0, limit_val_batches=0, enable_checkpointing=False)
-    old_handler = signal.getsignal(signal.SIGINT)
-    t0 = time.perf_counter()
-    try:
-        trainer.fit(module, train_loader, ckpt_path=str(last) if resume else None)
-    except SystemExit:
-        interrupt = next(c for c in callbacks if isinstance(c, InterruptCheckpoint))
-        if interrupt.saved:
-            raise TrainingInterrupted(last, interrupt.epoch) from None
-        raise
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-    seconds = time.perf_counter() - t0
+    interrupt = next(c for c in callbacks if isinstance(c, InterruptCheckpoint))
+    seconds = fit_interruptibly(trainer, module, (train_loader,), last, interrupt, resume)
     if not trainer.is_global_zero:
         return None
     model = module.model.to(memory_format=torch.contiguous_format).cpu().eval()
