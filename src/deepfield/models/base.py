@@ -107,6 +107,9 @@ class Model(nn.Module):
     trainable: ClassVar[bool] = True  # False: fitted in closed form (PCA), not by gradients
     #: gradient-norm clipping this family needs unless the user sets one (None: no clipping)
     default_gradient_clip: ClassVar[float | None] = None
+    #: config keys added after a family's first release, with the values that rebuild the
+    #: layout a model folder written without them holds
+    legacy_config_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config):
         super().__init__()

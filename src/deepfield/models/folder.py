@@ -175,7 +175,8 @@ def load_model(path, map_location: str | torch.device = "cpu") -> Model:
     record = read_model_config(p)
     cls = MODEL_REGISTRY[record["class"]]
     try:
-        model = cls(config_from_dict(cls.config_class, record["config"], str(p / "config.json")))
+        values = {**cls.legacy_config_defaults, **record["config"]}
+        model = cls(config_from_dict(cls.config_class, values, str(p / "config.json")))
     except ConfigError as err:
         raise ModelFolderError(f"{p}: {err}") from None
     weights = p / "weights.safetensors"
