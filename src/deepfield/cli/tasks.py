@@ -103,6 +103,8 @@ def sample(
     prior: str = typer.Option("auto", "--prior", help="auto (fitted latent prior if any) or gaussian (N(0, I))."),
     psf_fwhm: float = typer.Option(None, "--psf-fwhm", help="Also observe through a Moffat PSF of this FWHM (arcsec)."),
     noise_sigma: float = typer.Option(None, "--noise-sigma", help="Gaussian noise (counts/pixel) with --psf-fwhm."),
+    bf16: bool = typer.Option(False, "--bf16", help="VAEs: decode in bfloat16 (about 2x faster on CPUs with "
+                                                    "AVX512-BF16/AMX; pixels within ~1% of fp32)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
@@ -125,7 +127,8 @@ def sample(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         store = sample_store(model, out, n, condition=parse_condition(condition), seed=seed, prior=prior,
-                             psf_fwhm=psf_fwhm, noise_sigma=noise_sigma, overwrite=overwrite, progress=progress)
+                             psf_fwhm=psf_fwhm, noise_sigma=noise_sigma, overwrite=overwrite, progress=progress,
+                             bf16=bf16)
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     console.print(f"[green]{len(store)} samples written to[/] {out} (prior: {store.meta['provenance']['prior']})")

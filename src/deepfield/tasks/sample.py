@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Mapping
 
@@ -44,17 +45,20 @@ def _needed_conditions(model) -> tuple[str, ...]:
 @torch.no_grad()
 def sample_store(model, out, n: int, *, condition: Mapping[str, float] | None = None, seed: int = 0,
                  prior: str = "auto", psf_fwhm: float | None = None, noise_sigma: float | None = None,
-                 batch_size: int = 256, overwrite: bool = False, progress: bool = True) -> Store:
+                 batch_size: int = 256, overwrite: bool = False, progress: bool = True, bf16: bool = False) -> Store:
     """Write `n` samples of `model` to a store at `out`.
 
     Without a PSF, `x` is the noiseless (for observation-model VAEs: deconvolved) galaxy.
     With `psf_fwhm` (arcsec, a Moffat PSF at the model's pixel scale) and `noise_sigma`
     (counts/pixel), `x` is the galaxy as a survey would see it, and `truth`, `psf` and `ivar`
     hold the noiseless image, the PSF and the inverse variance, as the simulator writes them.
-    The catalog holds the conditions and the prior used.
+    The catalog holds the conditions and the prior used. `bf16` decodes a VAE's samples under
+    bfloat16 autocast (see :meth:`deepfield.models.VAE.sample`).
     """
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
+    if bf16 and "bf16" not in inspect.signature(model.sample).parameters:
+        raise InputError(f"bf16 decoding is for VAEs; a {type(model).__name__} samples in fp32: drop --bf16")
     condition = dict(condition or {})
     needed = _needed_conditions(model)
     missing = [c for c in needed if c not in condition]
@@ -89,7 +93,7 @@ def sample_store(model, out, n: int, *, condition: Mapping[str, float] | None = 
     arrays = {"truth": shape, "psf": tuple(psf.shape), "ivar": shape} if observe else {}
     units = {c: u for c, u in (record.get("store", {}).get("units") or {}).items()}
     provenance = {"task": "sample", "model_class": type(model).__name__, "prior": used_prior, "seed": seed,
-                  "condition": condition, "psf_fwhm_arcsec": psf_fwhm, "noise_sigma": noise_sigma}
+                  "condition": condition, "psf_fwhm_arcsec": psf_fwhm, "noise_sigma": noise_sigma, "bf16": bf16}
     with create_store(out, shape, bands=bands if len(shape) == 3 else (), pixel_scale=pixel_scale,
                       arrays=arrays, units=units, provenance=provenance, overwrite=overwrite) as writer, \
             progress_bar(progress) as bar:
@@ -97,7 +101,7 @@ def sample_store(model, out, n: int, *, condition: Mapping[str, float] | None = 
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             cond = {k: torch.full((m,), float(v)) for k, v in condition.items()} if condition else None
-            images = model.sample(m, condition=cond, generator=generator, prior=prior)
+            images = model.sample(m, condition=cond, generator=generator, prior=prior, **({"bf16": True} if bf16 else {}))
             catalog = {k: np.full(m, v) for k, v in condition.items()}
             catalog["prior"] = np.array([used_prior] * m)
             if observe:
