@@ -110,6 +110,79 @@ def test_flow_density_integrates_to_one():
     assert float(p.sum()) * cell == pytest.approx(1.0, abs=0.01)
 
 
+def _heavy_tailed_posterior(n: int = 3000, d: int = 2, seed: int = 0):
+    """Codes like a galaxy VAE's: 85% faint objects with broad posteriors N(0, 1) at the origin,
+    15% bright ones with tight posteriors (sigma 0.1) whose means spread over N(0, 20^2)."""
+    rng = np.random.default_rng(seed)
+    bright = rng.random(n) < 0.15
+    mean = np.where(bright[:, None], rng.normal(0, 20, (n, d)), 0.0).astype(np.float32)
+    std = np.where(bright[:, None], 0.1, 1.0).astype(np.float32) * np.ones((n, d), np.float32)
+    return mean, std, mean + std * rng.standard_normal((n, d))
+
+
+def _fit_on(config_options: dict, mean, std):
+    from deepfield.train.prior import _fit_flow, _validation_draws
+
+    torch.manual_seed(0)
+    prior = LatentFlow(LatentPriorConfig(input_shape=(mean.shape[1],), hidden=(32, 32), **config_options))
+    prior.fit_normalisation(mean)
+    prior, _ = _fit_flow(prior, mean[500:], std[500:], None, _validation_draws(mean[:500], std[:500], 0), None, (),
+                         30, 256, 1e-3, np.random.default_rng(1), False)
+    return prior.sample(20000, generator=torch.Generator().manual_seed(0)).numpy()
+
+
+def test_default_flow_reaches_codes_far_beyond_the_spline_domain():
+    """The aggregate posterior of a galaxy VAE is heavy-tailed: bright galaxies' codes sit 5-30
+    standard deviations out, where zuko's splines ([-5, 5]) are the identity. The default flow
+    (an affine transform first, then coupling splines) must put the right share of samples out
+    there; a pure spline flow cannot, which made samples too round (issue 3)."""
+    mean, std, aggregate = _heavy_tailed_posterior()
+    far = float((np.abs(aggregate) > 10).mean())  # 0.0975
+    samples = _fit_on({}, mean, std)
+    assert float((np.abs(samples) > 10).mean()) == pytest.approx(far, abs=0.012)
+    assert float(samples.std()) == pytest.approx(float(aggregate.std()), rel=0.1)
+    legacy = _fit_on({"passes": 0, "affine_first": False, "transforms": 4}, mean, std)
+    assert float((np.abs(legacy) > 10).mean()) < far - 0.02  # the failure this guards against
+
+
+def test_flow_folders_written_before_coupling_flows_still_load(tmp_path):
+    from deepfield.models.folder import save_model
+
+    torch.manual_seed(0)
+    old = LatentFlow(LatentPriorConfig(input_shape=(3,), transforms=2, hidden=(8,), passes=0, affine_first=False))
+    path = save_model(old, tmp_path / "prior")
+    record = json.loads((path / "config.json").read_text())
+    for key in ("passes", "affine_first", "bins"):
+        del record["config"][key]  # as written by deepfield before these settings existed
+    (path / "config.json").write_text(json.dumps(record))
+    z = torch.randn(5, 3)
+    with torch.no_grad():
+        assert torch.allclose(deepfield.load(path).log_prob(z), old.log_prob(z))
+
+
+def test_flux_latent_decodes_unit_flux_shapes_times_the_flux_code():
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(input_shape=(2, 16, 16), latent_dim=4, channels=(8, 16), likelihood="pixel",
+                        flux_latent=True, oversample=2))
+    rng = np.random.default_rng(0)
+    x = (np.abs(rng.normal(size=(200, 2, 16, 16))) * np.exp(rng.normal(2.0, 1.5, (200, 1, 1, 1)))).astype(np.float32)
+    vae.fit_normalisation(x)
+    log_flux = np.log(x.reshape(200, -1).sum(1))
+    assert float(vae.flux_loc) == pytest.approx(float(np.median(log_flux)), abs=1e-4)
+    assert float(vae.flux_scale) == pytest.approx(float(log_flux.std()), rel=0.2)
+    z = torch.randn(6, 4)
+    with torch.no_grad():
+        sky = vae.decode(z)
+        shapes = vae.decode(torch.cat([torch.zeros(6, 1), z[:, 1:]], 1))
+    # total flux (both bands, after integrating the 2x oversampled grid) is exactly the flux code's
+    expected = torch.exp(vae.flux_loc + vae.flux_scale * z[:, 0])
+    assert torch.allclose(sky.sum((1, 2, 3)), expected, rtol=1e-4)
+    # and the first coordinate only scales: the shape comes from the others
+    assert torch.allclose(sky / expected.view(-1, 1, 1, 1), shapes / shapes.sum((1, 2, 3), keepdim=True), atol=1e-6)
+    with pytest.raises(ConfigError, match="flux_latent"):
+        VAE(VAEConfig(input_shape=(1, 8, 8), latent_dim=2, channels=(4,), likelihood="gaussian", flux_latent=True))
+
+
 def test_gmm_prior_and_refusals(pixel_vae, tmp_path):
     prior_dir = train_prior(pixel_vae, kind="gmm", components=3, progress=False)
     metrics = json.loads((prior_dir / "metrics.json").read_text())
