@@ -230,6 +230,27 @@ def test_sample_cli(pixel_vae, tmp_path, capsys):
     assert not (tmp_path / "t").exists()
 
 
+def test_bf16_sampling_matches_fp32_to_a_percent_of_the_peak(pixel_vae, tmp_path):
+    from deepfield.tasks import sample_store
+
+    model = deepfield.load(pixel_vae)
+    full = model.sample(32, generator=torch.Generator().manual_seed(2), prior="gaussian")
+    half = model.sample(32, generator=torch.Generator().manual_seed(2), prior="gaussian", bf16=True)
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    peak = full.flatten(1).amax(1)
+    assert float(((half - full).abs().flatten(1).amax(1) / peak).max()) < 0.03
+    flux = full.sum((1, 2, 3))
+    assert float(((half.sum((1, 2, 3)) - flux).abs() / flux).median()) < 0.01
+    store = sample_store(model, tmp_path / "s", 8, seed=1, progress=False, bf16=True)
+    assert store.meta["provenance"]["bf16"] is True
+    from deepfield.models.gan import DCGAN, DCGANConfig
+
+    gan = DCGAN(DCGANConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(8, 16)))
+    with pytest.raises(InputError, match="bf16 decoding is for VAEs"):
+        sample_store(gan, tmp_path / "p", 4, bf16=True, progress=False)
+    assert not (tmp_path / "p").exists()
+
+
 def test_galsim_bridge_draws_seeded_learned_galaxies_into_a_scene(pixel_vae):
     import galsim
 
