@@ -160,29 +160,6 @@ def test_flow_folders_written_before_coupling_flows_still_load(tmp_path):
         assert torch.allclose(deepfield.load(path).log_prob(z), old.log_prob(z))
 
 
-def test_flux_latent_decodes_unit_flux_shapes_times_the_flux_code():
-    torch.manual_seed(0)
-    vae = VAE(VAEConfig(input_shape=(2, 16, 16), latent_dim=4, channels=(8, 16), likelihood="pixel",
-                        flux_latent=True, oversample=2))
-    rng = np.random.default_rng(0)
-    x = (np.abs(rng.normal(size=(200, 2, 16, 16))) * np.exp(rng.normal(2.0, 1.5, (200, 1, 1, 1)))).astype(np.float32)
-    vae.fit_normalisation(x)
-    log_flux = np.log(x.reshape(200, -1).sum(1))
-    assert float(vae.flux_loc) == pytest.approx(float(np.median(log_flux)), abs=1e-4)
-    assert float(vae.flux_scale) == pytest.approx(float(log_flux.std()), rel=0.2)
-    z = torch.randn(6, 4)
-    with torch.no_grad():
-        sky = vae.decode(z)
-        shapes = vae.decode(torch.cat([torch.zeros(6, 1), z[:, 1:]], 1))
-    # total flux (both bands, after integrating the 2x oversampled grid) is exactly the flux code's
-    expected = torch.exp(vae.flux_loc + vae.flux_scale * z[:, 0])
-    assert torch.allclose(sky.sum((1, 2, 3)), expected, rtol=1e-4)
-    # and the first coordinate only scales: the shape comes from the others
-    assert torch.allclose(sky / expected.view(-1, 1, 1, 1), shapes / shapes.sum((1, 2, 3), keepdim=True), atol=1e-6)
-    with pytest.raises(ConfigError, match="flux_latent"):
-        VAE(VAEConfig(input_shape=(1, 8, 8), latent_dim=2, channels=(4,), likelihood="gaussian", flux_latent=True))
-
-
 def test_gmm_prior_and_refusals(pixel_vae, tmp_path):
     prior_dir = train_prior(pixel_vae, kind="gmm", components=3, progress=False)
     metrics = json.loads((prior_dir / "metrics.json").read_text())

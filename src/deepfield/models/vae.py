@@ -56,13 +56,6 @@ class VAEConfig:
     condition: catalog columns given to encoder and decoder (conditional VAE), e.g.
         ('half_light_radius', 'magnitude', 'redshift').
     psf_to_encoder: also show the encoder each object's PSF stamp (pixel/fourier).
-    flux_latent: (pixel/fourier) the first latent coordinate is the log total flux and the
-        decoder draws a unit-flux profile (a softmax over pixels and bands) from the others.
-        Shape then lives in a code that bright and faint galaxies share: a faint galaxy's noisy
-        data barely constrain its shape, so its posterior stays close to the prior and decodes
-        to the shapes bright galaxies taught the decoder. Without it the latent space orders
-        galaxies by brightness, and the faint ones, most of any survey, decode to round mean
-        blobs (samples 25% rounder than the data).
     normalisation: 'channel' (images/spectra) or 'feature' (tables).
     """
 
@@ -79,7 +72,6 @@ class VAEConfig:
     condition: tuple[str, ...] = ()
     psf_to_encoder: bool = False
     psf_shape: tuple[int, ...] = ()
-    flux_latent: bool = False
     normalisation: str = "channel"
 
 
@@ -115,8 +107,6 @@ class VAE(Model):
                               f"input shape {shape} is not an image: use 'gaussian'")
         if config.oversample > 1 and config.likelihood not in ("pixel", "fourier"):
             raise ConfigError("oversample applies to the 'pixel' and 'fourier' likelihoods")
-        if config.flux_latent and (config.likelihood not in ("pixel", "fourier") or config.latent_dim < 2):
-            raise ConfigError("flux_latent needs the 'pixel' or 'fourier' likelihood and latent_dim >= 2")
         if config.psf_to_encoder and not config.psf_shape:
             raise ConfigError("psf_to_encoder needs psf_shape (the PSF stamp shape, set from the store)")
         super().__init__(config)
@@ -133,8 +123,8 @@ class VAE(Model):
             o = config.oversample
             self.encoder = ConvEncoder(c, h, 2 * config.latent_dim if extra == 0 else 256, config.channels,
                                        config.blocks, config.activation)
-            self.decoder = ConvDecoder(config.latent_dim - int(config.flux_latent) + n_cond, c, h * o,
-                                       config.channels, config.blocks, config.activation)
+            self.decoder = ConvDecoder(config.latent_dim + n_cond, c, h * o, config.channels, config.blocks,
+                                       config.activation)
         else:
             d = int(np.prod(shape))
             self.encoder = MLP((d, *config.hidden, 2 * config.latent_dim if extra == 0 else 256), config.activation)
@@ -143,9 +133,6 @@ class VAE(Model):
         self.encoder_head = (MLP((256 + extra, 256, 2 * config.latent_dim), config.activation) if extra else None)
         # 'gaussian': a learned noise scale per band in normalised units
         self.log_sigma = nn.Parameter(torch.zeros(shape[0] if image else 1))
-        if config.flux_latent:  # log total flux = flux_loc + flux_scale * z[:, 0] (store units; fitted on the data)
-            self.register_buffer("flux_loc", torch.tensor(0.0))
-            self.register_buffer("flux_scale", torch.tensor(1.0))
         self._observation = None
         self.prior = None  # a fitted latent prior (deepfield.train.prior), attached by deepfield.load
 
@@ -170,18 +157,6 @@ class VAE(Model):
 
             self._observation = ObservationModel(likelihood=self.config.likelihood, oversample=self.config.oversample)
         return self._observation
-
-    def fit_normalisation(self, x: np.ndarray) -> None:
-        """Pixel scale per band; with flux_latent also the log total flux's centre and spread
-        (median and robust sigma over objects with positive summed flux), so z[:, 0] ~ N(0, 1)."""
-        super().fit_normalisation(x)
-        if self.config.flux_latent:
-            flux = np.asarray(x, dtype=np.float64).reshape(len(x), -1).sum(1)
-            log_flux = np.log(flux[flux > 0]) if (flux > 0).sum() >= 2 else np.zeros(2)
-            centre = float(np.median(log_flux))
-            spread = float(1.4826 * np.median(np.abs(log_flux - centre)))
-            self.flux_loc.fill_(centre)
-            self.flux_scale.fill_(spread if spread > 0 else 1.0)
 
     # -- conditions
     def fit_conditions(self, values: np.ndarray) -> None:
@@ -218,8 +193,7 @@ class VAE(Model):
         return mean, log_var.clamp(-12, 8)
 
     def _decode_raw(self, z: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-        shape_code = z[:, 1:] if self.config.flux_latent else z
-        inp = shape_code if condition is None else torch.cat([shape_code, condition], dim=1)
+        inp = z if condition is None else torch.cat([z, condition], dim=1)
         out = self.decoder(inp)
         if len(self.input_shape) == 3:
             c, h, w = self.input_shape
@@ -227,14 +201,10 @@ class VAE(Model):
             return out.reshape(z.shape[0], c, h * o, w * o)
         return out.reshape(z.shape[0], *self.input_shape)
 
-    def _sky(self, raw: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output (and code) -> image in store units (non-negative sky for observation models)."""
+    def _sky(self, raw: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> image in store units (non-negative sky for observation models)."""
         if self.config.likelihood == "bernoulli":
             return torch.sigmoid(raw)
-        if self.config.flux_latent:
-            profile = torch.softmax(raw.float().flatten(1), dim=1).view(raw.shape)  # unit flux, all bands
-            log_flux = self.flux_loc + self.flux_scale * z[:, :1].float().clamp(-30, 30)
-            return profile * log_flux.exp().view(-1, 1, 1, 1)
         if self.config.likelihood in ("pixel", "fourier"):
             sky = F.softplus(raw) * self.data_scale
             o = self.config.oversample
@@ -253,7 +223,7 @@ class VAE(Model):
         if isinstance(condition, dict):
             condition = {k: v for k, v in condition.items() if k in self.config.condition}
         c = self.condition_tensor(condition, n=z.shape[0]) if self.config.condition else None
-        sky = self._sky(self._decode_raw(z, c), z)
+        sky = self._sky(self._decode_raw(z, c))
         o = self.config.oversample
         if o > 1:
             sky = F.avg_pool2d(sky, o) * (o * o)  # integrate fine pixels back to native pixels
@@ -276,7 +246,7 @@ class VAE(Model):
     def reconstruct_batch(self, batch: dict) -> torch.Tensor:
         """Posterior-mean reconstruction as observed: through the PSF for 'pixel'/'fourier'."""
         mean, _, c = self.posterior_batch(batch)
-        sky = self._sky(self._decode_raw(mean, c), mean)
+        sky = self._sky(self._decode_raw(mean, c))
         if self.config.likelihood in ("pixel", "fourier"):
             return self.observation.predict(sky, batch["psf"])
         return sky
@@ -309,7 +279,7 @@ class VAE(Model):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.decode(z, condition if self.config.condition else None).float()
 
-    def _nll(self, raw: torch.Tensor, batch: dict, z: torch.Tensor) -> torch.Tensor:
+    def _nll(self, raw: torch.Tensor, batch: dict) -> torch.Tensor:
         """-log p(x | z) per object (nats)."""
         x = batch["x"]
         like = self.config.likelihood
@@ -330,7 +300,7 @@ class VAE(Model):
             from deepfield.physics import noise_power_spectrum_from_ivar
 
             batch = dict(batch, noise_ps=noise_power_spectrum_from_ivar(batch["ivar"]))
-        return self.observation.nll(self._sky(raw, z), batch)
+        return self.observation.nll(self._sky(raw), batch)
 
     def elbo_terms(self, batch: dict, sample: bool = True, raw_out: list | None = None) -> dict:
         mean, log_var, c = self.posterior_batch(batch)
@@ -338,7 +308,7 @@ class VAE(Model):
         raw = self._decode_raw(z, c)
         if raw_out is not None:
             raw_out.append(raw)
-        nll = self._nll(raw, batch, z)
+        nll = self._nll(raw, batch)
         kl = 0.5 * (mean**2 + log_var.exp() - 1 - log_var).sum(1)
         return {"nll": nll, "kl": kl}
 
@@ -354,7 +324,7 @@ class VAE(Model):
         n_el = float(np.prod(self.input_shape))
         loss = (nll + self.kl_weight * kl) / n_el  # per data element: learning rates transfer across sizes
         out = {"loss": loss, "nll": nll, "kl": kl, "elbo": -(nll + kl)}
-        if self.config.likelihood in ("pixel", "fourier") and not self.config.flux_latent:  # softmax cannot die
+        if self.config.likelihood in ("pixel", "fourier"):
             # Empty sky wants softplus(raw) -> 0, i.e. raw -> -inf; Adam turns that vanishing gradient into
             # full-size steps, until the whole decoder sits where softplus has no gradient and stops learning
             # (seen: raw ~ -1000 after one epoch, loss frozen). A barrier below SKY_FLOOR_LOGIT (a sky of
