@@ -134,3 +134,14 @@ def test_train_runs_gans_through_their_two_player_loop(blob_store, tmp_path):
     out = train("dcgan", blob_store, tmp_path / "g", model_options={"latent_dim": 4, "channels": (8, 16)},
                 settings=TrainSettings(epochs=1, batch_size=64, progress=False))
     assert (out / "config.json").exists() and '"DCGAN"' in (out / "config.json").read_text()
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_vae_trains_with_gradient_clipping_in_both_precisions(blob_store, tmp_path, precision):
+    """VAEs clip gradients by default; full precision uses the fused AdamW, which Lightning's
+    mixed-precision plugin cannot clip, so bf16 must fall back to the unfused one."""
+    out = train("vae", blob_store, tmp_path / precision, model_options={"latent_dim": 2, "channels": (8, 16),
+                                                                        "likelihood": "gaussian"},
+                settings=TrainSettings(epochs=2, batch_size=32, patience=0, precision=precision, progress=False))
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert np.isfinite(history[-1]["val_loss"]) and history[-1]["train_loss"] < history[0]["train_loss"]
