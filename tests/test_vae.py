@@ -126,7 +126,7 @@ def _fit_on(config_options: dict, mean, std):
     torch.manual_seed(0)
     prior = LatentFlow(LatentPriorConfig(input_shape=(mean.shape[1],), hidden=(32, 32), **config_options))
     prior.fit_normalisation(mean)
-    prior, _ = _fit_flow(prior, mean[500:], std[500:], None, _validation_draws(mean[:500], std[:500], 0), None, (),
+    prior, _ = _fit_flow(prior, mean[500:], std[500:], None, torch.from_numpy(_validation_draws(mean[:500], std[:500], 0)), None, (),
                          30, 256, 1e-3, np.random.default_rng(1), False)
     return prior.sample(20000, generator=torch.Generator().manual_seed(0)).numpy()
 
@@ -145,11 +145,22 @@ def test_default_flow_reaches_codes_far_beyond_the_spline_domain():
     assert float((np.abs(legacy) > 10).mean()) < far - 0.02  # the failure this guards against
 
 
-def test_flow_folders_written_before_coupling_flows_still_load(tmp_path):
+@pytest.mark.parametrize("kind", ["nsf", "maf"])
+def test_flow_folders_written_before_coupling_flows_still_load(tmp_path, kind):
+    """Folders from before the coupling flows hold zuko's own NSF/MAF: without the new keys a
+    folder rebuilds exactly that network (same modules, names and initial weights)."""
+    import zuko
+
     from deepfield.models.folder import save_model
 
     torch.manual_seed(0)
-    old = LatentFlow(LatentPriorConfig(input_shape=(3,), transforms=2, hidden=(8,), passes=0, affine_first=False))
+    zuko_flow = getattr(zuko.flows, kind.upper())(features=3, context=0, transforms=2, hidden_features=(8,))
+    torch.manual_seed(0)
+    old = LatentFlow(LatentPriorConfig(input_shape=(3,), kind=kind, transforms=2, hidden=(8,), passes=0,
+                                       affine_first=False))
+    ours = old.flow.state_dict()
+    assert list(ours) == list(zuko_flow.state_dict())
+    assert all(torch.equal(ours[name], value) for name, value in zuko_flow.state_dict().items())
     path = save_model(old, tmp_path / "prior")
     record = json.loads((path / "config.json").read_text())
     for key in ("passes", "affine_first", "bins"):

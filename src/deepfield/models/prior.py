@@ -134,26 +134,20 @@ class LatentFlow(_Prior):
             raise ConfigError("passes must be 2 (coupling) or 0 (autoregressive); transforms >= 1; bins >= 2")
         super().__init__(config)
         d, k = config.latent_dim, len(config.condition)
-        if config.kind == "nsf" and config.passes == 0 and not config.affine_first:  # zuko's own NSF
-            self.flow = zuko.flows.NSF(features=d, context=k, transforms=config.transforms, bins=config.bins,
-                                       hidden_features=tuple(config.hidden))
-            return
-        if config.kind == "maf" and config.passes == 0:
-            self.flow = zuko.flows.MAF(features=d, context=k, transforms=config.transforms,
-                                       hidden_features=tuple(config.hidden))
-            return
         spline = dict(univariate=functools.partial(MonotonicRQSTransform, slope=1e-3),
                       shapes=[(config.bins,), (config.bins,), (config.bins - 1,)])
         kinds = (["affine"] if config.kind == "nsf" and config.affine_first else [])
         kinds += [config.kind] * config.transforms
         order = torch.arange(d)
         layers = []
-        for i, kind in enumerate(kinds):  # alternate the order, so each half conditions the other in turn
+        # the orders alternate, so each half of the coordinates conditions the other in turn; with
+        # passes=0 and no affine layer this is exactly zuko's NSF / MAF (same modules, same names)
+        for i, kind in enumerate(kinds):
             layers.append(MaskedAutoregressiveTransform(
                 d, k, passes=config.passes or None, order=order if i % 2 == 0 else order.flip(0),
                 hidden_features=tuple(config.hidden), **(spline if kind == "nsf" else {})))
-        base = zuko.flows.UnconditionalDistribution(zuko.distributions.DiagNormal, torch.zeros(d), torch.ones(d),
-                                                    buffer=True)
+        base = zuko.flows.UnconditionalDistribution(zuko.distributions.DiagNormal, loc=torch.zeros(d),
+                                                    scale=torch.ones(d), buffer=True)
         self.flow = zuko.flows.Flow(layers, base)
 
     def _standardised_log_prob(self, zn, c):

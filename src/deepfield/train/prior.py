@@ -71,6 +71,8 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     cond_tr = np.stack([store.column(c)[splits["train"]] for c in condition], 1) if condition else None
     cond_va = (np.stack([store.column(c)[splits["val"] if splits["val"].size else splits["train"]] for c in condition], 1)
                if condition else None)
+    z_val = torch.from_numpy(_validation_draws(mean_va, std_va, seed))
+    c_val = _columns(cond_va, condition)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if kind == "gmm":
@@ -87,17 +89,14 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
         previous = torch.get_num_threads()
         torch.set_num_threads(threads or previous)
         try:
-            prior, history = _fit_flow(prior, mean_tr, std_tr, cond_tr, _validation_draws(mean_va, std_va, seed),
-                                       cond_va, condition, epochs, batch_size, lr, rng, progress)
+            prior, history = _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, c_val, condition, epochs, batch_size,
+                                       lr, rng, progress)
         finally:
             torch.set_num_threads(previous)
     prior.eval()
     with torch.no_grad():
-        z_va = torch.from_numpy(_validation_draws(mean_va, std_va, seed))
-        cva = ({c: torch.from_numpy(cond_va[:, i].astype(np.float32)) for i, c in enumerate(condition)}
-               if condition else None)
-        val_log_p = float(prior.log_prob(z_va, cva).mean())
-        val_log_p_gauss = float(gaussian_log_prob(z_va).mean())
+        val_log_p = float(prior.log_prob(z_val, c_val).mean())
+        val_log_p_gauss = float(gaussian_log_prob(z_val).mean())
     metrics = {"val_log_prob": val_log_p, "val_log_prob_standard_normal": val_log_p_gauss,
                "fit_seconds": time.perf_counter() - t0, "n_train_codes": int(mean_tr.shape[0]), "history": history}
     return save_model(prior, model_dir / "prior", metrics=metrics, store={**record, "vae": str(model_dir)},
@@ -111,15 +110,19 @@ def _validation_draws(mean: np.ndarray, std: np.ndarray, seed: int) -> np.ndarra
     return (mean + std * rng.standard_normal(mean.shape)).astype(np.float32)
 
 
-def _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, cond_va, condition, epochs, batch_size, lr, rng, progress):
+def _columns(values: np.ndarray | None, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """Condition columns (N, K) as the {name: (N,) float32 tensor} batch entries a prior reads."""
+    return {c: torch.from_numpy(values[:, i].astype(np.float32)) for i, c in enumerate(names)} if names else None
+
+
+def _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, c_val, condition, epochs, batch_size, lr, rng, progress):
+    """Fit on fresh posterior draws each epoch; keep the epoch with the best mean log p of
+    `z_val` (fixed validation draws, a tensor) given `c_val` (their conditions, or None)."""
     from deepfield.tasks.apply import progress_bar
 
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr * 0.01)
     n = mean_tr.shape[0]
-    z_va = torch.from_numpy(z_val)
-    c_va = ({c: torch.from_numpy(cond_va[:, i].astype(np.float32)) for i, c in enumerate(condition)}
-            if condition else None)
     best, best_state, history = -np.inf, None, []
     with progress_bar(progress) as bar:
         task = bar.add_task("fitting latent flow", total=epochs)
@@ -133,7 +136,7 @@ def _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, cond_va, condition, epochs
                 idx = order[start:start + batch_size]
                 batch = {"x": torch.from_numpy(draws[idx])}
                 if condition:
-                    batch.update({c: torch.from_numpy(cond_tr[idx, i].astype(np.float32)) for i, c in enumerate(condition)})
+                    batch.update(_columns(cond_tr[idx], condition))
                 loss = prior.loss(batch)["loss"]
                 opt.zero_grad()
                 loss.backward()
@@ -142,7 +145,7 @@ def _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, cond_va, condition, epochs
             sched.step()
             prior.eval()
             with torch.no_grad():
-                val = float(prior.log_prob(z_va, c_va).mean())
+                val = float(prior.log_prob(z_val, c_val).mean())
             history.append({"epoch": epoch, "train_nll": total / n, "val_log_prob": val})
             if val > best:
                 best, best_state = val, copy.deepcopy(prior.state_dict())
