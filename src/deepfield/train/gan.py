@@ -182,45 +182,31 @@ class GANModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         batch = self._prepare(batch)
-        n = batch["x"].shape[0]
         opts = self.optimizers()
         if self.current_epoch >= self.gan_epochs:
-            opt_e = opts[2]
             with _frozen(self.model.generator_parameters() + self.model.discriminator_parameters()):
                 self.model.generator.eval()
                 self.model.critic.eval()
-                parts = self.model.encoder_loss(batch)
-                self._check(parts["loss"], batch, "encoder")
-                opt_e.zero_grad(set_to_none=True)
-                self.manual_backward(parts["loss"])
-                opt_e.step()
-            self.log("e_loss", parts["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
-            for k, v in parts.items():
-                self.log(f"train_encoder_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+                self._update(opts[2], self.model.encoder_loss(batch), batch, "encoder", "e_loss", "train_encoder_")
             return
-        opt_d, opt_g = opts[0], opts[1]
-        d = self.model.discriminator_loss(batch)
-        self._check(d["loss"], batch, "discriminator")
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d["loss"])
-        opt_d.step()
+        self._update(opts[0], self.model.discriminator_loss(batch), batch, "discriminator", "d_loss", "train_d_")
         self.d_steps += 1
-        self.log("d_loss", d["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
-        for k, v in d.items():
-            self.log(f"train_d_{k}" if k != "loss" else "train_d_loss", v.detach(), on_step=False, on_epoch=True,
-                     batch_size=n, sync_dist=True)
         if self.d_steps % getattr(self.model.config, "n_critic", 1):
             return
         with _frozen(self.model.discriminator_parameters()):  # G learns through a fixed D
-            g = self.model.generator_loss(batch)
-            self._check(g["loss"], batch, "generator")
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g["loss"])
-            opt_g.step()
-        self.log("g_loss", g["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
-        for k, v in g.items():
-            self.log(f"train_g_{k}" if k != "loss" else "train_g_loss", v.detach(), on_step=False, on_epoch=True,
-                     batch_size=n, sync_dist=True)
+            self._update(opts[1], self.model.generator_loss(batch), batch, "generator", "g_loss", "train_g_")
+
+    def _update(self, optimizer, parts: dict, batch: dict, player: str, bar_name: str, prefix: str) -> None:
+        """One optimiser step of `player` on its loss parts; its loss on the progress bar as
+        `bar_name`, every part logged per epoch under `prefix`."""
+        self._check(parts["loss"], batch, player)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(parts["loss"])
+        optimizer.step()
+        n = batch["x"].shape[0]
+        self.log(bar_name, parts["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        for k, v in parts.items():
+            self.log(f"{prefix}{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
 
     def on_train_epoch_start(self):
         # the encoder phase keeps G and D in eval mode (batch-norm statistics, no dropout)
