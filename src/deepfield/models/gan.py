@@ -44,7 +44,7 @@ from torch import nn
 
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
-from deepfield.nn import MLP, ConditionNormaliser, ConvEncoder, ResidualBlock, downsample_plan
+from deepfield.nn import MLP, ConditionNormaliser, ConvEncoder, ResidualBlock, downsample_plan, stage_channels
 
 __all__ = ["GANConfig", "DCGANConfig", "WGANGPConfig", "ConditionalGANConfig", "CycleGANConfig", "GAN",
            "DCGAN", "WGANGP", "ConditionalGAN", "CycleGAN", "gradient_penalty", "resample_images", "LOSSES"]
@@ -229,14 +229,6 @@ def _act(slope: float) -> nn.Module:
     return nn.LeakyReLU(slope) if slope > 0 else nn.ReLU()
 
 
-def _channels_per_stage(channels: Sequence[int], stages: int) -> list[int]:
-    """`channels` cut or extended (repeating its last entry) to stages + 1 entries, full size first."""
-    ch = list(channels)
-    while len(ch) < stages + 1:
-        ch.append(ch[-1])
-    return ch[: stages + 1]
-
-
 class _Stretch(nn.Module):
     """Store units <-> bounded working units u = asinh((x - offset) / scale / a) / u_scale."""
 
@@ -283,7 +275,7 @@ class _ImageGenerator(nn.Module):
                  slope: float, dropout: float, batch_norm: bool, bounded: bool):
         super().__init__()
         stages, final = downsample_plan(image_size)
-        ch = _channels_per_stage(channels, stages)
+        ch = stage_channels(channels, stages)
         self.start = (ch[-1], final)
         self.head = nn.Linear(in_features, ch[-1] * final * final)
         layers: list[nn.Module] = [nn.BatchNorm2d(ch[-1]) if batch_norm else nn.Identity(), _act(slope)]
@@ -310,7 +302,7 @@ class _ImageCritic(nn.Module):
                  dropout: float, batch_norm: bool):
         super().__init__()
         stages, final = downsample_plan(image_size)
-        ch = _channels_per_stage(channels, stages)
+        ch = stage_channels(channels, stages)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1), _act(slope)]
         for i in range(stages):
             layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1),

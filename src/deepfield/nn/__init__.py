@@ -4,7 +4,8 @@ Shapes follow PyTorch: images (N, C, H, W), vectors (N, D). Nothing here knows a
 files or training.
 """
 
-from deepfield.nn.blocks import MLP, ConvDecoder, ConvEncoder, ResidualBlock, downsample_plan
+from deepfield.nn.blocks import MLP, ConvDecoder, ConvEncoder, ResidualBlock, downsample_plan, stage_channels
 from deepfield.nn.conditions import ConditionNormaliser
 
-__all__ = ["ConditionNormaliser", "MLP", "ConvEncoder", "ConvDecoder", "ResidualBlock", "downsample_plan"]
+__all__ = ["ConditionNormaliser", "MLP", "ConvEncoder", "ConvDecoder", "ResidualBlock", "downsample_plan",
+           "stage_channels"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ResidualBlock", "ConvEncoder", "ConvDecoder", "downsample_plan"]
+__all__ = ["MLP", "ResidualBlock", "ConvEncoder", "ConvDecoder", "downsample_plan", "stage_channels"]
 
 
 def _activation(name: str) -> nn.Module:
@@ -71,7 +71,7 @@ def downsample_plan(image_size: int, max_stages: int = 5) -> tuple[int, int]:
     return stages, size
 
 
-def _stage_channels(channels: Sequence[int], stages: int) -> list[int]:
+def stage_channels(channels: Sequence[int], stages: int) -> list[int]:
     """Channels per stage: `channels` truncated or extended (with its last entry) to `stages`+1."""
     ch = list(channels)
     while len(ch) < stages + 1:
@@ -101,7 +101,7 @@ class ConvEncoder(nn.Module):
                  channels: Sequence[int] = (16, 32, 64, 128), blocks: int = 1, activation: str = "silu"):
         super().__init__()
         stages, final = downsample_plan(image_size)
-        ch = _stage_channels(channels, stages)
+        ch = stage_channels(channels, stages)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1)]
         for i in range(stages):
             layers += [_activation(activation), nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)]
@@ -133,7 +133,7 @@ class ConvDecoder(nn.Module):
                  channels: Sequence[int] = (16, 32, 64, 128), blocks: int = 1, activation: str = "silu"):
         super().__init__()
         stages, final = downsample_plan(image_size)
-        ch = _stage_channels(channels, stages)[::-1]
+        ch = stage_channels(channels, stages)[::-1]
         self.final = final
         self.start_channels = ch[0]
         self.head = nn.Linear(in_features, ch[0] * final * final)
