@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["replace_dir"]
+__all__ = ["replace_dir", "check_replaceable"]
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -24,3 +24,17 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(final, trash)
     os.replace(tmp, final)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def check_replaceable(out: Path, marker: str, what: str) -> None:
+    """Refuse an output folder that :func:`replace_dir` would wipe unless it is empty or an
+    earlier `what` (a 'report', an 'anomaly gallery'), recognised by its `marker` file."""
+    from deepfield.errors import InputError
+
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"{what} output {out} is a file; choose a folder")
+        if any(out.iterdir()) and not (out / marker).is_file():
+            raise InputError(f"{what} output {out} exists and is not a deepfield {what} (it has no {marker}); "
+                             "it would be replaced, so choose a new or empty folder")

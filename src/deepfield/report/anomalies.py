@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from deepfield._atomic import replace_dir
+from deepfield._atomic import check_replaceable, replace_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.report import html as H
@@ -142,15 +142,6 @@ def _reconstruct(model, store: Store, rows: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _check_out(out: Path) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"gallery output {out} is a file; choose a folder")
-        if any(out.iterdir()) and not (out / _MARKER).is_file():
-            raise InputError(f"gallery output {out} exists and is not a deepfield anomaly gallery (no {_MARKER}); "
-                             "it would be replaced, so choose a new or empty folder")
-
-
 def _row_label(rank: int, ident: int, score: float, kind: str | None) -> str:
     text = f"#{rank}  id {ident}\nscore {score:.4g}"
     return text + (f"\n{kind}" if kind is not None else "")
@@ -177,7 +168,7 @@ def anomaly_gallery(store: Store | str | os.PathLike, table: pa.Table, out: str 
 
         model = deepfield.load(model)
     out = Path(out)
-    _check_out(out)
+    check_replaceable(out, _MARKER, "anomaly gallery")
     meta = score_metadata(table)
     ids = table.column("id").to_numpy()
     scores = table.column("score").to_numpy().astype(np.float64)

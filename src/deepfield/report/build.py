@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfield._atomic import replace_dir
+from deepfield._atomic import check_replaceable, replace_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
 from deepfield.report import html as H
@@ -202,18 +202,8 @@ def _progress(enabled: bool):
                     console=Console(stderr=True), disable=not enabled, transient=True)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to replace anything but an empty folder or an earlier report."""
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"report output {out} is a file; choose a folder")
-        if any(out.iterdir()) and not (out / _MARKER).is_file():
-            raise InputError(f"report output {out} exists and is not a deepfield report (it has no "
-                             f"{_MARKER}); it would be replaced, so choose a new or empty folder")
-
-
 def _prepare_out(out: Path) -> Path:
-    _check_out(out)
+    check_replaceable(out, _MARKER, "report")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -288,7 +278,7 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
         members.append(m)
     colour = _colour_column(store, color_by)
     out = Path(out) if out is not None else model_dir / "report"
-    _check_out(out)
+    check_replaceable(out, _MARKER, "report")
 
     notes: list[str] = []
     rows = _report_rows(store, main, split, notes)

@@ -240,7 +240,6 @@ def plot_image_grid(inputs: np.ndarray, reconstructions: Mapping[str, np.ndarray
 
     names = list(reconstructions)
     n, _, h, w = inputs.shape
-    ncol = 1 + 2 * len(names)
     band_name = bands[band] if band < len(bands) else f"channel {band}"
     single = len(names) == 1
     with _rc():
