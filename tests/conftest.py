@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from deepfield.data.store import create_store
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    """Run `deepfield ARGS...` in-process: (exit code, stdout + stderr)."""
+    from deepfield.cli._app import run_app
+
+    with pytest.raises(SystemExit) as info:
+        run_app([str(a) for a in args])
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out + captured.err
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread, and do not fight other work for the cores;
+    use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def blob_images(n: int, size: int = 16, seed: int = 0, sigma_noise: float = 0.3):

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from scipy.signal import fftconvolve
+from conftest import cli
 
 import deepfield
-from deepfield.cli._app import run_app
 from deepfield.data.anomalies import ANOMALY_TYPES, ARTEFACTS, inject_anomalies
 from deepfield.data.store import create_store, open_store
 from deepfield.errors import InputError
@@ -322,13 +322,6 @@ def test_vae_elbo_and_latent_density_scores(blob_store):
         score_store(blob_store, "pixelcnn", vae, progress=False)
     with pytest.raises(InputError, match="gan"):
         score_store(blob_store, "gan", vae, progress=False)
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        run_app([str(a) for a in args])
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out + captured.err
 
 
 def test_cli_inject_score_and_gallery(capsys, blob_store, blob_models, tmp_path):

@@ -8,17 +8,10 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import cli
 
 import deepfield
-from deepfield.cli._app import run_app
 from deepfield.data.store import create_store, open_store
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        run_app([str(a) for a in args])
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out + captured.err
 
 
 @pytest.fixture(scope="module")

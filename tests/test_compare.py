@@ -19,12 +19,7 @@ from deepfield.tasks.compare import (auroc, compare_stores, likelihood_kind, lik
                                      log_likelihood_store)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(path, x, bands=("r",), first_id=0):

@@ -15,13 +15,7 @@ from deepfield.models import load_model, save_model
 from deepfield.models.pixelcnn import PixelCNN, PixelCNNConfig, discretized_logistic_mixture_log_prob
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest, and does not fight other work for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(bands=1, size=6, layers=3, kernel_size=5, bits=3, mixtures=2, **kw) -> PixelCNN:

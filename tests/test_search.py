@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import cli
 
 from deepfield.data.store import create_store, open_store
 from deepfield.errors import DeepfieldError, InputError
@@ -228,15 +229,6 @@ def test_bad_queries_and_codes_fail_clearly(blob_store, pca_models, tmp_path):
         w.append(x=x, catalog={"id": np.arange(20) + 500})
     with pytest.raises(InputError, match=r"NaN/inf codes for objects with ids \[505\]"):
         embed_store(a, tmp_path / "nan", tmp_path / "nan_codes", progress=False)
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    from deepfield.cli._app import run_app
-
-    with pytest.raises(SystemExit) as info:
-        run_app([str(v) for v in args])
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out + captured.err
 
 
 def test_embed_index_search_through_the_cli(capsys, blob_store, pca_models, tmp_path):
