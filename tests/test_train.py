@@ -145,3 +145,17 @@ def test_vae_trains_with_gradient_clipping_in_both_precisions(blob_store, tmp_pa
                 settings=TrainSettings(epochs=2, batch_size=32, patience=0, precision=precision, progress=False))
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert np.isfinite(history[-1]["val_loss"]) and history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_where_trains_on_a_catalog_selection_and_keeps_the_test_split_whole(blob_store, tmp_path):
+    out = train("pca", blob_store, tmp_path / "pca", model_options={"latent_dim": 2},
+                settings=TrainSettings(where="magnitude < 24.6", **FAST))
+    record = json.loads((out / "config.json").read_text())["store"]
+    splits = blob_store.split()
+    bright = blob_store.column("magnitude") < 24.6
+    assert record["where"] == "magnitude < 24.6"
+    assert record["n_train"] == int(bright[splits["train"]].sum()) < splits["train"].size
+    assert record["n_val"] == int(bright[splits["val"]].sum())
+    assert record["n_test"] == splits["test"].size  # held-out evaluation covers faint objects too
+    with pytest.raises(InputError, match="loosen the query"):
+        train("pca", blob_store, tmp_path / "none", settings=TrainSettings(where="magnitude < 0", **FAST))

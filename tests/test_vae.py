@@ -82,6 +82,47 @@ def test_conditional_vae_needs_and_checks_its_conditions(galaxies, tmp_path):
         train("cvae", galaxies, tmp_path / "bad", model_options={**SMALL, "condition": ("colour",)})
 
 
+def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies, tmp_path):
+    # the catalog magnitude scales a flux-free profile: the decoder never sees it, so a galaxy
+    # 2.5 mag fainter is exactly 10x dimmer and otherwise identical, pixel for pixel
+    out = train("cvae", galaxies, tmp_path / "cvae", model_options={**SMALL, "flux_condition": "magnitude"},
+                settings=TrainSettings(epochs=3, batch_size=32, progress=False))
+    model = deepfield.load(out)
+    assert model.config.flux_zeropoint == 30.0  # read from the store: the catalog unit is 'mag'
+    rows = np.arange(32)
+    cond = {c: galaxies.column(c)[rows] for c in model.config.condition}
+    z = model.encode(torch.from_numpy(galaxies.read("x", rows)), np.stack(list(cond.values()), 1),
+                     torch.from_numpy(galaxies.read("psf", rows)))
+    bright = model.decode(z, cond)
+    faint = model.decode(z, {**cond, "magnitude": cond["magnitude"] + 2.5})
+    torch.testing.assert_close(faint * 10, bright, rtol=1e-4, atol=1e-6)
+    # trained for 3 epochs, the decoded fluxes already follow the catalog's over 2.5 decades
+    flux = 10 ** (-0.4 * (cond["magnitude"] - 30))
+    decoded = bright.sum((1, 2, 3)).detach().numpy()
+    assert np.corrcoef(np.log(decoded), np.log(flux))[0, 1] > 0.95
+    # a flux column in store units needs no zeropoint
+    flux_model = deepfield.train.build_model("cvae", galaxies, {**SMALL, "condition": ("flux_r", "redshift"),
+                                                                "flux_condition": "flux_r"})
+    assert flux_model.config.flux_zeropoint is None
+    with pytest.raises(ConfigError, match="must be one of the condition columns"):
+        deepfield.train.build_model("cvae", galaxies, {**SMALL, "condition": ("redshift",),
+                                                       "flux_condition": "magnitude"})
+    with pytest.raises(ConfigError, match="'pixel' or 'fourier' likelihood"):
+        VAE(VAEConfig(input_shape=(1, 8, 8), condition=("magnitude",), flux_condition="magnitude"))
+    # the decoder may read fewer conditions than the encoder: none at all here
+    blind = VAE(VAEConfig(input_shape=(1, 8, 8), latent_dim=3, channels=(4,), likelihood="pixel",
+                          condition=("half_light_radius", "magnitude"), flux_condition="magnitude",
+                          decoder_condition=()))
+    assert blind.decoder.head.in_features == 3
+    blind.fit_conditions(np.array([[0.3, 20.0], [1.0, 24.0]]))
+    z = torch.randn(2, 3)
+    torch.testing.assert_close(blind.decode(z, {"half_light_radius": [0.3, 0.3], "magnitude": [21.0, 21.0]}),
+                               blind.decode(z, {"half_light_radius": [1.0, 1.0], "magnitude": [21.0, 21.0]}))
+    with pytest.raises(ConfigError, match="decoder_condition"):
+        VAE(VAEConfig(input_shape=(1, 8, 8), likelihood="pixel", condition=("magnitude",),
+                      flux_condition="magnitude", decoder_condition=("magnitude",)))
+
+
 def test_latent_flow_beats_the_standard_normal_and_samples_reproducibly(pixel_vae):
     prior_dir = train_prior(pixel_vae, kind="maf", epochs=40, transforms=2, hidden=(32, 32), progress=False)
     metrics = json.loads((prior_dir / "metrics.json").read_text())
@@ -172,6 +213,17 @@ def test_flow_folders_written_before_coupling_flows_still_load(tmp_path, kind):
 
 
 def test_gmm_prior_and_refusals(pixel_vae, tmp_path):
+    # a prior fitted on a catalog selection (e.g. well-measured galaxies) sees only their codes
+    store = deepfield.open_store(deepfield.load(pixel_vae).record["store"]["path"])
+    record = deepfield.load(pixel_vae).record["store"]
+    train_rows = store.split(tuple(record["split_fractions"]), seed=record["split_seed"])["train"]
+    cut = float(np.median(store.column("snr")))
+    prior_dir = train_prior(pixel_vae, kind="gmm", components=2, where=f"snr > {cut}", progress=False)
+    metrics = json.loads((prior_dir / "metrics.json").read_text())
+    assert metrics["n_train_codes"] == int((store.column("snr")[train_rows] > cut).sum()) > 0
+    assert json.loads((prior_dir / "config.json").read_text())["training"]["where"] == f"snr > {cut}"
+    with pytest.raises(InputError, match="loosen the selection"):
+        train_prior(pixel_vae, kind="gmm", where="snr > 1e9", progress=False)
     prior_dir = train_prior(pixel_vae, kind="gmm", components=3, progress=False)
     metrics = json.loads((prior_dir / "metrics.json").read_text())
     assert metrics["val_log_prob"] > metrics["val_log_prob_standard_normal"]

@@ -21,6 +21,9 @@ def train(
     out: Path = typer.Option(None, "--out", "-o", help="Model folder to write (flow/gmm: MODEL/prior)."),
     model: Path = typer.Option(None, "--model", help="flow/gmm: the trained VAE folder."),
     flow_kind: str = typer.Option("nsf", "--flow-kind", help="flow: nsf (neural spline) or maf."),
+    where: str = typer.Option(None, "--where",
+                              help="Train on the objects matching a catalog query, e.g. 'snr > 20' (the test split stays "
+                                   "whole); flow/gmm: fit on the codes of those training objects."),
     latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length (default: 16)."),
     epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs (default: 20)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Objects per step (default: 64)."),
@@ -31,6 +34,10 @@ def train(
     likelihood: str = typer.Option(None, "--likelihood",
                                    help="VAE: pixel (PSF + ivar), fourier (PSF + noise power spectrum), gaussian, bernoulli."),
     condition: str = typer.Option(None, "--condition", help="CVAE: catalog columns, e.g. half_light_radius,magnitude,redshift."),
+    flux_condition: str = typer.Option(
+        None, "--flux-condition",
+        help="CVAE: the condition column with each object's total flux (a magnitude, e.g. 'magnitude', or a flux "
+             "in store units): it scales a flux-free decoded profile, so faint galaxies share bright ones' shapes."),
     beta: float = typer.Option(None, "--beta", help="VAE: weight of the KL term (beta-VAE)."),
     kl_warmup: int = typer.Option(None, "--kl-warmup", help="VAE: epochs over which the KL weight rises to beta."),
     bits: int = typer.Option(None, "--bits", help="pixelcnn: quantisation depth, bits per pixel value (default 8)."),
@@ -68,7 +75,7 @@ def train(
             raise ConfigError(f"train {family} fits a latent prior on a trained VAE: pass --model VAE_DIR")
         names = tuple(c.strip() for c in condition.split(",") if c.strip()) if condition else ()
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
-                           epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, progress=progress)
+                           epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress)
         import json
 
         m = json.loads((path / "metrics.json").read_text())
@@ -80,14 +87,14 @@ def train(
     model_options, train_options = load_yaml_config(config) if config else ({}, {})
     cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method,
                  "likelihood": likelihood, "beta": beta, "kl_warmup_epochs": kl_warmup,
-                 "bits": bits, "perturb_rate": perturb_rate,
+                 "bits": bits, "perturb_rate": perturb_rate, "flux_condition": flux_condition,
                  "condition": tuple(c.strip() for c in condition.split(",") if c.strip()) if condition else None}
     for key, value in cli_model.items():
         if value is not None:
             model_options[key] = value
     cli_train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "patience": patience,
                  "accelerator": accelerator, "devices": _devices(devices) if devices else None,
-                 "strategy": strategy, "precision": precision, "gradient_clip": gradient_clip}
+                 "strategy": strategy, "precision": precision, "gradient_clip": gradient_clip, "where": where}
     train_options.update({k: v for k, v in cli_train.items() if v is not None})
     train_options["progress"] = progress
     settings = config_from_dict(TrainSettings, train_options, str(config) if config else "training options")
@@ -107,7 +114,7 @@ def train(
         raise ConfigError("--method applies to pca only")
     if family != "pixelcnn" and ("bits" in model_options or "perturb_rate" in model_options):
         raise ConfigError("--bits and --perturb-rate apply to pixelcnn only")
-    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition") if k in model_options
+    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition", "flux_condition") if k in model_options
                 and not (k == "condition" and family == "pixelcnn")]
     if vae_only and family not in ("vae", "cvae"):
         raise ConfigError(f"{', '.join('--' + k.replace('_epochs', '').replace('_', '-') for k in vae_only)} "
@@ -138,7 +145,8 @@ def _train_gan(family, store, out, model_options, settings, *, store_b, resample
     from deepfield.train.gan import train_gan
 
     flags = {"denoise_sigma": "--denoise", "sparse_l1": "--sparse", "method": "--method", "likelihood": "--likelihood",
-             "beta": "--beta", "kl_warmup_epochs": "--kl-warmup", "condition": "--condition"}
+             "beta": "--beta", "kl_warmup_epochs": "--kl-warmup", "condition": "--condition",
+             "flux_condition": "--flux-condition"}
     not_gan = [flag for key, flag in flags.items() if key in model_options and (key != "condition" or family != "cgan")]
     if not_gan:
         raise ConfigError(f"{', '.join(not_gan)} do(es) not apply to {family}")

@@ -40,6 +40,9 @@ __all__ = ["VAEConfig", "VAE", "LIKELIHOODS"]
 LIKELIHOODS = ("gaussian", "bernoulli", "pixel", "fourier")
 #: decoder logits below this are pushed back up (see VAE.loss): softplus(-10) = 4.5e-5
 SKY_FLOOR_LOGIT = -10.0
+#: with flux_condition the decoder draws sky in units of the object's flux / PROFILE_UNIT per
+#: native pixel: a 0.6" galaxy's peak holds ~5% of its flux, i.e. softplus ~ 3 at its centre
+PROFILE_UNIT = 64.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,17 @@ class VAEConfig:
     condition: catalog columns given to encoder and decoder (conditional VAE), e.g.
         ('half_light_radius', 'magnitude', 'redshift').
     psf_to_encoder: also show the encoder each object's PSF stamp (pixel/fourier).
+    flux_condition: one of the condition columns holding each object's total flux in the
+        reference band (pixel/fourier). The decoder then draws a flux-free profile, in units
+        of that flux, and does not see the column: a faint galaxy's shape is drawn from the
+        same profiles as a bright one's, rather than from a region of latent space that only
+        faint galaxies (whose noisy data hardly constrain their shapes) train, and that
+        decodes to round mean blobs. ``flux_zeropoint`` set: the column is an AB magnitude at
+        that zeropoint (store units = 10**(-0.4 (m - zeropoint))); unset: a flux in store units.
+    decoder_condition: the condition columns the decoder reads (default: all but
+        flux_condition); the encoder reads them all. () with flux_condition: the decoder sees
+        the code alone, so it cannot tell faint galaxies from bright ones of the same shape,
+        while the encoder can still place each galaxy by its catalog size.
     normalisation: 'channel' (images/spectra) or 'feature' (tables).
     """
 
@@ -72,6 +86,9 @@ class VAEConfig:
     condition: tuple[str, ...] = ()
     psf_to_encoder: bool = False
     psf_shape: tuple[int, ...] = ()
+    flux_condition: str = ""
+    flux_zeropoint: float | None = None
+    decoder_condition: tuple[str, ...] | None = None
     normalisation: str = "channel"
 
 
@@ -109,6 +126,17 @@ class VAE(Model):
             raise ConfigError("oversample applies to the 'pixel' and 'fourier' likelihoods")
         if config.psf_to_encoder and not config.psf_shape:
             raise ConfigError("psf_to_encoder needs psf_shape (the PSF stamp shape, set from the store)")
+        if config.flux_condition:
+            if config.flux_condition not in config.condition:
+                raise ConfigError(f"flux_condition {config.flux_condition!r} must be one of the condition columns "
+                                  f"{list(config.condition)}: add it to --condition")
+            if config.likelihood not in ("pixel", "fourier"):
+                raise ConfigError("flux_condition scales the decoded sky: it needs the 'pixel' or 'fourier' likelihood")
+        if config.decoder_condition is not None:
+            bad = [c for c in config.decoder_condition if c not in config.condition or c == config.flux_condition]
+            if bad:
+                raise ConfigError(f"decoder_condition {bad}: the decoder can read condition columns "
+                                  f"{[c for c in config.condition if c != config.flux_condition]} (not flux_condition)")
         super().__init__(config)
         self.family = "cvae" if config.condition else "vae"  # as recorded in the model folder
         n_cond = len(config.condition)
@@ -116,6 +144,13 @@ class VAE(Model):
         self.register_buffer("kl_weight", torch.tensor(float(config.beta if config.kl_warmup_epochs == 0 else 0.0)))
         psf_features = int(np.prod(config.psf_shape)) if config.psf_to_encoder else 0
         extra = n_cond + psf_features
+        # the decoder sees every condition but the flux, which scales its output instead (or those chosen)
+        names = list(config.condition)
+        self._flux_index = names.index(config.flux_condition) if config.flux_condition else None
+        chosen = (config.decoder_condition if config.decoder_condition is not None
+                  else [c for c in names if c != config.flux_condition])
+        self._decoder_columns = [names.index(c) for c in chosen]
+        n_decoder_cond = len(self._decoder_columns)
         if image:
             c, h, w = shape
             if h != w:
@@ -123,12 +158,18 @@ class VAE(Model):
             o = config.oversample
             self.encoder = ConvEncoder(c, h, 2 * config.latent_dim if extra == 0 else 256, config.channels,
                                        config.blocks, config.activation)
-            self.decoder = ConvDecoder(config.latent_dim + n_cond, c, h * o, config.channels, config.blocks,
+            self.decoder = ConvDecoder(config.latent_dim + n_decoder_cond, c, h * o, config.channels, config.blocks,
                                        config.activation)
         else:
             d = int(np.prod(shape))
             self.encoder = MLP((d, *config.hidden, 2 * config.latent_dim if extra == 0 else 256), config.activation)
-            self.decoder = MLP((config.latent_dim + n_cond, *config.hidden[::-1], d), config.activation)
+            self.decoder = MLP((config.latent_dim + n_decoder_cond, *config.hidden[::-1], d), config.activation)
+        if self._flux_index is not None:
+            # start from a flat sky holding the object's flux: softplus(bias) * H * W / PROFILE_UNIT = 1
+            # (from raw = 0 it would hold 11x the flux at 32 x 32, a chi^2 of ~1e9 for bright galaxies)
+            level = PROFILE_UNIT / (shape[1] * shape[2])
+            with torch.no_grad():
+                self.decoder.output_conv.bias.fill_(math.log(math.expm1(level)))
         # with conditions/PSF the encoder's features are joined with them in a small head
         self.encoder_head = (MLP((256 + extra, 256, 2 * config.latent_dim), config.activation) if extra else None)
         # 'gaussian': a learned noise scale per band in normalised units
@@ -193,7 +234,9 @@ class VAE(Model):
         return mean, log_var.clamp(-12, 8)
 
     def _decode_raw(self, z: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-        inp = z if condition is None else torch.cat([z, condition], dim=1)
+        if condition is not None and len(self._decoder_columns) < condition.shape[1]:
+            condition = condition[:, self._decoder_columns]
+        inp = z if condition is None or condition.shape[1] == 0 else torch.cat([z, condition], dim=1)
         out = self.decoder(inp)
         if len(self.input_shape) == 3:
             c, h, w = self.input_shape
@@ -201,12 +244,24 @@ class VAE(Model):
             return out.reshape(z.shape[0], c, h * o, w * o)
         return out.reshape(z.shape[0], *self.input_shape)
 
-    def _sky(self, raw: torch.Tensor) -> torch.Tensor:
+    def _flux(self, condition: torch.Tensor) -> torch.Tensor:
+        """Total flux (N,) in store units from the normalised conditions (flux_condition)."""
+        k = self._flux_index
+        value = condition[:, k].float() * self.conditions.scale[k] + self.conditions.offset[k]
+        if self.config.flux_zeropoint is not None:
+            return 10.0 ** (-0.4 * (value - self.config.flux_zeropoint))
+        return value.clamp_min(0.0)
+
+    def _sky(self, raw: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output -> image in store units (non-negative sky for observation models)."""
         if self.config.likelihood == "bernoulli":
             return torch.sigmoid(raw)
         if self.config.likelihood in ("pixel", "fourier"):
-            sky = F.softplus(raw) * self.data_scale
+            if self._flux_index is not None:
+                scale = (self._flux(condition) / PROFILE_UNIT).view(-1, *([1] * (raw.ndim - 1)))
+            else:
+                scale = self.data_scale
+            sky = F.softplus(raw) * scale
             o = self.config.oversample
             return sky / (o * o)  # flux per fine pixel: o*o fine pixels make one native pixel
         return self.denormalise(raw)
@@ -223,7 +278,7 @@ class VAE(Model):
         if isinstance(condition, dict):
             condition = {k: v for k, v in condition.items() if k in self.config.condition}
         c = self.condition_tensor(condition, n=z.shape[0]) if self.config.condition else None
-        sky = self._sky(self._decode_raw(z, c))
+        sky = self._sky(self._decode_raw(z, c), c)
         o = self.config.oversample
         if o > 1:
             sky = F.avg_pool2d(sky, o) * (o * o)  # integrate fine pixels back to native pixels
@@ -246,7 +301,7 @@ class VAE(Model):
     def reconstruct_batch(self, batch: dict) -> torch.Tensor:
         """Posterior-mean reconstruction as observed: through the PSF for 'pixel'/'fourier'."""
         mean, _, c = self.posterior_batch(batch)
-        sky = self._sky(self._decode_raw(mean, c))
+        sky = self._sky(self._decode_raw(mean, c), c)
         if self.config.likelihood in ("pixel", "fourier"):
             return self.observation.predict(sky, batch["psf"])
         return sky
@@ -279,7 +334,7 @@ class VAE(Model):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.decode(z, condition if self.config.condition else None).float()
 
-    def _nll(self, raw: torch.Tensor, batch: dict) -> torch.Tensor:
+    def _nll(self, raw: torch.Tensor, batch: dict, condition: torch.Tensor | None = None) -> torch.Tensor:
         """-log p(x | z) per object (nats)."""
         x = batch["x"]
         like = self.config.likelihood
@@ -300,7 +355,7 @@ class VAE(Model):
             from deepfield.physics import noise_power_spectrum_from_ivar
 
             batch = dict(batch, noise_ps=noise_power_spectrum_from_ivar(batch["ivar"]))
-        return self.observation.nll(self._sky(raw), batch)
+        return self.observation.nll(self._sky(raw, condition), batch)
 
     def elbo_terms(self, batch: dict, sample: bool = True, raw_out: list | None = None) -> dict:
         mean, log_var, c = self.posterior_batch(batch)
@@ -308,7 +363,7 @@ class VAE(Model):
         raw = self._decode_raw(z, c)
         if raw_out is not None:
             raw_out.append(raw)
-        nll = self._nll(raw, batch)
+        nll = self._nll(raw, batch, c)
         kl = 0.5 * (mean**2 + log_var.exp() - 1 - log_var).sum(1)
         return {"nll": nll, "kl": kl}
 

@@ -151,6 +151,11 @@ class ConvDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self._out_conv = max(i for i, m in enumerate(self.body) if isinstance(m, nn.Conv2d))
 
+    @property
+    def output_conv(self) -> nn.Conv2d:
+        """The last convolution (its bias sets the initial output level)."""
+        return self.body[self._out_conv]
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.head(z).view(z.shape[0], self.start_channels, self.final, self.final)
         h = self.body[: self._out_conv](h.contiguous(memory_format=torch.channels_last))

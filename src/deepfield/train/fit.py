@@ -59,6 +59,9 @@ class TrainSettings:
         seed: seed of initialisation, noise injection and shuffling.
         split_fractions: train / validation / held-out test fractions.
         split_seed: seed of the id-hash split (the same objects are held out by every model).
+        where: train and validate on the objects matching this catalog query only, e.g.
+            ``"snr > 20"`` (well-measured galaxies); the test split stays whole, so held-out
+            evaluation still covers every kind of object.
         patience: early stopping after this many epochs without validation improvement (0: off).
         accelerator: 'auto', 'cpu' or 'gpu'.
         devices: 'auto' or a number of devices (processes on CPU).
@@ -78,6 +81,7 @@ class TrainSettings:
     seed: int = 0
     split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
     split_seed: int = 0
+    where: str | None = None
     patience: int = 5
     accelerator: str = "auto"
     devices: Any = "auto"
@@ -152,6 +156,13 @@ def build_model(family: str, store: Store, options: dict | None = None) -> Model
                           f"the store's catalog has: {', '.join(store.columns)}")
     for column in values.get("condition") or ():
         store.column(column)  # raises with the list of columns when one does not exist
+    flux = values.get("flux_condition")
+    if flux and values.get("flux_zeropoint") is None and store.units.get(flux) == "mag":
+        zeropoint = (store.meta.get("extra") or {}).get("zeropoint_ab")
+        if zeropoint is None:
+            raise ConfigError(f"flux_condition {flux!r} is a magnitude, but the store does not record the AB "
+                              "zeropoint of its pixel units: give flux_zeropoint, or use a flux column in store units")
+        values["flux_zeropoint"] = float(zeropoint)
     return cls(config_from_dict(cls.config_class, values, f"{family} options"))
 
 
@@ -212,6 +223,7 @@ def _store_record(store: Store, splits: dict, settings: TrainSettings) -> dict:
         "n_test": int(splits["test"].size),
         "split_fractions": list(settings.split_fractions),
         "split_seed": settings.split_seed,
+        "where": settings.where,
     }
 
 
@@ -224,6 +236,11 @@ def _splits(store: Store, settings: TrainSettings) -> dict[str, np.ndarray]:
     splits = store.split(fr, seed=settings.split_seed)
     if splits["train"].size == 0:
         raise InputError(f"store {store.path} has {len(store)} objects: too few to train on")
+    if settings.where:
+        chosen = store.select(where=settings.where)
+        splits.update({k: np.intersect1d(splits[k], chosen) for k in ("train", "val")})
+        if splits["train"].size == 0:
+            raise InputError(f"no training objects of {store.path} match {settings.where!r}: loosen the query")
     return splits
 
 

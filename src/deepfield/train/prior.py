@@ -35,7 +35,8 @@ def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256) 
 
 def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epochs: int = 100,
                 batch_size: int = 256, lr: float = 1e-3, transforms: int = 6, hidden=(128, 128),
-                components: int = 10, seed: int = 0, threads: int | None = 1, progress: bool = True) -> Path:
+                components: int = 10, seed: int = 0, threads: int | None = 1, where: str | None = None,
+                progress: bool = True) -> Path:
     """Fit a prior on the codes of the VAE in `model_dir` (train split of its store); returns prior/.
 
     The flow trains on a fresh draw from every object's posterior q(z|x) each epoch (the
@@ -43,6 +44,12 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     posterior draws of the validation objects. (Scoring the posterior means instead picks
     flows that are too narrow: the means of faint galaxies crowd near the origin, so such a
     flow under-samples the bright, elongated galaxies whose codes lie far out.)
+
+    `where`: fit on the training objects matching this catalog query only, e.g. ``"snr > 20"``.
+    With a flux-conditioned VAE (``flux_condition``) the codes hold shape and size but not
+    brightness, so a prior fitted on well-measured galaxies, conditioned on size (and
+    redshift) but not magnitude, draws faint galaxies with the shapes of bright ones of the
+    same size, instead of the round blobs that noisy faint galaxies' codes decode to.
 
     `threads`: torch CPU threads while the flow trains (restored afterwards). The flow's
     matrices are small (batch x 128), so threads buy nothing and cost a lot when the cores are
@@ -60,6 +67,14 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
                          f"{store.fingerprint}: fit the prior on the VAE's own training store")
     fr = tuple(record["split_fractions"]) + ((0.0,) if len(record["split_fractions"]) == 2 else ())
     splits = store.split(fr, seed=record["split_seed"])
+    for query in (record.get("where"), where):  # the VAE's own training selection, then the prior's
+        if query:
+            chosen = store.select(where=query)
+            splits = {k: np.intersect1d(v, chosen) for k, v in splits.items()}
+    if where:
+        if splits["train"].size < 10 * vae.latent_dim:
+            raise InputError(f"only {splits['train'].size} training objects match {where!r}: a prior on "
+                             f"{vae.latent_dim}-d codes needs at least {10 * vae.latent_dim}; loosen the selection")
     condition = tuple(condition)
     for column in condition:
         store.column(column)
@@ -100,7 +115,7 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     metrics = {"val_log_prob": val_log_p, "val_log_prob_standard_normal": val_log_p_gauss,
                "fit_seconds": time.perf_counter() - t0, "n_train_codes": int(mean_tr.shape[0]), "history": history}
     return save_model(prior, model_dir / "prior", metrics=metrics, store={**record, "vae": str(model_dir)},
-                      training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                      training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "where": where,
                                 "codes": "one posterior draw per object per epoch"}, overwrite=True)
 
 
