@@ -123,6 +123,22 @@ def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies
                       flux_condition="magnitude", decoder_condition=("magnitude",)))
 
 
+def test_train_cli_flux_decoder_conditions_and_selection(galaxies, tmp_path, capsys):
+    from conftest import cli
+
+    code, out = cli(capsys, "train", "cvae", "--store", galaxies.path, "--out", tmp_path / "m", "--epochs", "1",
+                    "--latent-dim", "3", "--flux-condition", "magnitude", "--decoder-condition", "half_light_radius",
+                    "--where", "snr > 10", "--no-progress")
+    assert code == 0, out
+    record = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert record["config"]["flux_condition"] == "magnitude" and record["config"]["decoder_condition"] == [
+        "half_light_radius"]
+    assert record["store"]["where"] == "snr > 10"
+    code, out = cli(capsys, "train", "pca", "--store", galaxies.path, "--out", tmp_path / "p",
+                    "--flux-condition", "magnitude")
+    assert code == 2 and "--flux-condition apply to vae and cvae only" in out
+
+
 def test_latent_flow_beats_the_standard_normal_and_samples_reproducibly(pixel_vae):
     prior_dir = train_prior(pixel_vae, kind="maf", epochs=40, transforms=2, hidden=(32, 32), progress=False)
     metrics = json.loads((prior_dir / "metrics.json").read_text())

@@ -38,6 +38,9 @@ def train(
         None, "--flux-condition",
         help="CVAE: the condition column with each object's total flux (a magnitude, e.g. 'magnitude', or a flux "
              "in store units): it scales a flux-free decoded profile, so faint galaxies share bright ones' shapes."),
+    decoder_condition: str = typer.Option(
+        None, "--decoder-condition",
+        help="CVAE: the condition columns the decoder reads ('' for none; default: all but --flux-condition)."),
     beta: float = typer.Option(None, "--beta", help="VAE: weight of the KL term (beta-VAE)."),
     kl_warmup: int = typer.Option(None, "--kl-warmup", help="VAE: epochs over which the KL weight rises to beta."),
     bits: int = typer.Option(None, "--bits", help="pixelcnn: quantisation depth, bits per pixel value (default 8)."),
@@ -73,7 +76,7 @@ def train(
 
         if model is None:
             raise ConfigError(f"train {family} fits a latent prior on a trained VAE: pass --model VAE_DIR")
-        names = tuple(c.strip() for c in condition.split(",") if c.strip()) if condition else ()
+        names = _names(condition) if condition else ()
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
                            epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress)
         import json
@@ -88,7 +91,8 @@ def train(
     cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method,
                  "likelihood": likelihood, "beta": beta, "kl_warmup_epochs": kl_warmup,
                  "bits": bits, "perturb_rate": perturb_rate, "flux_condition": flux_condition,
-                 "condition": tuple(c.strip() for c in condition.split(",") if c.strip()) if condition else None}
+                 "decoder_condition": None if decoder_condition is None else _names(decoder_condition),
+                 "condition": _names(condition) if condition else None}
     for key, value in cli_model.items():
         if value is not None:
             model_options[key] = value
@@ -114,7 +118,8 @@ def train(
         raise ConfigError("--method applies to pca only")
     if family != "pixelcnn" and ("bits" in model_options or "perturb_rate" in model_options):
         raise ConfigError("--bits and --perturb-rate apply to pixelcnn only")
-    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition", "flux_condition") if k in model_options
+    vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition", "flux_condition",
+                            "decoder_condition") if k in model_options
                 and not (k == "condition" and family == "pixelcnn")]
     if vae_only and family not in ("vae", "cvae"):
         raise ConfigError(f"{', '.join('--' + k.replace('_epochs', '').replace('_', '-') for k in vae_only)} "
@@ -136,6 +141,11 @@ def train(
     console.print(f"[green]model written to[/] {path}  ({', '.join(parts)}; MSE in units of the pixel variance)")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of column names."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 def _train_gan(family, store, out, model_options, settings, *, store_b, resample, lr, gan_options, resume, overwrite):
     """`deepfield train dcgan|wgan-gp|cgan|cyclegan`: the two-player training of deepfield.train.gan."""
     import json
@@ -146,7 +156,7 @@ def _train_gan(family, store, out, model_options, settings, *, store_b, resample
 
     flags = {"denoise_sigma": "--denoise", "sparse_l1": "--sparse", "method": "--method", "likelihood": "--likelihood",
              "beta": "--beta", "kl_warmup_epochs": "--kl-warmup", "condition": "--condition",
-             "flux_condition": "--flux-condition"}
+             "flux_condition": "--flux-condition", "decoder_condition": "--decoder-condition"}
     not_gan = [flag for key, flag in flags.items() if key in model_options and (key != "condition" or family != "cgan")]
     if not_gan:
         raise ConfigError(f"{', '.join(not_gan)} do(es) not apply to {family}")
