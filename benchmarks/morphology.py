@@ -18,7 +18,15 @@ N(0, I) on every W1; Spearman >= 0.9 for size and magnitude.
 The trained VAE and prior are cached in benchmarks/.cache/models/ (benchmarks/denoise.py reuses
 them); --retrain trains again.
 
+Variants (benchmarks/morphology_summary.py tabulates every results file): --family cvae gives the
+decoder the conditions; --flux-condition magnitude scales a flux-free decoded profile by the
+catalog flux; --decoder-condition '' hides the conditions from the decoder (the encoder still
+reads them); --train-where / --prior-where train the VAE / fit the flow on a catalog selection;
+--name tags the cached model and the results file.
+
     python benchmarks/morphology.py [--n 12000] [--size 32] [--epochs 25] [--threads 2]
+    python benchmarks/morphology.py --family cvae --flux-condition magnitude --decoder-condition '' \
+        --epochs 50 --name encall_b1_e50
 """
 
 from __future__ import annotations
@@ -47,28 +55,44 @@ def galaxy_store(n: int, size: int):
 
 def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False, flow_epochs: int = 100,
                 precision: str = "bf16-mixed", threads: int | None = None, family: str = "vae",
-                beta: float = 1.0) -> Path:
+                beta: float = 1.0, flux_condition: str = "", condition=CONDITION, prior_condition=CONDITION,
+                prior_where: str | None = None, name: str = "", refit_prior: bool = False,
+                train_where: str | None = None, decoder_condition: tuple | None = None) -> Path:
     """The cached flow-VAE on `store` (trained on the first time or with retrain); family 'cvae' also
-    gives the decoder the conditions."""
+    gives the decoder the conditions `condition`. The prior is conditioned on `prior_condition`
+    and fitted on the training galaxies matching `prior_where` (all by default)."""
     from deepfield.train import TrainSettings, train
     from deepfield.train.prior import train_prior
 
-    out = CACHE / "models" / f"{family}-{Path(store.path).name}-d{latent_dim}-e{epochs}{'' if beta == 1 else f'-b{beta:g}'}"
+    out = CACHE / "models" / (name or (f"{family}-{Path(store.path).name}-d{latent_dim}-e{epochs}"
+                                       f"{'' if beta == 1 else f'-b{beta:g}'}{'-flux' if flux_condition else ''}"))
     done = out / "prior" / "config.json"
-    if done.exists() and not retrain:
+    if done.exists() and not retrain and not refit_prior:
         return out
     t0 = time.perf_counter()
+    if not retrain and (out / "config.json").exists():  # refit the prior only
+        train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
+                    progress=True)
+        return out
     options = {"likelihood": "pixel", "latent_dim": latent_dim, "beta": beta,
-               **({"condition": CONDITION} if family == "cvae" else {})}
+               **({"condition": tuple(condition)} if family == "cvae" else {}),
+               **({"flux_condition": flux_condition} if flux_condition else {}),
+               **({"decoder_condition": tuple(decoder_condition)} if decoder_condition is not None else {})}
     train(family, store, out, model_options=options,
           settings=TrainSettings(epochs=epochs, batch_size=64, lr=1e-3, seed=0, patience=0, precision=precision,
-                                 split_fractions=SPLIT, threads=threads, progress=True), overwrite=True)
+                                 split_fractions=SPLIT, threads=threads, where=train_where, progress=True),
+          overwrite=True)
     t1 = time.perf_counter()
-    train_prior(out, store, kind="nsf", condition=CONDITION, epochs=flow_epochs, progress=True)
+    train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
+                progress=True)
     (out / "benchmark_timing.json").write_text(json.dumps(
         {"vae_seconds": t1 - t0, "flow_seconds": time.perf_counter() - t1, "precision": precision,
          "threads": threads}) + "\n")
     return out
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 def _fmt_row(row: dict) -> tuple[str, str, float]:
@@ -98,12 +122,12 @@ def roundness_by_magnitude(model, store, rows: np.ndarray, bins=((17, 21.5), (21
         psf = torch.from_numpy(store.read("psf", sel))
         mean, std = posterior_codes(model, store, sel)
         draws = torch.from_numpy(mean + std * np.random.default_rng(0).standard_normal(mean.shape)).float()
-        condition = {c: store.column(c)[sel] for c in model.prior.data_columns}
+        condition = {c: store.column(c)[sel] for c in (*model.config.condition, *model.prior.data_columns)}
         with torch.no_grad():
             images = {"truth": torch.from_numpy(store.read("truth", sel)),
-                      "posterior draws": model.decode(draws),
+                      "posterior draws": model.decode(draws, condition),
                       "flow samples": model.decode(model.prior.sample(len(sel), condition,
-                                                                      torch.Generator().manual_seed(0)))}
+                                                                      torch.Generator().manual_seed(0)), condition)}
             e = {k: float(np.nanmean(hsm_moments(model.observation.predict(v, psf).numpy()[:, 0],
                                                  pixel_scale=store.pixel_scale)["e"])) for k, v in images.items()}
         out.append({"magnitude": f"{lo}-{hi}", "n": int(len(sel)), **e})
@@ -122,6 +146,18 @@ def main():
     ap.add_argument("--beta", type=float, default=1.0, help="weight of the VAE's KL term")
     ap.add_argument("--family", choices=("vae", "cvae"), default="vae",
                     help="vae: conditions only in the latent flow; cvae: the decoder takes them too")
+    ap.add_argument("--condition", default=",".join(CONDITION), help="cvae: the decoder's condition columns")
+    ap.add_argument("--prior-condition", default=",".join(CONDITION), help="the latent flow's condition columns")
+    ap.add_argument("--prior-where", default=None,
+                    help="fit the flow on the training galaxies matching this catalog query, e.g. 'snr > 30'")
+    ap.add_argument("--decoder-condition", default=None,
+                    help="cvae: the condition columns the decoder reads ('' for none; default all but the flux)")
+    ap.add_argument("--train-where", default=None,
+                    help="train the VAE on the training galaxies matching this catalog query, e.g. 'snr > 20'")
+    ap.add_argument("--refit-prior", action="store_true", help="refit the flow on the cached VAE")
+    ap.add_argument("--name", default="", help="tag for the cached model and the results file")
+    ap.add_argument("--flux-condition", default="",
+                    help="cvae: the condition column that scales a flux-free decoded profile (e.g. magnitude)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import deepfield
@@ -129,7 +165,11 @@ def main():
 
     store = galaxy_store(args.n, args.size)
     vae_dir = trained_vae(store, args.epochs, args.latent_dim, args.retrain, args.flow_epochs, threads=args.threads,
-                          family=args.family, beta=args.beta)
+                          family=args.family, beta=args.beta, flux_condition=args.flux_condition,
+                          condition=_names(args.condition), prior_condition=_names(args.prior_condition),
+                          prior_where=args.prior_where, name=args.name, refit_prior=args.refit_prior,
+                          train_where=args.train_where,
+                          decoder_condition=None if args.decoder_condition is None else _names(args.decoder_condition))
     model = deepfield.load(vae_dir)
     t0 = time.perf_counter()
     result = evaluate_morphology(model, store, split="test", seed=0, measurements=True, progress=True)
@@ -162,19 +202,23 @@ def main():
                           ("spearman_noiseless", "noiseless samples / truth"))
          for c in ("half_light_radius", "magnitude")])
     verdict = markdown_table(["target", "met"], [[k, "yes" if v else "**no**"] for k, v in checks.items()])
-    roundness = roundness_by_magnitude(model, store, store.split(SPLIT, seed=0)["test"]) if args.family == "vae" else []
+    roundness = roundness_by_magnitude(model, store, store.split(SPLIT, seed=0)["test"])
     if roundness:
         verdict += "\n\nMean HSM |e| without noise (through each galaxy's PSF), by magnitude:\n\n" + markdown_table(
             ["r magnitude", "galaxies", "truth", "posterior draws, decoded", "flow samples"],
             [[r["magnitude"], r["n"], f"{r['truth']:.3f}", f"{r['posterior draws']:.3f}", f"{r['flow samples']:.3f}"]
              for r in roundness])
-    name = ("morphology" if args.family == "vae" else f"morphology_{args.family}") + (
-        "" if args.beta == 1 else f"_beta{args.beta:g}")
+    name = f"morphology_{args.name}" if args.name else (
+        ("morphology" if args.family == "vae" else f"morphology_{args.family}")
+        + ("" if args.beta == 1 else f"_beta{args.beta:g}") + ("_flux" if args.flux_condition else ""))
     histograms(result, RESULTS / f"{name}_histograms.png")
     timing = json.loads((vae_dir / "benchmark_timing.json").read_text()) if (vae_dir / "benchmark_timing.json").exists() else {}
     write_results(name, {"family": args.family, "beta": args.beta,
         "n_store": len(store), "n_held_out": result["n"], "size": args.size, "epochs": args.epochs,
-        "latent_dim": args.latent_dim, "prior": flow_name, "condition": list(CONDITION),
+        "latent_dim": args.latent_dim, "prior": flow_name, "condition": list(model.config.condition),
+        "prior_condition": list(model.prior.data_columns), "prior_where": args.prior_where, "train_where": args.train_where,
+        "decoder_condition": list(model._decoder_columns),
+        "flux_condition": args.flux_condition,
         "evaluate_seconds": seconds, "training": timing, "checks": checks, "roundness_by_magnitude": roundness,
         "priors": {k: v for k, v in result["priors"].items()}, "reference": result["reference"]},
         f"{args.family} (beta {args.beta:g}) + conditional latent flow, {args.epochs} epochs; "
