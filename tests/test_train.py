@@ -159,3 +159,18 @@ def test_where_trains_on_a_catalog_selection_and_keeps_the_test_split_whole(blob
     assert record["n_test"] == splits["test"].size  # held-out evaluation covers faint objects too
     with pytest.raises(InputError, match="loosen the query"):
         train("pca", blob_store, tmp_path / "none", settings=TrainSettings(where="magnitude < 0", **FAST))
+
+
+def test_spike_guard_skips_outlier_batches_but_not_a_new_normal():
+    from deepfield.train.module import ModelModule
+
+    module = ModelModule(torch.nn.Linear(1, 1))
+    module.log = lambda *a, **k: None  # outside a Trainer
+    window, skips = module.GUARD_WINDOW, module.GUARD_MAX_SKIPS
+    for _ in range(window):
+        assert float(module._guard(torch.tensor(1.0), 20.0, 8)) == 1.0
+    assert float(module._guard(torch.tensor(50.0), 20.0, 8)) == 0.0  # a spike: no gradient
+    assert float(module._guard(torch.tensor(15.0), 20.0, 8)) == 15.0  # within 20x of the median: stepped
+    # a loss that stays high is the new normal after GUARD_MAX_SKIPS skips in a row
+    stepped = [float(module._guard(torch.tensor(100.0), 20.0, 8)) for _ in range(skips + 1)]
+    assert stepped == [0.0] * skips + [100.0]

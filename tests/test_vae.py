@@ -89,6 +89,9 @@ def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies
                 settings=TrainSettings(epochs=3, batch_size=32, progress=False))
     model = deepfield.load(out)
     assert model.config.flux_zeropoint == 30.0  # read from the store: the catalog unit is 'mag'
+    # batches with loss spikes are not stepped on (and counted); the plain decoder needs no guard
+    assert model.spike_guard == 20.0 and VAE(VAEConfig(input_shape=(1, 8, 8))).spike_guard is None
+    assert "train_skipped_steps" in json.loads((out / "metrics.json").read_text())["history"][-1]
     rows = np.arange(32)
     cond = {c: galaxies.column(c)[rows] for c in model.config.condition}
     z = model.encode(torch.from_numpy(galaxies.read("x", rows)), np.stack(list(cond.values()), 1),

@@ -107,6 +107,9 @@ class Model(nn.Module):
     trainable: ClassVar[bool] = True  # False: fitted in closed form (PCA), not by gradients
     #: gradient-norm clipping this family needs unless the user sets one (None: no clipping)
     default_gradient_clip: ClassVar[float | None] = None
+    #: training skips a step whose batch loss exceeds this many times the median of the last
+    #: steps (None: never); see deepfield.train.module.ModelModule
+    spike_guard: float | None = None
     #: config keys added after a family's first release, with the values that rebuild the
     #: layout a model folder written without them holds
     legacy_config_defaults: ClassVar[dict[str, Any]] = {}

@@ -168,6 +168,11 @@ class VAE(Model):
             self.encoder = MLP((d, *config.hidden, 2 * config.latent_dim if extra == 0 else 256), config.activation)
             self.decoder = MLP((config.latent_dim + n_decoder_cond, *config.hidden[::-1], d), config.activation)
         if self._flux_index is not None:
+            # one profile serves bright and faint galaxies, so a step that moves it by 1% moves a bright galaxy's
+            # chi^2 by thousands: batches whose loss jumps 20x above the recent median are not stepped on (seen
+            # without the guard: a spike to an epoch-mean chi^2 of 2.6e5 per galaxy, after which every sample
+            # was round)
+            self.spike_guard = 20.0
             # start from a flat sky holding the object's flux: softplus(bias) * H * W / PROFILE_UNIT = 1
             # (from raw = 0 it would hold 11x the flux at 32 x 32, a chi^2 of ~1e9 for bright galaxies)
             level = PROFILE_UNIT / (shape[1] * shape[2])

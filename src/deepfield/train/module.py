@@ -21,12 +21,18 @@ __all__ = ["ModelModule", "make_loader", "HistoryCallback", "InterruptCheckpoint
 class ModelModule(L.LightningModule):
     """Trains `model` by minimising ``model.loss(batch)["loss"]`` with AdamW."""
 
+    #: the spike guard compares a batch's loss with the median of this many recent steps, after as
+    #: many steps, and steps anyway after this many skips in a row (the model may have moved on)
+    GUARD_WINDOW, GUARD_MAX_SKIPS = 64, 8
+
     def __init__(self, model, lr: float = 1e-3, weight_decay: float = 0.0, channels_last: bool = False):
         super().__init__()
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
         self.channels_last = channels_last
+        self._recent: list[float] = []
+        self._skips_in_a_row = 0
 
     def on_train_epoch_start(self):
         if hasattr(self.model, "set_epoch"):  # e.g. the VAE's KL warm-up
@@ -44,10 +50,30 @@ class ModelModule(L.LightningModule):
         parts = self.model.loss(batch)
         check_finite_batch(batch, parts["loss"])
         n = batch["x"].shape[0]
+        loss = parts["loss"]
+        if getattr(self.model, "spike_guard", None):
+            loss = self._guard(loss, float(self.model.spike_guard), n)
         for k, v in parts.items():
             self.log(f"train_{k}" if k != "loss" else "train_loss", v.detach(), on_step=False,
                      on_epoch=True, prog_bar=k == "loss", batch_size=n, sync_dist=True)
-        return parts["loss"]
+        return loss
+
+    def _guard(self, loss: torch.Tensor, factor: float, n: int) -> torch.Tensor:
+        """The loss to step on: zero (no gradient; the same on every DDP rank's graph) when this
+        batch's loss is over `factor` x the median of the recent ones."""
+        value = float(loss.detach())
+        recent = self._recent
+        spike = (len(recent) >= self.GUARD_WINDOW and value > factor * float(np.median(recent))
+                 and self._skips_in_a_row < self.GUARD_MAX_SKIPS)
+        self.log("train_skipped_steps", float(spike), on_step=False, on_epoch=True, reduce_fx="sum",
+                 batch_size=n, sync_dist=True)
+        if spike:
+            self._skips_in_a_row += 1
+            return loss * 0.0
+        self._skips_in_a_row = 0
+        recent.append(value)
+        del recent[:-self.GUARD_WINDOW]
+        return loss
 
     def validation_step(self, batch, batch_idx):
         batch = self._prepare(batch)
