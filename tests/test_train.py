@@ -174,3 +174,28 @@ def test_spike_guard_skips_outlier_batches_but_not_a_new_normal():
     # a loss that stays high is the new normal after GUARD_MAX_SKIPS skips in a row
     stepped = [float(module._guard(torch.tensor(100.0), 20.0, 8)) for _ in range(skips + 1)]
     assert stepped == [0.0] * skips + [100.0]
+
+
+def test_guarded_models_warm_up_the_learning_rate_then_decay_it():
+    from types import SimpleNamespace
+
+    from deepfield.models import VAE, VAEConfig
+    from deepfield.train.module import ModelModule
+
+    vae = VAE(VAEConfig(input_shape=(1, 8, 8), latent_dim=2, channels=(4,), likelihood="pixel",
+                        condition=("magnitude",), flux_condition="magnitude", flux_zeropoint=30.0))
+    module = ModelModule(vae, lr=1e-3)
+    module._trainer = SimpleNamespace(max_epochs=10, estimated_stepping_batches=5000, precision="32-true")
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(5000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    warm = module.WARMUP_STEPS
+    assert lrs[0] == pytest.approx(1e-3 / warm, rel=0.01)  # starts tiny
+    assert int(np.argmax(lrs)) == warm - 1  # the peak ends the warm-up, the cosine has begun under it
+    assert max(lrs) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (warm - 1) / 5000))), rel=1e-3)
+    assert lrs[-1] == pytest.approx(1e-5, rel=0.05)  # cosine to 1% at the end

@@ -67,9 +67,10 @@ class VAEConfig:
         decodes to round mean blobs. ``flux_zeropoint`` set: the column is an AB magnitude at
         that zeropoint (store units = 10**(-0.4 (m - zeropoint))); unset: a flux in store units.
         Training is touchier than with the plain decoder: loss spikes on bright galaxies wrecked
-        two benchmark runs, so batches whose loss jumps 20x above the recent median are not
-        stepped on (``spike_guard``; counted as train_skipped_steps in metrics.json). Look at
-        a model's samples (deepfield report) before using it.
+        benchmark runs, so batches whose loss jumps 20x above the recent median are not
+        stepped on (``spike_guard``; counted as train_skipped_steps in metrics.json) and the
+        learning rate warms up over the first 1,000 steps. Look at a model's samples
+        (deepfield report) before using it.
     decoder_condition: the condition columns the decoder reads (default: all but
         flux_condition); the encoder reads them all. () with flux_condition: the decoder sees
         the code alone, so it cannot tell faint galaxies from bright ones of the same shape,

@@ -5,6 +5,7 @@ Models never import Lightning; this module adapts ``model.loss(batch)`` to Light
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class ModelModule(L.LightningModule):
     #: the spike guard compares a batch's loss with the median of this many recent steps, after as
     #: many steps, and steps anyway after this many skips in a row (the model may have moved on)
     GUARD_WINDOW, GUARD_MAX_SKIPS = 64, 8
+    WARMUP_STEPS = 1000
 
     def __init__(self, model, lr: float = 1e-3, weight_decay: float = 0.0, channels_last: bool = False):
         super().__init__()
@@ -90,6 +92,16 @@ class ModelModule(L.LightningModule):
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=fused)
         # cosine decay to 1% over the planned epochs: calmer late epochs, better final codes
         epochs = max(1, int(self.trainer.max_epochs or 1))
+        if getattr(self.model, "spike_guard", None):
+            # touchy models also warm up linearly over their first WARMUP_STEPS steps (per-step schedule)
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+
+            def factor(step: int) -> float:
+                cosine = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+                return min(1.0, (step + 1) / self.WARMUP_STEPS) * cosine
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.lr * 0.01)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
