@@ -64,9 +64,9 @@ SECTIONS = [
      "bright galaxies wrecked runs until flux-scaled VAEs got a spike guard (skip a batch 20x above the recent "
      "median loss) and a 1,000-step learning-rate warm-up; encall_b1_e100 and fluxonly_b1 are the runs those "
      "rescued. Retraining a configuration moves these numbers by a few sigma (cvae_flux gave -16.0 sigma, +0.8 "
-     "sigma and size rho 0.91 in a run before its output-bias initialisation changed). cvae_flux, fluxhlr_b1, "
-     "encall_b1, encall_b1_e50 and bright20_hlr were trained before the warm-up (and all but encall_b1_e50 before "
-     "the guard); their histories show no spike after the first epoch."),
+     "sigma and size rho 0.91 in a run before its output-bias initialisation changed). All flux rows but "
+     "encall_b1_e100 were trained before the warm-up, and all but it, encall_b1_e50 and fluxonly_b1 before the "
+     "guard; their histories show no spike after the first epoch that the guard did not catch."),
     ("denoise", "Denoising + deconvolution against the simulator's truth", "python benchmarks/denoise.py",
      "Richardson-Lucy's iteration count and Wiener's balance were tuned on validation galaxies first. Wiener "
      "has the lowest MSE and the most accurate bright-galaxy sizes (+1.8% vs the VAE's +2.8%); the VAE's flux "
