@@ -121,6 +121,13 @@ def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies
     z = torch.randn(2, 3)
     torch.testing.assert_close(blind.decode(z, {"half_light_radius": [0.3, 0.3], "magnitude": [21.0, 21.0]}),
                                blind.decode(z, {"half_light_radius": [1.0, 1.0], "magnitude": [21.0, 21.0]}))
+    # a decoder_condition naming every column in another order is read in its own order
+    swapped = VAE(VAEConfig(input_shape=(1, 8, 8), latent_dim=3, channels=(4,), likelihood="pixel",
+                            condition=("half_light_radius", "redshift"), decoder_condition=("redshift", "half_light_radius")))
+    c = torch.tensor([[1.0, -2.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(swapped._decode_raw(z[:1], c),
+                                   swapped.decoder(torch.cat([z[:1], c.flip(1)], 1)).reshape(1, 1, 8, 8))
     with pytest.raises(ConfigError, match="decoder_condition"):
         VAE(VAEConfig(input_shape=(1, 8, 8), likelihood="pixel", condition=("magnitude",),
                       flux_condition="magnitude", decoder_condition=("magnitude",)))

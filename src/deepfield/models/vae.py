@@ -244,8 +244,8 @@ class VAE(Model):
         return mean, log_var.clamp(-12, 8)
 
     def _decode_raw(self, z: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-        if condition is not None and len(self._decoder_columns) < condition.shape[1]:
-            condition = condition[:, self._decoder_columns]
+        if condition is not None:
+            condition = condition[:, self._decoder_columns]  # also puts a reordered decoder_condition in order
         inp = z if condition is None or condition.shape[1] == 0 else torch.cat([z, condition], dim=1)
         out = self.decoder(inp)
         if len(self.input_shape) == 3:
