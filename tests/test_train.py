@@ -157,6 +157,12 @@ def test_where_trains_on_a_catalog_selection_and_keeps_the_test_split_whole(blob
     assert record["n_train"] == int(bright[splits["train"]].sum()) < splits["train"].size
     assert record["n_val"] == int(bright[splits["val"]].sum())
     assert record["n_test"] == splits["test"].size  # held-out evaluation covers faint objects too
+    # the model's splits, rebuilt from its folder for --split, are the selected ones
+    from deepfield.tasks.apply import resolve_indices
+
+    model = deepfield.load(out)
+    assert resolve_indices(blob_store, split="train", record=model.record).size == record["n_train"]
+    assert resolve_indices(blob_store, split="test", record=model.record).size == record["n_test"]
     with pytest.raises(InputError, match="loosen the query"):
         train("pca", blob_store, tmp_path / "none", settings=TrainSettings(where="magnitude < 0", **FAST))
 

@@ -39,8 +39,9 @@ def resolve_indices(store: Store, where: str | None = None, split: str | None = 
         if rec.get("fingerprint") != store.fingerprint:
             raise InputError(f"--split {split}: the model was trained on store fingerprint "
                              f"{rec.get('fingerprint')}, not {store.path} ({store.fingerprint})")
-        fr = tuple(rec["split_fractions"]) + ((0.0,) if len(rec["split_fractions"]) == 2 else ())
-        splits = store.split(fr, seed=rec["split_seed"])
+        from deepfield.train.fit import record_splits
+
+        splits = record_splits(store, rec)
         if split not in splits:
             raise InputError(f"--split {split!r}: choose train, val or test")
         idx = np.intersect1d(idx, splits[split])

@@ -198,8 +198,9 @@ def _reference_rows(model, reference: Store, which: str) -> tuple[np.ndarray, st
         return np.arange(len(reference)), "all objects" + (" (including the model's training objects)"
                                                            if trained_here else "")
     if trained_here:
-        fr = tuple(rec["split_fractions"]) + ((0.0,) if len(rec["split_fractions"]) == 2 else ())
-        test = reference.split(fr, seed=rec["split_seed"])["test"]
+        from deepfield.train.fit import record_splits
+
+        test = record_splits(reference, rec)["test"]
         if test.size:
             return test, f"the model's held-out test split ({test.size} objects)"
         if which == "test":

@@ -30,7 +30,7 @@ from deepfield.models import FAMILIES, Model, save_model
 from deepfield.models.base import config_from_dict
 
 __all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", "build_model",
-           "load_yaml_config", "evaluate_mse", "iterate_batches", "training_dir"]
+           "load_yaml_config", "evaluate_mse", "iterate_batches", "training_dir", "record_splits", "narrow_splits"]
 
 
 class TrainingInterrupted(Exception):
@@ -236,12 +236,26 @@ def _splits(store: Store, settings: TrainSettings) -> dict[str, np.ndarray]:
     splits = store.split(fr, seed=settings.split_seed)
     if splits["train"].size == 0:
         raise InputError(f"store {store.path} has {len(store)} objects: too few to train on")
-    if settings.where:
-        chosen = store.select(where=settings.where)
-        splits.update({k: np.intersect1d(splits[k], chosen) for k in ("train", "val")})
-        if splits["train"].size == 0:
-            raise InputError(f"no training objects of {store.path} match {settings.where!r}: loosen the query")
+    splits = narrow_splits(store, splits, settings.where)
+    if splits["train"].size == 0:
+        raise InputError(f"no training objects of {store.path} match {settings.where!r}: loosen the query")
     return splits
+
+
+def narrow_splits(store: Store, splits: dict[str, np.ndarray], where: str | None) -> dict[str, np.ndarray]:
+    """`splits` with the train and validation rows cut to those matching the catalog query
+    `where` (None: unchanged); the test split stays whole."""
+    if not where:
+        return splits
+    chosen = store.select(where=where)
+    return {k: np.intersect1d(v, chosen) if k in ("train", "val") else v for k, v in splits.items()}
+
+
+def record_splits(store: Store, record: dict) -> dict[str, np.ndarray]:
+    """The train / val / test rows of `store` that a model folder's store record describes: the
+    same id-hash split, with train and val cut to the catalog selection it was trained on."""
+    fr = tuple(record["split_fractions"]) + ((0.0,) if len(record["split_fractions"]) == 2 else ())
+    return narrow_splits(store, store.split(fr, seed=record["split_seed"]), record.get("where"))
 
 
 #: families trained by deepfield.train.gan.train_gan

@@ -17,7 +17,7 @@ from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
 from deepfield.models import load_model, save_model
 from deepfield.models.prior import GaussianMixturePrior, LatentFlow, LatentPriorConfig, gaussian_log_prob
-from deepfield.train.fit import iterate_batches
+from deepfield.train.fit import iterate_batches, narrow_splits, record_splits
 
 __all__ = ["train_prior", "posterior_codes"]
 
@@ -65,12 +65,8 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     if store.fingerprint != record.get("fingerprint"):
         raise InputError(f"the VAE was trained on store fingerprint {record.get('fingerprint')} but {store.path} has "
                          f"{store.fingerprint}: fit the prior on the VAE's own training store")
-    fr = tuple(record["split_fractions"]) + ((0.0,) if len(record["split_fractions"]) == 2 else ())
-    splits = store.split(fr, seed=record["split_seed"])
-    for query in (record.get("where"), where):  # the VAE's own training selection, then the prior's
-        if query:
-            chosen = store.select(where=query)
-            splits = {k: np.intersect1d(v, chosen) for k, v in splits.items()}
+    # the VAE's own training selection, then the prior's
+    splits = narrow_splits(store, record_splits(store, record), where)
     if where:
         if splits["train"].size < 10 * vae.latent_dim:
             raise InputError(f"only {splits['train'].size} training objects match {where!r}: a prior on "
