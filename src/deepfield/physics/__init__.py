@@ -24,6 +24,7 @@ from deepfield.physics.likelihood import (ObservationModel, estimate_noise_ps, f
                                           white_noise_ps)
 from deepfield.physics.psf import (as_psf, convolve_psf, gaussian_psf, moffat_psf, oversample_psf,
                                    psf_band_limit_mask)
+from deepfield.physics.resample import dilate
 
 __all__ = [
     "ObservationModel",
@@ -38,4 +39,5 @@ __all__ = [
     "white_noise_ps",
     "noise_power_spectrum_from_ivar",
     "estimate_noise_ps",
+    "dilate",
 ]
