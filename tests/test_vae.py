@@ -133,16 +133,70 @@ def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies
                       flux_condition="magnitude", decoder_condition=("magnitude",)))
 
 
+def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(galaxies, tmp_path):
+    # the catalog radius dilates a size-free profile: the decoder never sees it, so a galaxy asked
+    # twice as large is the same profile twice as large, with the same flux
+    from deepfield.physics import dilate
+
+    out = train("cvae", galaxies, tmp_path / "cvae", model_options={
+        **SMALL, "flux_condition": "magnitude", "size_condition": "half_light_radius", "decoder_condition": ()},
+        settings=TrainSettings(epochs=3, batch_size=32, progress=False))
+    model = deepfield.load(out)
+    assert model.decoder.head.in_features == SMALL["latent_dim"]
+    train_radii = galaxies.column("half_light_radius")[deepfield.train.fit.record_splits(
+        galaxies, json.loads((out / "config.json").read_text())["store"])["train"]]
+    assert float(model.size_reference) == pytest.approx(np.quantile(train_radii, 0.9))  # saved with the model
+    rows = np.arange(8)
+    cond = {c: galaxies.column(c)[rows] for c in model.config.condition}
+    z = torch.randn(8, SMALL["latent_dim"], generator=torch.Generator().manual_seed(1))
+    ref = float(model.size_reference)
+    with torch.no_grad():
+        profile = model.decode(z, {**cond, "half_light_radius": np.full(8, ref)})  # drawn as decoded
+        small = model.decode(z, {**cond, "half_light_radius": np.full(8, 0.2)})
+        large = model.decode(z, {**cond, "half_light_radius": np.full(8, 0.4)})
+    torch.testing.assert_close(small, dilate(profile, 0.2 / ref), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(large.sum((1, 2, 3)), small.sum((1, 2, 3)), rtol=1e-3, atol=0)
+    r2 = [np.mean([second_moment(im[0]) for im in images]) for images in (small, large)]
+    print("sigma^2 at 0.2 and 0.4:", r2)
+    assert 3.0 < r2[1] / r2[0] < 5.0  # sigma^2 grows ~4x (kernel blur aside)
+    # trained for 3 epochs, the decoded size already follows the catalog radius
+    with torch.no_grad():
+        decoded = model.decode(z, cond)
+    size = [np.sqrt(np.mean(second_moment(im[0]))) for im in decoded]
+    assert np.corrcoef(size, cond["half_light_radius"])[0, 1] > 0.9
+    with pytest.raises(ConfigError, match="must be one of the condition columns"):
+        VAE(VAEConfig(input_shape=(1, 8, 8), likelihood="pixel", condition=("magnitude",),
+                      size_condition="half_light_radius"))
+    with pytest.raises(ConfigError, match="not flux_condition or size_condition"):
+        VAE(VAEConfig(input_shape=(1, 8, 8), likelihood="pixel", condition=("half_light_radius",),
+                      size_condition="half_light_radius", decoder_condition=("half_light_radius",)))
+    with pytest.raises(ConfigError, match="needs images and the 'pixel' or 'fourier'"):
+        VAE(VAEConfig(input_shape=(1, 8, 8), condition=("half_light_radius",), size_condition="half_light_radius"))
+    with pytest.raises(InputError, match="radius of 0 or NaN"):
+        model.decode(z[:2], {**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, float("nan")]})
+
+
+def second_moment(image: torch.Tensor) -> tuple[float, float]:
+    """Unweighted sigma^2 along y and x (pixels^2) of a (H, W) image about its centroid."""
+    h, w = image.shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=image.dtype), torch.arange(w, dtype=image.dtype), indexing="ij")
+    flux = image.sum()
+    my, mx = (image * yy).sum() / flux, (image * xx).sum() / flux
+    return float((image * (yy - my) ** 2).sum() / flux), float((image * (xx - mx) ** 2).sum() / flux)
+
+
 def test_train_cli_flux_decoder_conditions_and_selection(galaxies, tmp_path, capsys):
     from conftest import cli
 
     code, out = cli(capsys, "train", "cvae", "--store", galaxies.path, "--out", tmp_path / "m", "--epochs", "1",
-                    "--latent-dim", "3", "--flux-condition", "magnitude", "--decoder-condition", "half_light_radius",
+                    "--latent-dim", "3", "--flux-condition", "magnitude", "--decoder-condition", "redshift",
+                    "--size-condition", "half_light_radius",
                     "--where", "snr > 10", "--no-progress")
     assert code == 0, out
     record = json.loads((tmp_path / "m" / "config.json").read_text())
     assert record["config"]["flux_condition"] == "magnitude" and record["config"]["decoder_condition"] == [
-        "half_light_radius"]
+        "redshift"]
+    assert record["config"]["size_condition"] == "half_light_radius"
     assert record["store"]["where"] == "snr > 10"
     code, out = cli(capsys, "train", "pca", "--store", galaxies.path, "--out", tmp_path / "p",
                     "--flux-condition", "magnitude")

@@ -38,9 +38,14 @@ def train(
         None, "--flux-condition",
         help="CVAE: the condition column with each object's total flux (a magnitude, e.g. 'magnitude', or a flux "
              "in store units): it scales a flux-free decoded profile, so faint galaxies share bright ones' shapes."),
+    size_condition: str = typer.Option(
+        None, "--size-condition",
+        help="CVAE: the condition column with each object's half-light radius, e.g. 'half_light_radius': the decoder "
+             "draws one reference size and the profile is dilated to each radius (flux kept)."),
     decoder_condition: str = typer.Option(
         None, "--decoder-condition",
-        help="CVAE: the condition columns the decoder reads ('' for none; default: all but --flux-condition)."),
+        help="CVAE: the condition columns the decoder reads ('' for none; default: all but --flux-condition and "
+             "--size-condition)."),
     beta: float = typer.Option(None, "--beta", help="VAE: weight of the KL term (beta-VAE)."),
     kl_warmup: int = typer.Option(None, "--kl-warmup", help="VAE: epochs over which the KL weight rises to beta."),
     bits: int = typer.Option(None, "--bits", help="pixelcnn: quantisation depth, bits per pixel value (default 8)."),
@@ -91,6 +96,7 @@ def train(
     cli_model = {"latent_dim": latent_dim, "denoise_sigma": denoise, "sparse_l1": sparse, "method": method,
                  "likelihood": likelihood, "beta": beta, "kl_warmup_epochs": kl_warmup,
                  "bits": bits, "perturb_rate": perturb_rate, "flux_condition": flux_condition,
+                 "size_condition": size_condition,
                  "decoder_condition": None if decoder_condition is None else _names(decoder_condition),
                  "condition": _names(condition) if condition else None}
     for key, value in cli_model.items():
@@ -119,7 +125,7 @@ def train(
     if family != "pixelcnn" and ("bits" in model_options or "perturb_rate" in model_options):
         raise ConfigError("--bits and --perturb-rate apply to pixelcnn only")
     vae_only = [k for k in ("likelihood", "beta", "kl_warmup_epochs", "condition", "flux_condition",
-                            "decoder_condition") if k in model_options
+                            "size_condition", "decoder_condition") if k in model_options
                 and not (k == "condition" and family == "pixelcnn")]
     if vae_only and family not in ("vae", "cvae"):
         raise ConfigError(f"{', '.join('--' + k.replace('_epochs', '').replace('_', '-') for k in vae_only)} "
@@ -156,7 +162,8 @@ def _train_gan(family, store, out, model_options, settings, *, store_b, resample
 
     flags = {"denoise_sigma": "--denoise", "sparse_l1": "--sparse", "method": "--method", "likelihood": "--likelihood",
              "beta": "--beta", "kl_warmup_epochs": "--kl-warmup", "condition": "--condition",
-             "flux_condition": "--flux-condition", "decoder_condition": "--decoder-condition"}
+             "flux_condition": "--flux-condition", "size_condition": "--size-condition",
+             "decoder_condition": "--decoder-condition"}
     not_gan = [flag for key, flag in flags.items() if key in model_options and (key != "condition" or family != "cgan")]
     if not_gan:
         raise ConfigError(f"{', '.join(not_gan)} do(es) not apply to {family}")

@@ -43,6 +43,10 @@ SKY_FLOOR_LOGIT = -10.0
 #: with flux_condition the decoder draws sky in units of the object's flux / PROFILE_UNIT per
 #: native pixel: a 0.6" galaxy's peak holds ~5% of its flux, i.e. softplus ~ 3 at its centre
 PROFILE_UNIT = 64.0
+#: with size_condition the decoder draws every galaxy at this quantile of the training radii:
+#: most galaxies are then shrunk (cloud-in-cell, exact in flux) and few grown by interpolation,
+#: while the reference profile still fits on the stamp (0.67" = 3.3 pixels in the benchmark store)
+SIZE_REFERENCE_QUANTILE = 0.9
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,16 @@ class VAEConfig:
         stepped on (``spike_guard``; counted as train_skipped_steps in metrics.json) and the
         learning rate warms up over the first 1,000 steps. Look at a model's samples
         (deepfield report) before using it.
+    size_condition: one of the condition columns holding each object's half-light radius (any
+        unit) (pixel/fourier). The decoder then draws every galaxy at one reference radius (the
+        90% quantile of the training radii, saved with the model) and does not see the column;
+        the profile is dilated by radius / reference about the stamp centre, conserving flux
+        (deepfield.physics.dilate). The size asked for is applied exactly, and the decoder cannot
+        tell small (mostly faint, poorly measured) galaxies from large ones.
     decoder_condition: the condition columns the decoder reads (default: all but
-        flux_condition); the encoder reads them all. () with flux_condition: the decoder sees
-        the code alone, so it cannot tell faint galaxies from bright ones of the same shape,
-        while the encoder can still place each galaxy by its catalog size.
+        flux_condition and size_condition); the encoder reads them all. () with flux_condition:
+        the decoder sees the code alone, so it cannot tell faint galaxies from bright ones of the
+        same shape, while the encoder can still place each galaxy by its catalog size.
     normalisation: 'channel' (images/spectra) or 'feature' (tables).
     """
 
@@ -93,6 +103,7 @@ class VAEConfig:
     psf_shape: tuple[int, ...] = ()
     flux_condition: str = ""
     flux_zeropoint: float | None = None
+    size_condition: str = ""
     decoder_condition: tuple[str, ...] | None = None
     normalisation: str = "channel"
 
@@ -137,11 +148,22 @@ class VAE(Model):
                                   f"{list(config.condition)}: add it to --condition")
             if config.likelihood not in ("pixel", "fourier"):
                 raise ConfigError("flux_condition scales the decoded sky: it needs the 'pixel' or 'fourier' likelihood")
+        if config.size_condition:
+            if config.size_condition not in config.condition:
+                raise ConfigError(f"size_condition {config.size_condition!r} must be one of the condition columns "
+                                  f"{list(config.condition)}: add it to --condition")
+            if config.likelihood not in ("pixel", "fourier") or len(shape) != 3:
+                raise ConfigError("size_condition dilates the decoded sky: it needs images and the 'pixel' or "
+                                  "'fourier' likelihood")
+            if config.size_condition == config.flux_condition:
+                raise ConfigError("size_condition and flux_condition must be different columns")
+        scaled = (config.flux_condition, config.size_condition)
         if config.decoder_condition is not None:
-            bad = [c for c in config.decoder_condition if c not in config.condition or c == config.flux_condition]
+            bad = [c for c in config.decoder_condition if c not in config.condition or c in scaled]
             if bad:
                 raise ConfigError(f"decoder_condition {bad}: the decoder can read condition columns "
-                                  f"{[c for c in config.condition if c != config.flux_condition]} (not flux_condition)")
+                                  f"{[c for c in config.condition if c not in scaled]} (not flux_condition or "
+                                  "size_condition, which scale its output)")
         super().__init__(config)
         self.family = "cvae" if config.condition else "vae"  # as recorded in the model folder
         n_cond = len(config.condition)
@@ -149,11 +171,15 @@ class VAE(Model):
         self.register_buffer("kl_weight", torch.tensor(float(config.beta if config.kl_warmup_epochs == 0 else 0.0)))
         psf_features = int(np.prod(config.psf_shape)) if config.psf_to_encoder else 0
         extra = n_cond + psf_features
-        # the decoder sees every condition but the flux, which scales its output instead (or those chosen)
+        # the decoder sees every condition but the flux and size, which scale its output instead (or those chosen)
         names = list(config.condition)
         self._flux_index = names.index(config.flux_condition) if config.flux_condition else None
+        self._size_index = names.index(config.size_condition) if config.size_condition else None
+        if self._size_index is not None:
+            # the radius every galaxy is decoded at, in the column's unit (fit_conditions sets it)
+            self.register_buffer("size_reference", torch.tensor(1.0))
         chosen = (config.decoder_condition if config.decoder_condition is not None
-                  else [c for c in names if c != config.flux_condition])
+                  else [c for c in names if c not in (config.flux_condition, config.size_condition)])
         self._decoder_columns = [names.index(c) for c in chosen]
         n_decoder_cond = len(self._decoder_columns)
         if image:
@@ -211,8 +237,15 @@ class VAE(Model):
 
     # -- conditions
     def fit_conditions(self, values: np.ndarray) -> None:
-        """Fit the normalisation and training range of the condition columns (N, K)."""
+        """Fit the normalisation and training range of the condition columns (N, K) (and, with
+        size_condition, the reference radius the decoder draws at)."""
         self.conditions.fit(values)
+        if self._size_index is not None:
+            radii = np.asarray(values, dtype=np.float64).reshape(-1, len(self.config.condition))[:, self._size_index]
+            if (radii <= 0).any():
+                raise InputError(f"size_condition {self.config.size_condition!r} holds {int((radii <= 0).sum())} "
+                                 "radii <= 0: a dilated profile needs positive sizes; drop those objects (--where)")
+            self.size_reference.fill_(float(np.quantile(radii, SIZE_REFERENCE_QUANTILE)))
 
     def condition_tensor(self, batch_or_values, n: int | None = None) -> torch.Tensor | None:
         """Normalised condition (N, K) from a batch dict with the columns, or from values (N, K)/(K,)."""
@@ -262,6 +295,12 @@ class VAE(Model):
             return 10.0 ** (-0.4 * (value - self.config.flux_zeropoint))
         return value.clamp_min(0.0)
 
+    def _dilation(self, condition: torch.Tensor) -> torch.Tensor:
+        """Each object's radius / the reference radius (N,), from the normalised conditions."""
+        k = self._size_index
+        radius = condition[:, k].float() * self.conditions.scale[k] + self.conditions.offset[k]
+        return radius / self.size_reference
+
     def _sky(self, raw: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output -> image in store units (non-negative sky for observation models)."""
         if self.config.likelihood == "bernoulli":
@@ -272,6 +311,10 @@ class VAE(Model):
             else:
                 scale = self.data_scale
             sky = F.softplus(raw) * scale
+            if self._size_index is not None:
+                from deepfield.physics import dilate
+
+                sky = dilate(sky, self._dilation(condition))
             o = self.config.oversample
             return sky / (o * o)  # flux per fine pixel: o*o fine pixels make one native pixel
         return self.denormalise(raw)
