@@ -20,7 +20,8 @@ them); --retrain trains again.
 
 Variants (benchmarks/morphology_summary.py tabulates every results file): --family cvae gives the
 decoder the conditions; --flux-condition magnitude scales a flux-free decoded profile by the
-catalog flux; --decoder-condition '' hides the conditions from the decoder (the encoder still
+catalog flux; --size-condition half_light_radius dilates it to the catalog radius;
+--decoder-condition '' hides the conditions from the decoder (the encoder still
 reads them); --train-where / --prior-where train the VAE / fit the flow on a catalog selection;
 --name tags the cached model and the results file.
 
@@ -57,7 +58,8 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
                 precision: str = "bf16-mixed", threads: int | None = None, family: str = "vae",
                 beta: float = 1.0, flux_condition: str = "", condition=CONDITION, prior_condition=CONDITION,
                 prior_where: str | None = None, name: str = "", refit_prior: bool = False,
-                train_where: str | None = None, decoder_condition: tuple | None = None) -> Path:
+                train_where: str | None = None, decoder_condition: tuple | None = None,
+                size_condition: str = "") -> Path:
     """The cached flow-VAE on `store` (trained on the first time or with retrain); family 'cvae' also
     gives the decoder the conditions `condition`. The prior is conditioned on `prior_condition`
     and fitted on the training galaxies matching `prior_where` (all by default)."""
@@ -77,6 +79,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
     options = {"likelihood": "pixel", "latent_dim": latent_dim, "beta": beta,
                **({"condition": tuple(condition)} if family == "cvae" else {}),
                **({"flux_condition": flux_condition} if flux_condition else {}),
+               **({"size_condition": size_condition} if size_condition else {}),
                **({"decoder_condition": tuple(decoder_condition)} if decoder_condition is not None else {})}
     train(family, store, out, model_options=options,
           settings=TrainSettings(epochs=epochs, batch_size=64, lr=1e-3, seed=0, patience=0, precision=precision,
@@ -151,13 +154,16 @@ def main():
     ap.add_argument("--prior-where", default=None,
                     help="fit the flow on the training galaxies matching this catalog query, e.g. 'snr > 30'")
     ap.add_argument("--decoder-condition", default=None,
-                    help="cvae: the condition columns the decoder reads ('' for none; default all but the flux)")
+                    help="cvae: the condition columns the decoder reads ('' for none; default all but the flux "
+                         "and size)")
     ap.add_argument("--train-where", default=None,
                     help="train the VAE on the training galaxies matching this catalog query, e.g. 'snr > 20'")
     ap.add_argument("--refit-prior", action="store_true", help="refit the flow on the cached VAE")
     ap.add_argument("--name", default="", help="tag for the cached model and the results file")
     ap.add_argument("--flux-condition", default="",
                     help="cvae: the condition column that scales a flux-free decoded profile (e.g. magnitude)")
+    ap.add_argument("--size-condition", default="",
+                    help="cvae: the condition column the decoded profile is dilated to (e.g. half_light_radius)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import deepfield
@@ -168,7 +174,7 @@ def main():
                           family=args.family, beta=args.beta, flux_condition=args.flux_condition,
                           condition=_names(args.condition), prior_condition=_names(args.prior_condition),
                           prior_where=args.prior_where, name=args.name, refit_prior=args.refit_prior,
-                          train_where=args.train_where,
+                          train_where=args.train_where, size_condition=args.size_condition,
                           decoder_condition=None if args.decoder_condition is None else _names(args.decoder_condition))
     model = deepfield.load(vae_dir)
     t0 = time.perf_counter()
@@ -218,7 +224,7 @@ def main():
         "latent_dim": args.latent_dim, "prior": flow_name, "condition": list(model.config.condition),
         "prior_condition": list(model.prior.data_columns), "prior_where": args.prior_where, "train_where": args.train_where,
         "decoder_condition": list(model._decoder_columns),
-        "flux_condition": args.flux_condition,
+        "flux_condition": args.flux_condition, "size_condition": args.size_condition,
         "evaluate_seconds": seconds, "training": timing, "checks": checks, "roundness_by_magnitude": roundness,
         "priors": {k: v for k, v in result["priors"].items()}, "reference": result["reference"]},
         f"{args.family} (beta {args.beta:g}) + conditional latent flow, {args.epochs} epochs; "

@@ -27,10 +27,12 @@ def variant(run: dict) -> str:
         if decoder is not None:  # indices into the condition columns
             seen = [names[i] for i in decoder]
         else:
-            seen = [c for c in names if c != run.get("flux_condition")]
+            seen = [c for c in names if c not in (run.get("flux_condition"), run.get("size_condition"))]
         parts.append(f"encoder: {', '.join(names)}; decoder: {', '.join(seen) or 'code only'}")
     if run.get("flux_condition"):
         parts.append(f"flux from {run['flux_condition']}")
+    if run.get("size_condition"):
+        parts.append(f"size from {run['size_condition']}")
     if run.get("epochs", 25) != 25:
         parts.append(f"{run['epochs']} epochs")
     if run.get("train_where"):
