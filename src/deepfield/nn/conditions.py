@@ -63,6 +63,12 @@ class ConditionNormaliser(nn.Module):
             if c.shape[-1] != len(self.names):
                 raise InputError(f"condition has {c.shape[-1]} values; the model needs {len(self.names)}: "
                                  f"{', '.join(self.names)}")
+        finite = torch.isfinite(c)
+        if not bool(finite.all()):
+            bad = [name for k, name in enumerate(self.names) if not bool(finite[..., k].all())]
+            rows = torch.nonzero(~finite.reshape(-1, len(self.names)).all(dim=1)).flatten()
+            raise InputError(f"condition {', '.join(bad)} is NaN/inf for {rows.numel()} object(s) (rows "
+                             f"{rows[:5].tolist()}): give finite values, or drop those objects")
         return c.to(self.offset.device)
 
     def forward(self, batch_or_values, n: int | None = None) -> torch.Tensor:
