@@ -541,3 +541,18 @@ def test_a_dead_sky_decoder_is_pulled_back_into_the_live_range():
     with torch.no_grad():
         last.bias.fill_(0.0)
     assert float(vae.loss(batch)["sky_floor"]) == 0.0  # no effect on a decoder in the live range
+
+
+def test_collapsed_posterior_is_reported_at_the_kept_epoch():
+    # the kept epoch is the best validation one: its KL (nats per object) decides
+    from deepfield.train.fit import _warn_on_collapse
+
+    collapsed = [{"epoch": 0, "val_loss": 2.0, "val_kl": 9.0}, {"epoch": 1, "val_loss": 1.5, "val_kl": 0.8}]
+    with pytest.warns(UserWarning, match="codes carry 0.80 nats per object.*collapsed.*--beta"):
+        _warn_on_collapse(collapsed)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_on_collapse([{"epoch": 0, "val_loss": 2.0, "val_kl": 0.8}, {"epoch": 1, "val_loss": 1.5, "val_kl": 4.0}])
+        _warn_on_collapse([{"epoch": 0, "val_loss": 2.0}])  # not a VAE

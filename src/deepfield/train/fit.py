@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -414,6 +415,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
         "train_images_per_s": throughput.images_per_second,
         "history": history.rows,
     }
+    _warn_on_collapse(metrics["history"])
     training = {
         "epochs": settings.epochs, "epochs_run": int(trainer.current_epoch), "batch_size": settings.batch_size,
         "lr": settings.lr, "seed": settings.seed, "precision": settings.precision,
@@ -426,6 +428,23 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
                       logs_dir=work / "logs", overwrite=overwrite or resume)
     shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+#: below this KL (nats per object) a VAE's codes say almost nothing about the object
+COLLAPSE_KL_NATS = 1.5
+
+
+def _warn_on_collapse(history: list[dict]) -> None:
+    """Warn when the kept (best validation) epoch of a VAE has a near-zero KL: posterior collapse."""
+    rows = [r for r in history if r.get("val_kl") is not None and r.get("val_loss") is not None]
+    if not rows:
+        return
+    best = min(rows, key=lambda r: r["val_loss"])
+    if best["val_kl"] < COLLAPSE_KL_NATS:
+        warnings.warn(f"the kept epoch's codes carry {best['val_kl']:.2f} nats per object (KL to the prior): the "
+                      "posterior has collapsed, and samples will all look alike. Seen when the decoder is given "
+                      "most of what it draws (flux and size conditions) and most objects are faint: lower --beta "
+                      "(e.g. 0.3), or train on well-measured objects (--where 'snr > 20')", stacklevel=3)
 
 
 def fit_interruptibly(trainer, module, loaders, last: Path, interrupt, resume: bool) -> float:
