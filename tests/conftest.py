@@ -29,6 +29,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def second_moment(image: torch.Tensor) -> tuple[float, float]:
+    """Unweighted sigma^2 along y and x (pixels^2) of a (H, W) image about its centroid."""
+    h, w = image.shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=image.dtype), torch.arange(w, dtype=image.dtype), indexing="ij")
+    flux = image.sum()
+    my, mx = (image * yy).sum() / flux, (image * xx).sum() / flux
+    return float((image * (yy - my) ** 2).sum() / flux), float((image * (xx - mx) ** 2).sum() / flux)
+
+
 def blob_images(n: int, size: int = 16, seed: int = 0, sigma_noise: float = 0.3):
     """Circular Gaussian galaxies of known flux (counts) and size (pixels) plus white noise."""
     rng = np.random.default_rng(seed)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import second_moment
 from deepfield.errors import InputError
 from deepfield.physics import (ObservationModel, convolve_psf, estimate_noise_ps, fourier_nll,
                                gaussian_psf, moffat_psf, noise_power_spectrum_from_ivar,
@@ -25,15 +26,6 @@ def gaussian_image(size, sigma, centre=None, shape=None):
     yy, xx = torch.meshgrid(torch.arange(h, dtype=D), torch.arange(w, dtype=D), indexing="ij")
     g = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
     return g / g.sum()
-
-
-def second_moment(image):
-    """sigma^2 along x and y (pixels^2) of a (H, W) image about its centroid."""
-    h, w = image.shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=D), torch.arange(w, dtype=D), indexing="ij")
-    flux = image.sum()
-    my, mx = (image * yy).sum() / flux, (image * xx).sum() / flux
-    return float((image * (yy - my) ** 2).sum() / flux), float((image * (xx - mx) ** 2).sum() / flux)
 
 
 # -- PSF convolution -------------------------------------------------------------------------

@@ -136,6 +136,7 @@ def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies
 def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(galaxies, tmp_path):
     # the catalog radius dilates a size-free profile: the decoder never sees it, so a galaxy asked
     # twice as large is the same profile twice as large, with the same flux
+    from conftest import second_moment
     from deepfield.physics import dilate
 
     out = train("cvae", galaxies, tmp_path / "cvae", model_options={
@@ -176,15 +177,6 @@ def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(gala
         model.decode(z[:2], {**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, 0.0]})
     with pytest.raises(InputError, match=r"condition half_light_radius is NaN/inf for 1 object\(s\) \(rows \[1\]\)"):
         model.decode(z[:2], {**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, float("nan")]})
-
-
-def second_moment(image: torch.Tensor) -> tuple[float, float]:
-    """Unweighted sigma^2 along y and x (pixels^2) of a (H, W) image about its centroid."""
-    h, w = image.shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=image.dtype), torch.arange(w, dtype=image.dtype), indexing="ij")
-    flux = image.sum()
-    my, mx = (image * yy).sum() / flux, (image * xx).sum() / flux
-    return float((image * (yy - my) ** 2).sum() / flux), float((image * (xx - mx) ** 2).sum() / flux)
 
 
 def test_train_cli_flux_decoder_conditions_and_selection(galaxies, tmp_path, capsys):
