@@ -421,44 +421,55 @@ def test_dilation_keeps_flux_and_identity():
     rng = np.random.default_rng(0)
     image = torch.from_numpy(rng.random((3, 2, 20, 20)))
     torch.testing.assert_close(dilate(image, 1.0), image)
-    # shrinking deposits every sample's light on the stamp (cloud in cell): flux exact at any factor
+    # shrinking shares each pixel's light among the pixels it overlaps: flux exact at any factor
     shrunk = dilate(image, torch.tensor([0.9, 0.5, 0.137]))
     torch.testing.assert_close(shrunk.sum((2, 3)), image.sum((2, 3)))
     assert float(shrunk.min()) >= 0
     # growing keeps the light that stays on the stamp: a compact source keeps all of it
-    source = gaussian_image(32, 1.0, centre=(15.5, 15.5)).expand(3, 1, 32, 32)
+    source = gaussian_image(32, 1.0).expand(3, 1, 32, 32)
     grown = dilate(source, torch.tensor([1.3, 1.77, 3.0]))
-    torch.testing.assert_close(grown.sum((2, 3)), source.sum((2, 3)), rtol=1e-6, atol=0)
-    # (grown 3x, the Gaussian reaches the stamp edge at 5.3 sigma: 2e-7 of its light falls beyond)
+    torch.testing.assert_close(grown.sum((2, 3)), source.sum((2, 3)), rtol=1e-5, atol=0)
+    # (grown 3x, the Gaussian reaches the stamp edge at 5 sigma: 1.3e-6 of its light falls beyond)
     # ... and a large one loses what leaves the stamp, as a real stamp of a large galaxy does
-    wide = dilate(gaussian_image(32, 5.0, centre=(15.5, 15.5))[None, None], 3.0)
+    wide = dilate(gaussian_image(32, 5.0)[None, None], 3.0)
     assert 0.3 < float(wide.sum()) < 0.9
-    # the stamp centre stays put (between the middle pixels of an even stamp)
+    # an object on deepfield's stamp centre, pixel (n // 2, n // 2), stays there; another point can be kept
     yy, xx = torch.meshgrid(torch.arange(32, dtype=D), torch.arange(32, dtype=D), indexing="ij")
-    centred = dilate(gaussian_image(32, 2.0, centre=(15.5, 15.5))[None, None], torch.tensor([0.4]))[0, 0]
-    assert abs(float((centred * yy).sum() / centred.sum()) - 15.5) < 1e-9
-    assert abs(float((centred * xx).sum() / centred.sum()) - 15.5) < 1e-9
+    for centre, kept in ((None, 16.0), (15.5, 15.5), (9.0, 9.0)):
+        source = gaussian_image(32, 1.0, centre=(kept, kept))[None, None]
+        for factor in (0.4, 1.6):
+            out = dilate(source, factor, centre)[0, 0]
+            assert abs(float((out * yy).sum() / out.sum()) - kept) < 1e-6  # (light past the edge: 4e-8)
+            assert abs(float((out * xx).sum() / out.sum()) - kept) < 1e-6
 
 
-@pytest.mark.parametrize("hlr,scale", [(0.6, 0.5), (0.8, 0.25), (0.6, 1.7)])
-def test_dilated_galaxy_matches_galsim_drawn_at_the_new_size(hlr, scale):
-    # an elliptical exponential dilated by `scale` against GalSim's own drawing at scale * hlr:
-    # adaptive-moment size within 7% (the resampling kernel's blur: +6.5% for a 0.3" exponential
-    # at 0.2" pixels) and |e| within 0.02
+@pytest.mark.parametrize("hlr,scale,size_tol,e_tol", [(0.6, 0.5, 0.07, 0.03), (0.8, 0.4, 0.03, 0.015),
+                                                       (1.2, 0.25, 0.02, 0.015), (0.6, 1.7, 0.07, 0.03),
+                                                       (0.4, 2.5, 0.12, 0.04)])
+def test_dilated_galaxy_matches_galsim_drawn_at_the_new_size(hlr, scale, size_tol, e_tol):
+    # an elliptical exponential (|e| 0.31) dilated by `scale` against GalSim's own drawing at
+    # scale * hlr. Resampling pixel-integrated light blurs: shrinking to 0.3" (1.5 pixels) by 6% in
+    # adaptive-moment size and 0.028 in |e| (half the shrunk pixels straddle two output pixels),
+    # less at other factors; growing (linear interpolation of a pixel-integrated cusp) by up to 11%
+    # and 0.039 at 2.5x. A decoder trained through the dilation can draw sharper profiles to make
+    # up for it; the benchmark store shrinks 90% of its galaxies.
     galsim = pytest.importorskip("galsim")
     from deepfield.physics import dilate
 
-    def draw(r):
+    def draw(r):  # centred on pixel (16, 16), as the simulator draws
         profile = galsim.Exponential(half_light_radius=r).shear(e1=0.3, e2=0.1)
-        return profile.drawImage(nx=32, ny=32, scale=0.2).array
+        return profile.drawImage(nx=32, ny=32, scale=0.2, offset=(0.5, 0.5)).array
 
-    out = dilate(torch.from_numpy(draw(hlr))[None, None], scale)[0, 0].numpy()
+    template = draw(hlr)
+    out = dilate(torch.from_numpy(template)[None, None], scale)[0, 0].numpy()
     truth = draw(hlr * scale)
     got = galsim.hsm.FindAdaptiveMom(galsim.Image(out))
     want = galsim.hsm.FindAdaptiveMom(galsim.Image(truth))
-    assert abs(got.moments_sigma / want.moments_sigma - 1) < 0.07
-    assert abs(got.observed_shape.e - want.observed_shape.e) < 0.02
-    assert abs(out.sum() - truth.sum()) < 0.03 * truth.sum()
+    assert abs(got.moments_sigma / want.moments_sigma - 1) < size_tol
+    assert abs(got.observed_shape.e - want.observed_shape.e) < e_tol
+    # shrinking keeps the template's light (a 1.2" template already misses 5% off the stamp); growing
+    # loses what the larger galaxy puts off the stamp, as GalSim's drawing does
+    assert abs(out.sum() - (template.sum() if scale < 1 else truth.sum())) < 0.01 * truth.sum()
 
 
 def test_dilation_bad_input():

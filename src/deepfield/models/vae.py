@@ -314,7 +314,10 @@ class VAE(Model):
             if self._size_index is not None:
                 from deepfield.physics import dilate
 
-                sky = dilate(sky, self._dilation(condition))
+                o = self.config.oversample
+                # about the object's centre, native pixel n // 2 (its fine-pixel centre when oversampled)
+                centre = (self.input_shape[-1] // 2) * o + (o - 1) / 2
+                sky = dilate(sky, self._dilation(condition), centre)
             o = self.config.oversample
             return sky / (o * o)  # flux per fine pixel: o*o fine pixels make one native pixel
         return self.denormalise(raw)
