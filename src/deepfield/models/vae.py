@@ -44,7 +44,7 @@ SKY_FLOOR_LOGIT = -10.0
 #: native pixel: a 0.6" galaxy's peak holds ~5% of its flux, i.e. softplus ~ 3 at its centre
 PROFILE_UNIT = 64.0
 #: with size_condition the decoder draws every galaxy at this quantile of the training radii:
-#: most galaxies are then shrunk (cloud-in-cell, exact in flux) and few grown by interpolation,
+#: most galaxies are then shrunk (drizzled, exact in flux) and few grown by interpolation,
 #: while the reference profile still fits on the stamp (0.67" = 3.3 pixels in the benchmark store)
 SIZE_REFERENCE_QUANTILE = 0.9
 
