@@ -383,6 +383,16 @@ def test_galsim_bridge_draws_seeded_learned_galaxies_into_a_scene(pixel_vae):
     first = galsim.Convolve(b[0], psf).drawImage(scale=0.2, nx=48, ny=48)
     again = galsim.Convolve(a[0], psf).drawImage(scale=0.2, nx=48, ny=48)
     np.testing.assert_array_equal(first.array, again.array)  # seeded by GalSim's deviate
+    # the profile's origin is the stamp's galaxy centre, pixel (n // 2, n // 2): drawn at the centre
+    # of an odd image, the light sits where it sat on the sample's stamp, to a hundredth of a pixel
+    stamp = a[0].image.array
+    n = stamp.shape[0]
+    yy, xx = np.mgrid[:n, :n]
+    drawn = a[0].drawImage(scale=0.2, nx=n + 1, ny=n + 1, method="no_pixel").array  # centre pixel n // 2
+    for grid in (yy, xx):
+        on_stamp = (stamp * grid).sum() / stamp.sum()
+        big = np.mgrid[:n + 1, :n + 1][0 if grid is yy else 1]
+        assert (drawn * big).sum() / drawn.sum() == pytest.approx(on_stamp, abs=0.01)
     with pytest.raises(InputError, match="nothing to draw"):
         bridge.sample()
 

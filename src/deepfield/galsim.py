@@ -129,8 +129,10 @@ class GenerativeGalaxyModel:
                 if total <= 0:
                     raise InputError(f"sample {i} has no flux to rescale to {fluxes[i]}")
                 factor = fluxes[i] / total
+            # use_true_center=False: the profile's origin is pixel (n // 2, n // 2), where deepfield's
+            # stamps put the galaxy (GalSim's default, the array's true centre, is half a pixel off)
             objs = {band: galsim.InterpolatedImage(galsim.Image(stack[i, b] * factor, scale=self.pixel_scale),
-                                                   flux=float(stack[i, b].sum() * factor))
+                                                   flux=float(stack[i, b].sum() * factor), use_true_center=False)
                     for b, band in zip(index, wanted)}
             out.append(objs[wanted[0]] if len(wanted) == 1 else objs)
         return out
