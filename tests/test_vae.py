@@ -557,4 +557,9 @@ def test_collapsed_posterior_is_reported_at_the_kept_epoch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _warn_on_collapse([{"epoch": 0, "val_loss": 2.0, "val_kl": 0.8}, {"epoch": 1, "val_loss": 1.5, "val_kl": 4.0}])
+    # collapsed after an early best epoch (as a benchmark run did: kept epoch 5 of 100, KL 0.6 at the end)
+    late = [{"epoch": 0, "val_loss": 2.0, "val_kl": 9.0}, {"epoch": 1, "val_loss": 1.9, "val_kl": 3.7},
+            {"epoch": 2, "val_loss": 1.95, "val_kl": 0.6}]
+    with pytest.warns(UserWarning, match="collapsed during training.*0.60 nats.*never beat epoch 1.*undertrained"):
+        _warn_on_collapse(late)
         _warn_on_collapse([{"epoch": 0, "val_loss": 2.0}])  # not a VAE

@@ -435,16 +435,21 @@ COLLAPSE_KL_NATS = 1.5
 
 
 def _warn_on_collapse(history: list[dict]) -> None:
-    """Warn when the kept (best validation) epoch of a VAE has a near-zero KL: posterior collapse."""
+    """Warn when a VAE's posterior collapsed (KL to the prior near zero): at the kept (best
+    validation) epoch, or by the last epoch, when the kept one is then an early, undertrained one."""
     rows = [r for r in history if r.get("val_kl") is not None and r.get("val_loss") is not None]
     if not rows:
         return
-    best = min(rows, key=lambda r: r["val_loss"])
+    best, last = min(rows, key=lambda r: r["val_loss"]), rows[-1]
+    advice = ("Seen when the decoder is given most of what it draws (flux and size conditions) and most objects "
+              "are faint: lower --beta (e.g. 0.3), or train on well-measured objects (--where 'snr > 20')")
     if best["val_kl"] < COLLAPSE_KL_NATS:
         warnings.warn(f"the kept epoch's codes carry {best['val_kl']:.2f} nats per object (KL to the prior): the "
-                      "posterior has collapsed, and samples will all look alike. Seen when the decoder is given "
-                      "most of what it draws (flux and size conditions) and most objects are faint: lower --beta "
-                      "(e.g. 0.3), or train on well-measured objects (--where 'snr > 20')", stacklevel=3)
+                      f"posterior has collapsed, and samples will all look alike. {advice}", stacklevel=3)
+    elif last["val_kl"] < COLLAPSE_KL_NATS:
+        warnings.warn(f"the posterior collapsed during training (the last epoch's codes carry {last['val_kl']:.2f} "
+                      f"nats per object) and never beat epoch {best['epoch']}, which the folder keeps: that model "
+                      f"is undertrained. {advice}", stacklevel=3)
 
 
 def fit_interruptibly(trainer, module, loaders, last: Path, interrupt, resume: bool) -> float:
