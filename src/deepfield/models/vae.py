@@ -79,8 +79,14 @@ class VAEConfig:
         unit) (pixel/fourier). The decoder then draws every galaxy at one reference radius (the
         90% quantile of the training radii, saved with the model) and does not see the column;
         the profile is dilated by radius / reference about the stamp centre, conserving flux
-        (deepfield.physics.dilate). The size asked for is applied exactly, and the decoder cannot
-        tell small (mostly faint, poorly measured) galaxies from large ones.
+        (deepfield.physics.dilate). The size asked for is applied exactly (noiseless samples' size
+        Spearman 0.99 in benchmarks/morphology.py, 0.79-0.89 without), and the decoder cannot tell
+        small (mostly faint, poorly measured) galaxies from large ones. The code then holds the
+        shape alone, which says little for most faint galaxies: trained with beta 1 on every
+        galaxy of the benchmark store, the posterior collapsed in two runs of three (training
+        warns). Train on well-measured galaxies (TrainSettings.where, e.g. 'snr > 20') or with a
+        lower beta. The samples are still rounder than the data: the VAE shrinks the shapes of
+        small galaxies, bright ones included (benchmarks/results/morphology_summary.md).
     decoder_condition: the condition columns the decoder reads (default: all but
         flux_condition and size_condition); the encoder reads them all. () with flux_condition:
         the decoder sees the code alone, so it cannot tell faint galaxies from bright ones of the
