@@ -295,17 +295,14 @@ class VAE(Model):
 
     def _flux(self, condition: torch.Tensor) -> torch.Tensor:
         """Total flux (N,) in store units from the normalised conditions (flux_condition)."""
-        k = self._flux_index
-        value = condition[:, k].float() * self.conditions.scale[k] + self.conditions.offset[k]
+        value = self.conditions.value(condition, self._flux_index)
         if self.config.flux_zeropoint is not None:
             return 10.0 ** (-0.4 * (value - self.config.flux_zeropoint))
         return value.clamp_min(0.0)
 
     def _dilation(self, condition: torch.Tensor) -> torch.Tensor:
         """Each object's radius / the reference radius (N,), from the normalised conditions."""
-        k = self._size_index
-        radius = condition[:, k].float() * self.conditions.scale[k] + self.conditions.offset[k]
-        return radius / self.size_reference
+        return self.conditions.value(condition, self._size_index) / self.size_reference
 
     def _sky(self, raw: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output -> image in store units (non-negative sky for observation models)."""
@@ -317,14 +314,13 @@ class VAE(Model):
             else:
                 scale = self.data_scale
             sky = F.softplus(raw) * scale
+            o = self.config.oversample
             if self._size_index is not None:
                 from deepfield.physics import dilate
 
-                o = self.config.oversample
                 # about the object's centre, native pixel n // 2 (its fine-pixel centre when oversampled)
                 centre = (self.input_shape[-1] // 2) * o + (o - 1) / 2
                 sky = dilate(sky, self._dilation(condition), centre)
-            o = self.config.oversample
             return sky / (o * o)  # flux per fine pixel: o*o fine pixels make one native pixel
         return self.denormalise(raw)
 

@@ -75,6 +75,10 @@ class ConditionNormaliser(nn.Module):
         """Normalised conditions (N, K)."""
         return (self.raw(batch_or_values, n) - self.offset) / self.scale
 
+    def value(self, normalised: torch.Tensor, k: int) -> torch.Tensor:
+        """Column `k`'s raw catalog values (N,) back from normalised conditions (N, K)."""
+        return normalised[:, k].float() * self.scale[k] + self.offset[k]
+
     def outside_range(self, values) -> list[str]:
         """One message per condition that leaves the training range."""
         v = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(-1, len(self.names))
