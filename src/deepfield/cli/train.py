@@ -24,6 +24,9 @@ def train(
     where: str = typer.Option(None, "--where",
                               help="Train on the objects matching a catalog query, e.g. 'snr > 20' (the test split stays "
                                    "whole); flow/gmm: fit on the codes of those training objects."),
+    refine_steps: int = typer.Option(None, "--refine-steps",
+                                     help="flow/gmm: fit on codes refined object by object in this many steps, "
+                                          "where the encoder falls short (0: the encoder's means)."),
     latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length (default: 16)."),
     epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs (default: 20)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Objects per step (default: 64)."),
@@ -83,7 +86,8 @@ def train(
             raise ConfigError(f"train {family} fits a latent prior on a trained VAE: pass --model VAE_DIR")
         names = _names(condition) if condition else ()
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
-                           epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress)
+                           epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress,
+                           **({} if refine_steps is None else {"refine_steps": refine_steps}))
         import json
 
         m = json.loads((path / "metrics.json").read_text())
