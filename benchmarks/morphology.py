@@ -59,7 +59,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
                 beta: float = 1.0, flux_condition: str = "", condition=CONDITION, prior_condition=CONDITION,
                 prior_where: str | None = None, name: str = "", refit_prior: bool = False,
                 train_where: str | None = None, decoder_condition: tuple | None = None,
-                size_condition: str = "", refine_steps: int = 0) -> Path:
+                size_condition: str = "", refine_steps: int = 0, refine_prior_weight: float | None = None) -> Path:
     """The cached flow-VAE on `store` (trained on the first time or with retrain); family 'cvae' also
     gives the decoder the conditions `condition`. The prior is conditioned on `prior_condition`
     and fitted on the training galaxies matching `prior_where` (all by default)."""
@@ -74,7 +74,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
     t0 = time.perf_counter()
     if not retrain and (out / "config.json").exists():  # refit the prior only
         train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
-                    refine_steps=refine_steps, progress=True)
+                    refine_steps=refine_steps, refine_prior_weight=refine_prior_weight, progress=True)
         return out
     options = {"likelihood": "pixel", "latent_dim": latent_dim, "beta": beta,
                **({"condition": tuple(condition)} if family == "cvae" else {}),
@@ -87,7 +87,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
           overwrite=True)
     t1 = time.perf_counter()
     train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
-                refine_steps=refine_steps, progress=True)
+                refine_steps=refine_steps, refine_prior_weight=refine_prior_weight, progress=True)
     (out / "benchmark_timing.json").write_text(json.dumps(
         {"vae_seconds": t1 - t0, "flow_seconds": time.perf_counter() - t1, "precision": precision,
          "threads": threads}) + "\n")
@@ -110,7 +110,8 @@ def histograms(result: dict, path: Path) -> None:
 
 
 def roundness_by_magnitude(model, store, rows: np.ndarray, bins=((17, 21.5), (21.5, 23.5), (23.5, 26)),
-                           per_bin: int = 600, refine_steps: int = 30) -> list[dict]:
+                           per_bin: int = 600, refine_steps: int = 30,
+                           refine_prior_weight: float | None = None) -> list[dict]:
     """Where the sample ellipticity is lost, without noise: mean HSM |e| per magnitude bin of the
     truth, of decoded posterior draws and of flow samples (same conditions), all through each
     galaxy's PSF. Draws rounder than the truth put the loss in the VAE (its encoder and decoder);
@@ -126,7 +127,8 @@ def roundness_by_magnitude(model, store, rows: np.ndarray, bins=((17, 21.5), (21
     mag, radius, snr = store.column("magnitude"), store.column("half_light_radius"), store.column("snr")
     bright = rows[snr[rows] > 40]
     bright_mean, _ = posterior_codes(model, store, bright)
-    bright_refined, _ = posterior_codes(model, store, bright, refine=refine_steps)
+    bright_refined, _ = posterior_codes(model, store, bright, refine=refine_steps,
+                                        refine_prior_weight=refine_prior_weight)
     out = []
     for lo, hi in bins:
         sel = rows[(mag[rows] >= lo) & (mag[rows] < hi)][:per_bin]
@@ -176,6 +178,8 @@ def main():
     ap.add_argument("--refit-prior", action="store_true", help="refit the flow on the cached VAE")
     ap.add_argument("--refine-steps", type=int, default=0,
                     help="fit the flow on codes refined object by object in this many steps (VAE.refine_codes)")
+    ap.add_argument("--refine-prior-weight", type=float, default=None,
+                    help="the refinement's weight of |z|^2 / 2 (default the VAE's beta; 0: maximum likelihood)")
     ap.add_argument("--name", default="", help="tag for the cached model and the results file")
     ap.add_argument("--flux-condition", default="",
                     help="cvae: the condition column that scales a flux-free decoded profile (e.g. magnitude)")
@@ -192,7 +196,7 @@ def main():
                           condition=_names(args.condition), prior_condition=_names(args.prior_condition),
                           prior_where=args.prior_where, name=args.name, refit_prior=args.refit_prior,
                           train_where=args.train_where, size_condition=args.size_condition,
-                          refine_steps=args.refine_steps,
+                          refine_steps=args.refine_steps, refine_prior_weight=args.refine_prior_weight,
                           decoder_condition=None if args.decoder_condition is None else _names(args.decoder_condition))
     model = deepfield.load(vae_dir)
     t0 = time.perf_counter()
@@ -226,7 +230,9 @@ def main():
                           ("spearman_noiseless", "noiseless samples / truth"))
          for c in ("half_light_radius", "magnitude")])
     verdict = markdown_table(["target", "met"], [[k, "yes" if v else "**no**"] for k, v in checks.items()])
-    roundness = roundness_by_magnitude(model, store, store.split(SPLIT, seed=0)["test"])
+    roundness = roundness_by_magnitude(model, store, store.split(SPLIT, seed=0)["test"],
+                                       refine_steps=args.refine_steps or 30,
+                                       refine_prior_weight=args.refine_prior_weight)
     if roundness:
         verdict += "\n\nMean HSM |e| without noise (through each galaxy's PSF), by magnitude:\n\n" + markdown_table(
             ["r magnitude", "galaxies", "truth", "posterior draws, decoded", "flow samples",
@@ -246,7 +252,7 @@ def main():
         "prior_condition": list(model.prior.data_columns), "prior_where": args.prior_where, "train_where": args.train_where,
         "decoder_condition": list(model._decoder_columns),
         "flux_condition": args.flux_condition, "size_condition": args.size_condition,
-        "refine_steps": args.refine_steps,
+        "refine_steps": args.refine_steps, "refine_prior_weight": args.refine_prior_weight,
         "evaluate_seconds": seconds, "training": timing, "checks": checks, "roundness_by_magnitude": roundness,
         "priors": {k: v for k, v in result["priors"].items()}, "reference": result["reference"]},
         f"{args.family} (beta {args.beta:g}) + conditional latent flow, {args.epochs} epochs; "

@@ -40,6 +40,8 @@ def variant(run: dict) -> str:
         parts.append(f"trained on {run['train_where']}")
     if run.get("prior_where"):
         parts.append(f"prior on {run['prior_where']}")
+    if run.get("refine_steps"):
+        parts.append(f"prior on codes refined in {run['refine_steps']} steps")
     prior = run.get("prior_condition")
     if prior is not None and list(prior) != ["half_light_radius", "magnitude", "redshift"]:
         parts.append(f"prior given {', '.join(prior)}")

@@ -593,8 +593,16 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
     # objects do not interact: a code is the same refined alone or in a batch
     half = next(iterate_batches(galaxies, rows[:5], model, 5))
     torch.testing.assert_close(model.refine_codes(half, steps=30), refined[:5], atol=1e-4, rtol=0)
+    # maximum likelihood (no prior pull) fits the data at least as well, from codes further out
+    ml = model.refine_codes(batch, steps=30, prior_weight=0.0)
+    with torch.no_grad():
+        nll_ml = model._nll(model._decode_raw(ml, None), batch)
+    assert float(nll_ml.mean()) <= float(nll_truth.mean() + gap_refined.mean())
+    assert float((ml**2).sum(1).mean()) >= float((refined**2).sum(1).mean())
     with pytest.raises(InputError, match="refine steps"):
         model.refine_codes(batch, steps=-1)
+    with pytest.raises(InputError, match="prior weight"):
+        model.refine_codes(batch, prior_weight=float("nan"))
     # a prior fitted on refined codes (from the CLI) says so in its folder
     code, out = cli(capsys, "train", "gmm", "--model", pixel_vae, "--refine-steps", "5", "--no-progress")
     assert code == 0 and "prior written to" in out

@@ -352,8 +352,8 @@ class VAE(Model):
         mean, log_var = self.posterior(self.check_input(batch["x"]), c, batch.get("psf"))
         return mean, log_var, c
 
-    def refine_codes(self, batch: dict, steps: int = 30, lr: float = 0.2,
-                     mean: torch.Tensor | None = None) -> torch.Tensor:
+    def refine_codes(self, batch: dict, steps: int = 30, lr: float = 0.2, mean: torch.Tensor | None = None,
+                     prior_weight: float | None = None) -> torch.Tensor:
         """Codes (N, latent_dim) refined object by object from the encoder's posterior mean.
 
         The encoder is amortised: one network guesses every object's code, and for objects it
@@ -361,25 +361,28 @@ class VAE(Model):
         (snr > 40), small galaxies decoded 28 nats worse than their truth and rounder (|e| 0.085
         against 0.108); these refined codes reached 2 nats of the truth and |e| 0.103.
 
-        Each code minimises the training objective's point estimate, ``-log p(x | z) +
-        beta * |z|^2 / 2`` (the beta-ELBO of a posterior narrowed to a point), by `steps` Adam
-        steps of size `lr` (in units of the prior's sigma) from the encoder's mean (or `mean`);
-        each object keeps its best step. Objects do not interact (Adam's steps are per element),
-        so a code does not depend on its batch. Costs `steps` decoder passes forward and back.
+        Each code minimises ``-log p(x | z) + w * |z|^2 / 2`` by `steps` Adam steps of size `lr`
+        (in units of the prior's sigma) from the encoder's mean (or `mean`); each object keeps
+        its best step. `prior_weight` w defaults to the model's beta: the training objective's
+        point estimate (the beta-ELBO of a posterior narrowed to a point); 0 gives maximum-
+        likelihood codes. Objects do not interact (Adam's steps are per element), so a code does
+        not depend on its batch. Costs `steps` decoder passes forward and back.
         """
         if steps < 0:
             raise InputError(f"refine steps must be >= 0, got {steps}")
+        if prior_weight is not None and not prior_weight >= 0:
+            raise InputError(f"the refinement's prior weight must be >= 0, got {prior_weight}")
         with torch.no_grad():
             m, _, c = self.posterior_batch(batch)
         z = (m if mean is None else mean).detach().clone().requires_grad_(True)
         if steps == 0:
             return z.detach()
-        beta = float(self.config.beta)
+        weight = float(self.config.beta if prior_weight is None else prior_weight)
         opt = torch.optim.Adam([z], lr=lr)
         best, best_z = None, z.detach().clone()
         with torch.enable_grad():
             for step in range(steps + 1):
-                objective = self._nll(self._decode_raw(z, c), batch, c) + beta * 0.5 * (z**2).sum(1)
+                objective = self._nll(self._decode_raw(z, c), batch, c) + weight * 0.5 * (z**2).sum(1)
                 with torch.no_grad():
                     better = (torch.ones_like(objective, dtype=torch.bool) if best is None
                               else objective < best)

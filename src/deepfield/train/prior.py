@@ -24,9 +24,11 @@ __all__ = ["train_prior", "posterior_codes"]
 
 @torch.no_grad()
 def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256,
-                    refine: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    refine: int = 0, refine_prior_weight: float | None = None,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means and standard deviations (N, D) of the objects `rows`; with `refine` > 0
-    the means are refined object by object in that many steps (``VAE.refine_codes``)."""
+    the means are refined object by object in that many steps (``VAE.refine_codes``, with
+    `refine_prior_weight` its ``prior_weight``)."""
     from deepfield.tasks.apply import progress_bar
 
     means, stds = [], []
@@ -35,7 +37,7 @@ def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256,
         for batch in iterate_batches(store, rows, vae, batch_size):
             mean, log_var, _ = vae.posterior_batch(batch)
             if refine:
-                mean = vae.refine_codes(batch, steps=refine, mean=mean)
+                mean = vae.refine_codes(batch, steps=refine, mean=mean, prior_weight=refine_prior_weight)
             means.append(mean.numpy())
             stds.append((0.5 * log_var).exp().numpy())
             bar.advance(task, mean.shape[0])
@@ -45,7 +47,7 @@ def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256,
 def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epochs: int = 100,
                 batch_size: int = 256, lr: float = 1e-3, transforms: int = 6, hidden=(128, 128),
                 components: int = 10, seed: int = 0, threads: int | None = 1, where: str | None = None,
-                refine_steps: int = 0, progress: bool = True) -> Path:
+                refine_steps: int = 0, refine_prior_weight: float | None = None, progress: bool = True) -> Path:
     """Fit a prior on the codes of the VAE in `model_dir` (train split of its store); returns prior/.
 
     The flow trains on a fresh draw from every object's posterior q(z|x) each epoch (the
@@ -92,9 +94,9 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     for column in condition:
         store.column(column)
     t0 = time.perf_counter()
-    mean_tr, std_tr = posterior_codes(vae, store, splits["train"], refine=refine_steps, progress=progress)
-    mean_va, std_va = posterior_codes(vae, store, splits["val"] if splits["val"].size else splits["train"],
-                                      refine=refine_steps, progress=progress)
+    refine = {"refine": refine_steps, "refine_prior_weight": refine_prior_weight, "progress": progress}
+    mean_tr, std_tr = posterior_codes(vae, store, splits["train"], **refine)
+    mean_va, std_va = posterior_codes(vae, store, splits["val"] if splits["val"].size else splits["train"], **refine)
     cfg = LatentPriorConfig(input_shape=(vae.latent_dim,), kind=kind, condition=condition, transforms=transforms,
                             hidden=tuple(hidden), components=components)
     cond_tr = np.stack([store.column(c)[splits["train"]] for c in condition], 1) if condition else None
@@ -131,7 +133,7 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     return save_model(prior, model_dir / "prior", metrics=metrics, store={**record, "vae": str(model_dir)},
                       training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "where": where,
                                 "codes": "one posterior draw per object per epoch",
-                                "refine_steps": refine_steps}, overwrite=True)
+                                "refine_steps": refine_steps, "refine_prior_weight": refine_prior_weight}, overwrite=True)
 
 
 def _validation_draws(mean: np.ndarray, std: np.ndarray, seed: int) -> np.ndarray:
