@@ -3,7 +3,8 @@
 On held-out simulated galaxies the target is the simulator's `truth` (noiseless, PSF-free). The
 methods, side by side on the same galaxies:
   - deepfield: `deepfield denoise` (the flow-VAE of benchmarks/morphology.py: decoder of the
-    posterior mean; knows each galaxy's PSF and noise through its likelihood);
+    posterior mean; knows each galaxy's PSF and noise through its likelihood), and the same
+    with each code refined object by object (`--refine-steps 30`, VAE.refine_codes);
   - Richardson-Lucy (scikit-image) with each galaxy's own PSF. RL needs positive data, so it
     runs on x + B (B = 5 noise sigma), and B is subtracted afterwards;
   - Wiener (scikit-image `restoration.wiener`) with each galaxy's own PSF;
@@ -22,6 +23,7 @@ also for bright galaxies only (snr > 20).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,14 +62,15 @@ def wiener(x: np.ndarray, psf: np.ndarray, sigma: np.ndarray, balance: float) ->
     return out
 
 
-def vae_denoise(model, store, rows: np.ndarray, batch: int = 256) -> np.ndarray:
-    from deepfield.train.fit import iterate_batches
+def vae_denoise(model, store, rows: np.ndarray, refine_steps: int = 0) -> np.ndarray:
+    import tempfile
 
-    out = []
-    with torch.no_grad():
-        for b in iterate_batches(store, rows, model, batch):
-            out.append(model.decode(model.posterior_batch(b)[0], b if model.config.condition else None).numpy())
-    return np.concatenate(out)[:, 0]
+    from deepfield.tasks import denoise_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = denoise_store(model, store, Path(tmp) / "denoised", indices=rows, refine_steps=refine_steps,
+                            progress=False)
+        return out.read("x")[:, 0]
 
 
 def half_light_radius(images: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -101,6 +104,8 @@ def main():
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refine-steps", type=int, default=30,
+                    help="steps of the refined-code row (deepfield denoise --refine-steps)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import deepfield
@@ -127,6 +132,7 @@ def main():
     x, truth, psf, ivar, sigma, centre, r_truth = load(test)
     methods = {
         "deepfield flow-VAE (posterior mean)": vae_denoise(model, store, test),
+        f"deepfield, codes refined ({args.refine_steps} steps)": vae_denoise(model, store, test, args.refine_steps),
         f"Richardson-Lucy ({best_k} iterations)": richardson_lucy(x, psf, sigma, best_k),
         f"Wiener (balance {best_b:g})": wiener(x, psf, sigma, best_b),
         "noisy observation (no deconvolution)": x,

@@ -82,6 +82,9 @@ def denoise(
     where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
     split: str = typer.Option(None, "--split", help="Only the model's train, val or test objects."),
     batch_size: int = typer.Option(256, "--batch-size"),
+    refine_steps: int = typer.Option(0, "--refine-steps",
+                                     help="Refine each object's code from the encoder's in this many steps: fits "
+                                          "the data closer, ~this many times slower (e.g. 30)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
@@ -89,7 +92,8 @@ def denoise(
     from deepfield.tasks import denoise_store
 
     model, s, idx = _selection(model_dir, store, where, split)
-    denoise_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite, progress=progress)
+    denoise_store(model, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite,
+                  refine_steps=refine_steps, progress=progress)
     console.print(f"[green]{idx.size} denoised images written to[/] {out}")
 
 

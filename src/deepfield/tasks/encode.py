@@ -83,10 +83,13 @@ def reconstruct_store(model: Model, store, out, *, indices=None, batch_size: int
 
 
 def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 256, overwrite: bool = False,
-                  progress: bool = True) -> Store:
+                  refine_steps: int = 0, progress: bool = True) -> Store:
     """Posterior-mean noiseless images of `store`'s objects; PSF-free for observation-model VAEs.
 
-    Written as a store with the same ids and catalog (and the input PSF, for reference).
+    With `refine_steps` > 0 each object's code is refined from the encoder's mean in that many
+    steps (``VAE.refine_codes``: the beta-ELBO's point estimate), at the cost of that many
+    decoder passes forward and back per object. Written as a store with the same ids and catalog
+    (and the input PSF, for reference).
     """
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
@@ -95,11 +98,16 @@ def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 2
                          f"{type(model).__name__}: use `deepfield reconstruct` for autoencoders")
     model.eval()
 
+    if refine_steps < 0:
+        raise InputError(f"refine steps must be >= 0, got {refine_steps}")
+
     def posterior_mean_sky(batch):
-        return model.decode(model.posterior_batch(batch)[0], batch if model.config.condition else None)
+        z = model.refine_codes(batch, steps=refine_steps) if refine_steps else model.posterior_batch(batch)[0]
+        return model.decode(z, batch if model.config.condition else None)
 
     return map_store(posterior_mean_sky, store, out, indices=indices, batch_size=batch_size,
-                     description="denoising", provenance=_provenance(model, "denoise"), overwrite=overwrite,
+                     description="denoising" + (f" (codes refined in {refine_steps} steps)" if refine_steps else ""),
+                     provenance={**_provenance(model, "denoise"), "refine_steps": refine_steps}, overwrite=overwrite,
                      progress=progress, keep_arrays=("psf",), model=model)
 
 
