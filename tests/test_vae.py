@@ -613,6 +613,8 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
     with pytest.raises(InputError, match="prior weight"):
         model.refine_codes(batch, prior_weight=float("nan"))
     # a prior fitted on refined codes (from the CLI) says so in its folder
-    code, out = cli(capsys, "train", "gmm", "--model", pixel_vae, "--refine-steps", "5", "--no-progress")
+    code, out = cli(capsys, "train", "gmm", "--model", pixel_vae, "--refine-steps", "5", "--refine-prior-weight", "0",
+                    "--no-progress")
     assert code == 0 and "prior written to" in out
-    assert json.loads((pixel_vae / "prior" / "config.json").read_text())["training"]["refine_steps"] == 5
+    training = json.loads((pixel_vae / "prior" / "config.json").read_text())["training"]
+    assert training["refine_steps"] == 5 and training["refine_prior_weight"] == 0

@@ -27,6 +27,9 @@ def train(
     refine_steps: int = typer.Option(None, "--refine-steps",
                                      help="flow/gmm: fit on codes refined object by object in this many steps, "
                                           "where the encoder falls short (0: the encoder's means)."),
+    refine_prior_weight: float = typer.Option(None, "--refine-prior-weight",
+                                              help="flow/gmm: weight of the N(0, I) prior in that refinement "
+                                                   "(default: the VAE's beta; 0: maximum-likelihood codes)."),
     latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length (default: 16)."),
     epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs (default: 20)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Objects per step (default: 64)."),
@@ -87,7 +90,8 @@ def train(
         names = _names(condition) if condition else ()
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
                            epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress,
-                           **({} if refine_steps is None else {"refine_steps": refine_steps}))
+                           **({} if refine_steps is None else {"refine_steps": refine_steps}),
+                           refine_prior_weight=refine_prior_weight)
         import json
 
         m = json.loads((path / "metrics.json").read_text())
