@@ -618,3 +618,4 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
     assert code == 0 and "prior written to" in out
     training = json.loads((pixel_vae / "prior" / "config.json").read_text())["training"]
     assert training["refine_steps"] == 5 and training["refine_prior_weight"] == 0
+    assert training["codes"] == "refined codes (points)"
