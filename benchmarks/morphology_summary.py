@@ -41,7 +41,9 @@ def variant(run: dict) -> str:
     if run.get("prior_where"):
         parts.append(f"prior on {run['prior_where']}")
     if run.get("refine_steps"):
-        parts.append(f"prior on codes refined in {run['refine_steps']} steps")
+        weight = run.get("refine_prior_weight")
+        how = "maximum likelihood" if weight == 0 else (f"prior weight {weight:g}" if weight is not None else "beta-MAP")
+        parts.append(f"prior on codes refined in {run['refine_steps']} steps ({how})")
     prior = run.get("prior_condition")
     if prior is not None and list(prior) != ["half_light_radius", "magnitude", "redshift"]:
         parts.append(f"prior given {', '.join(prior)}")
