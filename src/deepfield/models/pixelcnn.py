@@ -335,7 +335,7 @@ class PixelCNN(Model):
                              "with 'x' and those columns")
         raw = self.conditions.raw(batch, x.shape[0])
         self._warn_range(raw)
-        return x, ((raw - self.conditions.offset) / self.conditions.scale).to(x.dtype)
+        return x, self.conditions.normalise(raw).to(x.dtype)
 
     def _warn_range(self, raw: torch.Tensor) -> None:
         for message in self.conditions.outside_range(raw.detach().cpu().numpy()):
@@ -409,7 +409,7 @@ class PixelCNN(Model):
         if self.config.condition:
             raw = self.conditions.raw(condition, n)
             self._warn_range(raw)
-            c_norm = ((raw - self.conditions.offset) / self.conditions.scale).to(dtype)
+            c_norm = self.conditions.normalise(raw).to(dtype)
         elif condition is not None:
             raise InputError("this PixelCNN is unconditional: call sample without a condition")
         c, h, w = self.input_shape

@@ -73,7 +73,11 @@ class ConditionNormaliser(nn.Module):
 
     def forward(self, batch_or_values, n: int | None = None) -> torch.Tensor:
         """Normalised conditions (N, K)."""
-        return (self.raw(batch_or_values, n) - self.offset) / self.scale
+        return self.normalise(self.raw(batch_or_values, n))
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw values (N, K), as ``raw`` returns them, normalised by the training mean and std."""
+        return (raw - self.offset) / self.scale
 
     def value(self, normalised: torch.Tensor, k: int) -> torch.Tensor:
         """Column `k`'s raw catalog values (N,) back from normalised conditions (N, K)."""
