@@ -174,7 +174,8 @@ def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(gala
                       size_condition="half_light_radius", decoder_condition=("half_light_radius",)))
     with pytest.raises(ConfigError, match="needs images and the 'pixel' or 'fourier'"):
         VAE(VAEConfig(input_shape=(1, 8, 8), condition=("half_light_radius",), size_condition="half_light_radius"))
-    with pytest.raises(InputError, match="radius of 0 or NaN"):
+    with pytest.raises(InputError, match=r"size condition 'half_light_radius' must be finite and > 0; 1 object\(s\) "
+                                         r"\(rows \[1\]\) have \[0.0\]"):
         model.decode(z[:2], {**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, 0.0]})
     with pytest.raises(InputError, match=r"condition half_light_radius is NaN/inf for 1 object\(s\) \(rows \[1\]\)"):
         model.decode(z[:2], {**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, float("nan")]})

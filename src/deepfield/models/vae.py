@@ -302,7 +302,14 @@ class VAE(Model):
 
     def _dilation(self, condition: torch.Tensor) -> torch.Tensor:
         """Each object's radius / the reference radius (N,), from the normalised conditions."""
-        return self.conditions.value(condition, self._size_index) / self.size_reference
+        radius = self.conditions.value(condition, self._size_index)
+        bad = ~torch.isfinite(radius) | (radius <= 0)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten()
+            raise InputError(f"the size condition {self.config.size_condition!r} must be finite and > 0; "
+                             f"{rows.numel()} object(s) (rows {rows[:5].tolist()}) have "
+                             f"{[round(float(radius[i]), 4) for i in rows[:5]]}: drop them or fix the catalog")
+        return radius / self.size_reference
 
     def _sky(self, raw: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output -> image in store units (non-negative sky for observation models)."""
