@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from _common import CACHE, RESULTS, cached_store, markdown_table, write_results
+from deepfield._names import comma_list
 
 #: held-out fraction: >= 5,000 of 12,000 galaxies
 SPLIT = (0.52, 0.05, 0.43)
@@ -92,10 +93,6 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
         {"vae_seconds": t1 - t0, "flow_seconds": time.perf_counter() - t1, "precision": precision,
          "threads": threads}) + "\n")
     return out
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 def _fmt_row(row: dict) -> tuple[str, str, float]:
@@ -193,11 +190,11 @@ def main():
     store = galaxy_store(args.n, args.size)
     vae_dir = trained_vae(store, args.epochs, args.latent_dim, args.retrain, args.flow_epochs, threads=args.threads,
                           family=args.family, beta=args.beta, flux_condition=args.flux_condition,
-                          condition=_names(args.condition), prior_condition=_names(args.prior_condition),
+                          condition=comma_list(args.condition), prior_condition=comma_list(args.prior_condition),
                           prior_where=args.prior_where, name=args.name, refit_prior=args.refit_prior,
                           train_where=args.train_where, size_condition=args.size_condition,
                           refine_steps=args.refine_steps, refine_prior_weight=args.refine_prior_weight,
-                          decoder_condition=None if args.decoder_condition is None else _names(args.decoder_condition))
+                          decoder_condition=None if args.decoder_condition is None else comma_list(args.decoder_condition))
     model = deepfield.load(vae_dir)
     t0 = time.perf_counter()
     result = evaluate_morphology(model, store, split="test", seed=0, measurements=True, progress=True)

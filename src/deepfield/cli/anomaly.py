@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from deepfield._names import comma_list
 from deepfield.cli._app import app, console
 
 
@@ -36,7 +37,7 @@ def _members(models: str | None, model: Path | None) -> list[tuple[str, str | No
     """(folder, method or None) for each --models entry 'DIR' or 'DIR:method' (and --model)."""
     from deepfield.errors import InputError
 
-    entries = [m.strip() for m in (models or "").split(",") if m.strip()]
+    entries = list(comma_list(models))
     if model is not None:
         entries.insert(0, str(model))
     out = []

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from deepfield._names import comma_list
 from deepfield.cli._app import app, console
 
 
@@ -120,7 +121,7 @@ def search(
     if out is not None and out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
     windows = _pairs(where_window, "--where-window")
-    extra = [c.strip() for c in (columns or "").split(",") if c.strip()]
+    extra = list(comma_list(columns))
     extra += [c for c in windows if c not in extra]
     idx = open_index(index, model=model)
     queries = list(id) if id else image if image else catalog

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from deepfield._names import comma_list
 from deepfield.cli._app import app, console
 
 
@@ -87,7 +88,7 @@ def train(
 
         if model is None:
             raise ConfigError(f"train {family} fits a latent prior on a trained VAE: pass --model VAE_DIR")
-        names = _names(condition) if condition else ()
+        names = comma_list(condition) if condition else ()
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
                            epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress,
                            **({} if refine_steps is None else {"refine_steps": refine_steps}),
@@ -105,8 +106,8 @@ def train(
                  "likelihood": likelihood, "beta": beta, "kl_warmup_epochs": kl_warmup,
                  "bits": bits, "perturb_rate": perturb_rate, "flux_condition": flux_condition,
                  "size_condition": size_condition,
-                 "decoder_condition": None if decoder_condition is None else _names(decoder_condition),
-                 "condition": _names(condition) if condition else None}
+                 "decoder_condition": None if decoder_condition is None else comma_list(decoder_condition),
+                 "condition": comma_list(condition) if condition else None}
     for key, value in cli_model.items():
         if value is not None:
             model_options[key] = value
@@ -153,11 +154,6 @@ def train(
     if family == "pixelcnn" and metrics.get("best_val_loss") is not None:
         parts.insert(0, f"validation bits/dim {metrics['best_val_loss']:.4g}")
     console.print(f"[green]model written to[/] {path}  ({', '.join(parts)}; MSE in units of the pixel variance)")
-
-
-def _names(text: str) -> tuple[str, ...]:
-    """A comma-separated list of column names."""
-    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 def _train_gan(family, store, out, model_options, settings, *, store_b, resample, lr, gan_options, resume, overwrite):

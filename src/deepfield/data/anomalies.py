@@ -73,6 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from deepfield._names import comma_list
 from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
 
@@ -521,9 +522,7 @@ class _Context:
 def _check_types(types, n_bands: int) -> tuple[str, ...]:
     if types is None:
         return tuple(t for t in ANOMALY_TYPES if n_bands > 1 or t != "extreme_colour")
-    if isinstance(types, str):
-        types = [t.strip() for t in types.split(",") if t.strip()]
-    types = tuple(types)
+    types = comma_list(types)
     if not types:
         raise InputError(f"no anomaly types given; choose from {', '.join(ANOMALY_TYPES)}")
     unknown = [t for t in types if t not in _INJECTORS]

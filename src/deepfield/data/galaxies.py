@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from deepfield._names import comma_list
 from deepfield.errors import InputError, StoreError
 
 __all__ = [
@@ -663,9 +664,7 @@ def _made_batches(batches, survey: dict, render: dict, workers: int) -> Iterator
 
 
 def _check_bands(bands) -> tuple[str, ...]:
-    if isinstance(bands, str):
-        bands = tuple(b.strip() for b in bands.split(",") if b.strip())
-    bands = tuple(bands)
+    bands = comma_list(bands)
     if not bands:
         raise InputError(f"no bands given; pass one or more of {', '.join(BANDS)}, e.g. --bands g,r,i")
     unknown = [b for b in bands if b not in BANDS]

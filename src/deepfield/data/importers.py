@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from deepfield._names import comma_list
 from deepfield.data.store import Store, create_store
 from deepfield.errors import DeepfieldError, InputError, StoreError
 
@@ -304,19 +305,13 @@ def _file_record(path: Path) -> dict[str, Any]:
     return {"bytes": int(path.stat().st_size)}
 
 
-def _split_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return tuple(str(v) for v in value)
-
-
 def _parse_units(value: Any) -> dict[str, str]:
     if value is None:
         return {}
     if isinstance(value, Mapping):
         return {str(k): str(v) for k, v in value.items()}
     out = {}
-    for item in _split_list(value):
+    for item in comma_list(value):
         if "=" not in item:
             raise InputError(f"units entry {item!r}: write column=unit, e.g. 'magnitude=mag,radius=arcsec'")
         k, v = item.split("=", 1)
@@ -356,7 +351,7 @@ def _finish_plan(plan: _Plan, options: Mapping[str, Any]) -> None:
     if plan.kind == "image":
         channels = plan.sample_shape[0]
         if "bands" in options:
-            bands = _split_list(options["bands"])
+            bands = comma_list(options["bands"])
             if len(bands) != channels:
                 raise InputError(f"{len(bands)} band names {bands} for {x.label}, which has "
                                  f"{channels} channel(s) (shape {x.shape}): give one band per channel")
@@ -726,7 +721,7 @@ def _header_bands(headers, channels: int) -> tuple[str, ...]:
     if len(numbered) == channels:
         return tuple(numbered)
     value = _header_get(headers, "BAND", "FILTER")
-    return () if value is None else _split_list(str(value))
+    return () if value is None else comma_list(str(value))
 
 
 def _header_wavelength(headers, length: int) -> np.ndarray | None:
