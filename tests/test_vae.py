@@ -576,7 +576,7 @@ def test_collapsed_posterior_is_reported_at_the_kept_epoch():
         _warn_on_collapse([{"epoch": 0, "val_loss": 2.0}])  # not a VAE
 
 
-def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, galaxies, capsys):
+def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, galaxies, capsys, tmp_path):
     from deepfield.train.fit import iterate_batches
 
     model = deepfield.load(pixel_vae)
@@ -620,3 +620,7 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
     training = json.loads((pixel_vae / "prior" / "config.json").read_text())["training"]
     assert training["refine_steps"] == 5 and training["refine_prior_weight"] == 0
     assert training["codes"] == "refined codes (points)"
+    with pytest.raises(ConfigError, match="give refine_steps > 0 too"):
+        train_prior(pixel_vae, kind="gmm", refine_prior_weight=0.0, progress=False)
+    code, out = cli(capsys, "train", "vae", "--store", galaxies.path, "--out", tmp_path / "v", "--refine-steps", "5")
+    assert code != 0 and "apply to latent priors" in out and not (tmp_path / "v").exists()

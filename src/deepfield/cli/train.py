@@ -91,14 +91,16 @@ def train(
         names = comma_list(condition) if condition else ()
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
                            epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress,
-                           **({} if refine_steps is None else {"refine_steps": refine_steps}),
-                           refine_prior_weight=refine_prior_weight)
+                           refine_steps=refine_steps or 0, refine_prior_weight=refine_prior_weight)
         import json
 
         m = json.loads((path / "metrics.json").read_text())
         console.print(f"[green]prior written to[/] {path}  (held-out codes: log p = {m['val_log_prob']:.3f} nats "
                       f"vs {m['val_log_prob_standard_normal']:.3f} under N(0, I))")
         return
+    if refine_steps is not None or refine_prior_weight is not None:
+        raise ConfigError("--refine-steps and --refine-prior-weight apply to latent priors (train flow / gmm "
+                          "--model VAE_DIR)")
     if store is None or out is None:
         raise ConfigError(f"train {family} needs --store and --out")
     model_options, train_options = load_yaml_config(config) if config else ({}, {})

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from deepfield.data.store import Store, open_store
-from deepfield.errors import InputError, ModelFolderError
+from deepfield.errors import ConfigError, InputError, ModelFolderError
 from deepfield.models import load_model, save_model
 from deepfield.models.prior import GaussianMixturePrior, LatentFlow, LatentPriorConfig, gaussian_log_prob
 from deepfield.train.fit import iterate_batches, narrow_splits, record_splits
@@ -68,9 +68,9 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     `refine_prior_weight` its ``prior_weight``) instead of draws from the encoder's posteriors,
     whose means fall short for objects the encoder finds hard (small galaxies: their decoded
     means come out rounder than they are). The refined codes are point estimates, and the flow
-    fits them as points: drawing about them with the encoder's widths broadened the samples
-    (in benchmarks/morphology.py, mean size +2.2 sigma from the held-out galaxies against +1.6
-    without). About `refine_steps` decoder passes forward and back per object: 30 steps over
+    fits them as points: drawing about them with the encoder's widths (as commit 4d8f1a3 did)
+    broadened the samples (in benchmarks/morphology.py, mean size +2.2 sigma from the held-out
+    galaxies against +1.6 as points). About `refine_steps` decoder passes forward and back per object: 30 steps over
     2,000 32x32 galaxies take ~1 minute on 2 cores.
 
     `threads`: torch CPU threads while the flow trains (restored afterwards). The flow's
@@ -93,6 +93,8 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
         if splits["train"].size < 10 * vae.latent_dim:
             raise InputError(f"only {splits['train'].size} training objects match {where!r}: a prior on "
                              f"{vae.latent_dim}-d codes needs at least {10 * vae.latent_dim}; loosen the selection")
+    if refine_prior_weight is not None and not refine_steps:
+        raise ConfigError("refine_prior_weight weighs the prior in the code refinement: give refine_steps > 0 too")
     condition = tuple(condition)
     for column in condition:
         store.column(column)
