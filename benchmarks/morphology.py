@@ -23,11 +23,18 @@ decoder the conditions; --flux-condition magnitude scales a flux-free decoded pr
 catalog flux; --size-condition half_light_radius dilates it to the catalog radius;
 --decoder-condition '' hides the conditions from the decoder (the encoder still
 reads them); --train-where / --prior-where train the VAE / fit the flow on a catalog selection;
---name tags the cached model and the results file.
+--refine-steps N [--refine-prior-weight 0] fits the flow on codes refined galaxy by galaxy;
+--refit-prior fits the flow again on a cached VAE; --name tags the cached model and the results
+file.
 
     python benchmarks/morphology.py [--n 12000] [--size 32] [--epochs 25] [--threads 2]
     python benchmarks/morphology.py --family cvae --flux-condition magnitude --decoder-condition '' \
         --epochs 50 --name encall_b1_e50
+    # the recipe of the README (dilc_snr20_b0.1_e200_ref30_ml: copy the cached dilc_snr20_b0.1_e200
+    # model folder to that name first to refit its flow only, or add --retrain)
+    python benchmarks/morphology.py --family cvae --flux-condition magnitude --size-condition half_light_radius \
+        --decoder-condition '' --train-where 'snr > 20' --prior-condition half_light_radius,redshift \
+        --beta 0.1 --epochs 200 --refine-steps 30 --refine-prior-weight 0 --name dilc_snr20_b0.1_e200_ref30_ml
 """
 
 from __future__ import annotations
