@@ -44,6 +44,8 @@ def variant(run: dict) -> str:
         weight = run.get("refine_prior_weight")
         how = "maximum likelihood" if weight == 0 else (f"prior weight {weight:g}" if weight is not None else "beta-MAP")
         parts.append(f"prior on codes refined in {run['refine_steps']} steps ({how})")
+    if run.get("flow_seed"):
+        parts.append(f"flow seed {run['flow_seed']}")
     prior = run.get("prior_condition")
     if prior is not None and list(prior) != ["half_light_radius", "magnitude", "redshift"]:
         parts.append(f"prior given {', '.join(prior)}")

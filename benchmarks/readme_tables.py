@@ -77,14 +77,16 @@ SECTIONS = [
      "The shortfall is the encoder's: codes refined galaxy by galaxy (VAE.refine_codes) decode those twins to "
      "0.100, and a flow fitted on the refined, maximum-likelihood codes of the snr > 20 training galaxies (the "
      "_ml rows: `deepfield train flow --refine-steps 30 --refine-prior-weight 0`) brings the samples' mean |e| "
-     "to -0.6 sigma with size +1.6 sigma (30 steps) or -1.3 and +0.9 (10 steps), beats N(0, I) on all eight W1 "
+     "to -0.6 sigma with size +1.6 sigma (30 steps; the flow fitted with seeds 1 and 2: +0.1 and +2.2, -0.8 and "
+     "+1.6) or -1.3 and +0.9 (10 steps), beats N(0, I) on all eight W1 "
      "and keeps noiseless size rho at 0.96-0.97. Fitting the flow on brighter galaxies only trades ellipticity "
      "for size (snr > 40: -3.6 and +0.0). The size left over is noise: a non-negative model fitted to noisy data "
      "spreads light into the wings, and the same galaxies' ML codes decode 1.2% larger than the truth at snr "
      "20-40, 0.6% at snr > 40, but to the truth's size when fitted to the noiseless observation (table below). "
      "On the plain VAE trained on every galaxy (vae_e25_ref30 rows) refining hurts: its codes carry size and "
      "flux, and faint galaxies' codes fitted to noise give sizes +12 to +17 sigma off. The steps and selections "
-     "were compared on these same held-out galaxies, and they differ by about what a rerun moves."),
+     "were compared on these same held-out galaxies; refitting the flow with another seed moves |e| by up to 0.7 "
+     "sigma and size by 0.6."),
     ("refine_codes", "Refined codes against the encoder's: decoded size and |e| of training galaxies",
      "python benchmarks/refine_codes.py  # the cached dilc_snr20_b0.1_e200 model of benchmarks/morphology.py",
      "The encoder's means are rounder than the truth (|e| 0.095 vs 0.128 at snr 20-40); the prior's pull "
