@@ -620,7 +620,7 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
     training = json.loads((pixel_vae / "prior" / "config.json").read_text())["training"]
     assert training["refine_steps"] == 5 and training["refine_prior_weight"] == 0
     assert training["codes"] == "refined codes (points)"
-    with pytest.raises(ConfigError, match="give refine_steps > 0 too"):
+    with pytest.raises(ConfigError, match=r"applies only when codes are refined: give refine_steps > 0 too \(--refine-steps N\)"):
         train_prior(pixel_vae, kind="gmm", refine_prior_weight=0.0, progress=False)
     code, out = cli(capsys, "train", "vae", "--store", galaxies.path, "--out", tmp_path / "v", "--refine-steps", "5")
     assert code != 0 and "apply to latent priors" in out and not (tmp_path / "v").exists()

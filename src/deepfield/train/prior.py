@@ -94,7 +94,8 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
             raise InputError(f"only {splits['train'].size} training objects match {where!r}: a prior on "
                              f"{vae.latent_dim}-d codes needs at least {10 * vae.latent_dim}; loosen the selection")
     if refine_prior_weight is not None and not refine_steps:
-        raise ConfigError("refine_prior_weight weighs the prior in the code refinement: give refine_steps > 0 too")
+        raise ConfigError("a refinement prior weight (--refine-prior-weight) applies only when codes are refined: "
+                          "give refine_steps > 0 too (--refine-steps N)")
     condition = tuple(condition)
     for column in condition:
         store.column(column)
