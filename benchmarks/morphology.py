@@ -68,7 +68,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
                 prior_where: str | None = None, name: str = "", refit_prior: bool = False,
                 train_where: str | None = None, decoder_condition: tuple | None = None,
                 size_condition: str = "", refine_steps: int = 0, refine_prior_weight: float | None = None,
-                flow_seed: int = 0) -> Path:
+                flow_seed: int = 0, flow_transforms: int = 6, flow_hidden: tuple = (128, 128)) -> Path:
     """The cached flow-VAE on `store` (trained on the first time or with retrain); family 'cvae' also
     gives the decoder the conditions `condition`. The prior is conditioned on `prior_condition`
     and fitted on the training galaxies matching `prior_where` (all by default)."""
@@ -84,6 +84,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
     if not retrain and (out / "config.json").exists():  # refit the prior only
         train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
                     refine_steps=refine_steps, refine_prior_weight=refine_prior_weight, seed=flow_seed,
+                    transforms=flow_transforms, hidden=flow_hidden,
                     progress=True)
         return out
     options = {"likelihood": "pixel", "latent_dim": latent_dim, "beta": beta,
@@ -98,6 +99,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
     t1 = time.perf_counter()
     train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
                 refine_steps=refine_steps, refine_prior_weight=refine_prior_weight, seed=flow_seed,
+                    transforms=flow_transforms, hidden=flow_hidden,
                     progress=True)
     (out / "benchmark_timing.json").write_text(json.dumps(
         {"vae_seconds": t1 - t0, "flow_seconds": time.perf_counter() - t1, "precision": precision,
@@ -186,6 +188,8 @@ def main():
     ap.add_argument("--refine-steps", type=int, default=0,
                     help="fit the flow on codes refined object by object in this many steps (VAE.refine_codes)")
     ap.add_argument("--flow-seed", type=int, default=0, help="seed of the flow's fit (reruns show its spread)")
+    ap.add_argument("--flow-transforms", type=int, default=6, help="the flow's spline transforms")
+    ap.add_argument("--flow-hidden", default="128,128", help="the flow's hidden layer widths")
     ap.add_argument("--refine-prior-weight", type=float, default=None,
                     help="the refinement's weight of |z|^2 / 2 (default the VAE's beta; 0: maximum likelihood)")
     ap.add_argument("--name", default="", help="tag for the cached model and the results file")
@@ -205,7 +209,8 @@ def main():
                           prior_where=args.prior_where, name=args.name, refit_prior=args.refit_prior,
                           train_where=args.train_where, size_condition=args.size_condition,
                           refine_steps=args.refine_steps, refine_prior_weight=args.refine_prior_weight,
-                          flow_seed=args.flow_seed,
+                          flow_seed=args.flow_seed, flow_transforms=args.flow_transforms,
+                          flow_hidden=tuple(int(h) for h in comma_list(args.flow_hidden)),
                           decoder_condition=None if args.decoder_condition is None else comma_list(args.decoder_condition))
     model = deepfield.load(vae_dir)
     t0 = time.perf_counter()
@@ -262,7 +267,7 @@ def main():
         "decoder_condition": list(model._decoder_columns),
         "flux_condition": args.flux_condition, "size_condition": args.size_condition,
         "refine_steps": args.refine_steps, "refine_prior_weight": args.refine_prior_weight,
-        "flow_seed": args.flow_seed,
+        "flow_seed": args.flow_seed, "flow_transforms": args.flow_transforms, "flow_hidden": args.flow_hidden,
         "evaluate_seconds": seconds, "training": timing, "checks": checks, "roundness_by_magnitude": roundness,
         "priors": {k: v for k, v in result["priors"].items()}, "reference": result["reference"]},
         f"{args.family} (beta {args.beta:g}) + conditional latent flow, {args.epochs} epochs; "

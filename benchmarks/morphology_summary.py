@@ -46,6 +46,8 @@ def variant(run: dict) -> str:
         parts.append(f"prior on codes refined in {run['refine_steps']} steps ({how})")
     if run.get("flow_seed"):
         parts.append(f"flow seed {run['flow_seed']}")
+    if run.get("flow_transforms", 6) != 6 or run.get("flow_hidden", "128,128") != "128,128":
+        parts.append(f"flow of {run['flow_transforms']} transforms x ({run['flow_hidden']})")
     prior = run.get("prior_condition")
     if prior is not None and list(prior) != ["half_light_radius", "magnitude", "redshift"]:
         parts.append(f"prior given {', '.join(prior)}")
