@@ -620,6 +620,19 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
     training = json.loads((pixel_vae / "prior" / "config.json").read_text())["training"]
     assert training["refine_steps"] == 5 and training["refine_prior_weight"] == 0
     assert training["codes"] == "refined codes (points)"
+    # codes of a second store of the same kind join the training codes; a store the VAE cannot read is refused
+    from deepfield.data.galaxies import simulate_galaxies
+
+    extra = simulate_galaxies(tmp_path / "extra", 24, size=32, seed=6, workers=1, depth=23.0, progress=False)
+    before = json.loads((pixel_vae / "prior" / "metrics.json").read_text())["n_train_codes"]
+    code, out = cli(capsys, "train", "gmm", "--model", pixel_vae, "--extra-store", extra.path, "--no-progress")
+    assert code == 0, out
+    assert json.loads((pixel_vae / "prior" / "metrics.json").read_text())["n_train_codes"] == before + 24
+    record = json.loads((pixel_vae / "prior" / "config.json").read_text())["training"]["extra_stores"]
+    assert record == [{"path": str(extra.path), "fingerprint": extra.fingerprint, "n": 24}]
+    small = simulate_galaxies(tmp_path / "small", 4, size=16, seed=6, workers=1, progress=False)
+    with pytest.raises(InputError, match="shape"):
+        train_prior(pixel_vae, kind="gmm", extra_stores=[small.path], progress=False)
     with pytest.raises(ConfigError, match=r"applies only when codes are refined: give refine_steps > 0 too \(--refine-steps N\)"):
         train_prior(pixel_vae, kind="gmm", refine_prior_weight=0.0, progress=False)
     code, out = cli(capsys, "train", "vae", "--store", galaxies.path, "--out", tmp_path / "v", "--refine-steps", "5")

@@ -31,6 +31,9 @@ def train(
     refine_prior_weight: float = typer.Option(None, "--refine-prior-weight",
                                               help="flow/gmm: weight of the N(0, I) prior in that refinement "
                                                    "(default: the VAE's beta; 0: maximum-likelihood codes)."),
+    extra_store: str = typer.Option(None, "--extra-store",
+                                    help="flow/gmm: more stores (comma-separated) whose objects' codes join the "
+                                         "training codes (--where applies); the VAE must read their objects."),
     latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length (default: 16)."),
     epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs (default: 20)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Objects per step (default: 64)."),
@@ -91,16 +94,17 @@ def train(
         names = comma_list(condition) if condition else ()
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
                            epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress,
-                           refine_steps=refine_steps or 0, refine_prior_weight=refine_prior_weight)
+                           refine_steps=refine_steps or 0, refine_prior_weight=refine_prior_weight,
+                           extra_stores=comma_list(extra_store))
         import json
 
         m = json.loads((path / "metrics.json").read_text())
         console.print(f"[green]prior written to[/] {path}  (held-out codes: log p = {m['val_log_prob']:.3f} nats "
                       f"vs {m['val_log_prob_standard_normal']:.3f} under N(0, I))")
         return
-    if refine_steps is not None or refine_prior_weight is not None:
-        raise ConfigError("--refine-steps and --refine-prior-weight apply to latent priors (train flow / gmm "
-                          "--model VAE_DIR)")
+    if refine_steps is not None or refine_prior_weight is not None or extra_store is not None:
+        raise ConfigError("--refine-steps, --refine-prior-weight and --extra-store apply to latent priors (train "
+                          "flow / gmm --model VAE_DIR)")
     if store is None or out is None:
         raise ConfigError(f"train {family} needs --store and --out")
     model_options, train_options = load_yaml_config(config) if config else ({}, {})

@@ -47,7 +47,8 @@ def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256,
 def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epochs: int = 100,
                 batch_size: int = 256, lr: float = 1e-3, transforms: int = 6, hidden=(128, 128),
                 components: int = 10, seed: int = 0, threads: int | None = 1, where: str | None = None,
-                refine_steps: int = 0, refine_prior_weight: float | None = None, progress: bool = True) -> Path:
+                refine_steps: int = 0, refine_prior_weight: float | None = None, extra_stores=(),
+                progress: bool = True) -> Path:
     """Fit a prior on the codes of the VAE in `model_dir` (train split of its store); returns prior/.
 
     The flow trains on a fresh draw from every object's posterior q(z|x) each epoch (the
@@ -72,6 +73,13 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     broadened the samples (in benchmarks/morphology.py, mean size +2.2 sigma from the held-out
     galaxies against +1.6 as points). About `refine_steps` decoder passes forward and back per object: 30 steps over
     2,000 32x32 galaxies take ~1 minute on 2 cores.
+
+    `extra_stores`: more stores (paths or Stores) whose objects matching `where` (all of them,
+    without one) add their codes to the training codes; each must hold objects the VAE reads
+    (same stamp shape, bands, pixel scale, arrays). Validation stays on the VAE's own store. A
+    flow on 2,023 codes in 16 dimensions is short of data: in benchmarks/prior_more_codes.py,
+    3,887 more codes from a second simulated store brought the samples' mean size from +1.5 to
+    +0.5 sigma of the held-out galaxies.
 
     `threads`: torch CPU threads while the flow trains (restored afterwards). The flow's
     matrices are small (batch x 128), so threads buy nothing and cost a lot when the cores are
@@ -103,11 +111,29 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
     refine = {"refine": refine_steps, "refine_prior_weight": refine_prior_weight, "progress": progress}
     mean_tr, std_tr = posterior_codes(vae, store, splits["train"], **refine)
     mean_va, std_va = posterior_codes(vae, store, splits["val"] if splits["val"].size else splits["train"], **refine)
+    cond_tr = np.stack([store.column(c)[splits["train"]] for c in condition], 1) if condition else None
+    extra_record = []
+    if extra_stores:
+        from deepfield.tasks.encode import check_model_store
+
+        means, stds, conds = [mean_tr], [std_tr], [cond_tr]
+        for extra in ([extra_stores] if isinstance(extra_stores, (str, Path, Store)) else extra_stores):
+            extra = extra if isinstance(extra, Store) else open_store(extra)
+            check_model_store(vae, extra)
+            rows = extra.select(where=where) if where else np.arange(len(extra))
+            if rows.size == 0:
+                raise InputError(f"no objects of the extra store {extra.path} match {where!r}")
+            m, sd = posterior_codes(vae, extra, rows, **refine)
+            means.append(m)
+            stds.append(sd)
+            conds.append(np.stack([extra.column(c)[rows] for c in condition], 1) if condition else None)
+            extra_record.append({"path": str(extra.path), "fingerprint": extra.fingerprint, "n": int(rows.size)})
+        mean_tr, std_tr = np.concatenate(means), np.concatenate(stds)
+        cond_tr = np.concatenate(conds) if condition else None
     if refine_steps:  # point estimates: the encoder's widths, drawn about them, only broaden the fit
         std_tr, std_va = np.zeros_like(std_tr), np.zeros_like(std_va)
     cfg = LatentPriorConfig(input_shape=(vae.latent_dim,), kind=kind, condition=condition, transforms=transforms,
                             hidden=tuple(hidden), components=components)
-    cond_tr = np.stack([store.column(c)[splits["train"]] for c in condition], 1) if condition else None
     cond_va = (np.stack([store.column(c)[splits["val"] if splits["val"].size else splits["train"]] for c in condition], 1)
                if condition else None)
     z_val = torch.from_numpy(_validation_draws(mean_va, std_va, seed))
@@ -142,7 +168,8 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
                       training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "where": where,
                                 "codes": ("refined codes (points)" if refine_steps else
                                           "one posterior draw per object per epoch"),
-                                "refine_steps": refine_steps, "refine_prior_weight": refine_prior_weight}, overwrite=True)
+                                "refine_steps": refine_steps, "refine_prior_weight": refine_prior_weight,
+                                "extra_stores": extra_record}, overwrite=True)
 
 
 def _validation_draws(mean: np.ndarray, std: np.ndarray, seed: int) -> np.ndarray:
