@@ -633,6 +633,8 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
     small = simulate_galaxies(tmp_path / "small", 4, size=16, seed=6, workers=1, progress=False)
     with pytest.raises(InputError, match="shape"):
         train_prior(pixel_vae, kind="gmm", extra_stores=[small.path], progress=False)
+    with pytest.raises(deepfield.errors.StoreError, match="no store"):
+        train_prior(pixel_vae, kind="gmm", extra_stores=[tmp_path / "missing"], progress=False)
     with pytest.raises(ConfigError, match=r"applies only when codes are refined: give refine_steps > 0 too \(--refine-steps N\)"):
         train_prior(pixel_vae, kind="gmm", refine_prior_weight=0.0, progress=False)
     code, out = cli(capsys, "train", "vae", "--store", galaxies.path, "--out", tmp_path / "v", "--refine-steps", "5")

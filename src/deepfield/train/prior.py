@@ -105,37 +105,33 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
         raise ConfigError("a refinement prior weight (--refine-prior-weight) applies only when codes are refined: "
                           "give refine_steps > 0 too (--refine-steps N)")
     condition = tuple(condition)
-    for column in condition:
-        store.column(column)
+    # the training objects: the VAE's own, then those of any extra store (checked before any work)
+    from deepfield.tasks.encode import check_model_store
+
+    sources = [(store, splits["train"])]
+    for extra in ([extra_stores] if isinstance(extra_stores, (str, Path, Store)) else extra_stores):
+        extra = extra if isinstance(extra, Store) else open_store(extra)
+        check_model_store(vae, extra)
+        rows = extra.select(where=where) if where else np.arange(len(extra))
+        if rows.size == 0:
+            raise InputError(f"no objects of the extra store {extra.path} match {where!r}")
+        sources.append((extra, rows))
+    for s, _ in sources:
+        for column in condition:
+            s.column(column)
+    val_rows = splits["val"] if splits["val"].size else splits["train"]
     t0 = time.perf_counter()
     refine = {"refine": refine_steps, "refine_prior_weight": refine_prior_weight, "progress": progress}
-    mean_tr, std_tr = posterior_codes(vae, store, splits["train"], **refine)
-    mean_va, std_va = posterior_codes(vae, store, splits["val"] if splits["val"].size else splits["train"], **refine)
-    cond_tr = np.stack([store.column(c)[splits["train"]] for c in condition], 1) if condition else None
-    extra_record = []
-    if extra_stores:
-        from deepfield.tasks.encode import check_model_store
-
-        means, stds, conds = [mean_tr], [std_tr], [cond_tr]
-        for extra in ([extra_stores] if isinstance(extra_stores, (str, Path, Store)) else extra_stores):
-            extra = extra if isinstance(extra, Store) else open_store(extra)
-            check_model_store(vae, extra)
-            rows = extra.select(where=where) if where else np.arange(len(extra))
-            if rows.size == 0:
-                raise InputError(f"no objects of the extra store {extra.path} match {where!r}")
-            m, sd = posterior_codes(vae, extra, rows, **refine)
-            means.append(m)
-            stds.append(sd)
-            conds.append(np.stack([extra.column(c)[rows] for c in condition], 1) if condition else None)
-            extra_record.append({"path": str(extra.path), "fingerprint": extra.fingerprint, "n": int(rows.size)})
-        mean_tr, std_tr = np.concatenate(means), np.concatenate(stds)
-        cond_tr = np.concatenate(conds) if condition else None
+    codes = [posterior_codes(vae, s, rows, **refine) for s, rows in sources]
+    mean_tr, std_tr = np.concatenate([m for m, _ in codes]), np.concatenate([sd for _, sd in codes])
+    cond_tr = np.concatenate([_condition_values(s, rows, condition) for s, rows in sources]) if condition else None
+    mean_va, std_va = posterior_codes(vae, store, val_rows, **refine)
+    cond_va = _condition_values(store, val_rows, condition) if condition else None
+    extra_record = [{"path": str(s.path), "fingerprint": s.fingerprint, "n": int(rows.size)} for s, rows in sources[1:]]
     if refine_steps:  # point estimates: the encoder's widths, drawn about them, only broaden the fit
         std_tr, std_va = np.zeros_like(std_tr), np.zeros_like(std_va)
     cfg = LatentPriorConfig(input_shape=(vae.latent_dim,), kind=kind, condition=condition, transforms=transforms,
                             hidden=tuple(hidden), components=components)
-    cond_va = (np.stack([store.column(c)[splits["val"] if splits["val"].size else splits["train"]] for c in condition], 1)
-               if condition else None)
     z_val = torch.from_numpy(_validation_draws(mean_va, std_va, seed))
     c_val = _columns(cond_va, condition)
     torch.manual_seed(seed)
@@ -170,6 +166,11 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
                                           "one posterior draw per object per epoch"),
                                 "refine_steps": refine_steps, "refine_prior_weight": refine_prior_weight,
                                 "extra_stores": extra_record}, overwrite=True)
+
+
+def _condition_values(store: Store, rows: np.ndarray, condition: tuple[str, ...]) -> np.ndarray:
+    """The catalog values (N, K) of `condition` for the objects `rows`."""
+    return np.stack([store.column(c)[rows] for c in condition], 1)
 
 
 def _validation_draws(mean: np.ndarray, std: np.ndarray, seed: int) -> np.ndarray:
