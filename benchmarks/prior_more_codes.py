@@ -7,9 +7,9 @@ flux-scaled CVAE, trained on its store's snr > 20 training galaxies). The flow i
 half_light_radius and redshift), fitted on the maximum-likelihood refined codes of
   - the VAE's own training galaxies matching --where, plus
   - every galaxy matching --where in a second store from the same simulator (another seed).
-``train_prior`` fits only on the VAE's own store, so this script fits the flow with the same
-internals (``_fit_flow``: the same flow, epochs and validation) and attaches it to the model for
-``evaluate_morphology`` on the held-out galaxies of benchmarks/morphology.py.
+Both flows are fitted by ``train_prior`` (``extra_stores`` for the second; `deepfield train flow
+--extra-store`) on a temporary copy of the model folder, and scored by ``evaluate_morphology`` on
+the held-out galaxies of benchmarks/morphology.py.
 
     python benchmarks/prior_more_codes.py [--where 'snr > 20'] [--extra-n 12000] [--extra-seed 8]
 """
@@ -17,6 +17,8 @@ internals (``_fit_flow``: the same flow, epochs and validation) and attaches it 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,56 +38,36 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    import shutil
+    import tempfile
+
     import deepfield
     from deepfield.data.galaxies import simulate_galaxies
-    from deepfield.models.prior import LatentFlow, LatentPriorConfig
     from deepfield.tasks.evaluate import evaluate_morphology
-    from deepfield.train.fit import record_splits
-    from deepfield.train.prior import _columns, _fit_flow, posterior_codes
+    from deepfield.train.prior import train_prior
 
-    model = deepfield.load(CACHE / "models" / args.model)
     store = galaxy_store(12000, 32)
     extra = cached_store(f"galaxies-{args.extra_n}-32-seed{args.extra_seed}", lambda p: simulate_galaxies(
         p, args.extra_n, size=32, bands=("r",), seed=args.extra_seed, workers=2, progress=False))
-    splits = record_splits(store, model.record["store"])
-    chosen = store.select(where=args.where)
-    train_rows, val_rows = np.intersect1d(splits["train"], chosen), np.intersect1d(splits["val"], chosen)
-    extra_rows = extra.select(where=args.where)
-
-    def codes(s, rows):
-        return posterior_codes(model, s, rows, refine=30, refine_prior_weight=0.0)[0]
-
-    def conditions(s, rows):
-        return np.stack([s.column(c)[rows] for c in CONDITION], 1)
-
-    val_codes, val_cond = codes(store, val_rows), conditions(store, val_rows)
     results, rows = {}, []
-    for name, sources in (("own codes", [(store, train_rows)]),
-                          ("own + extra store's codes", [(store, train_rows), (extra, extra_rows)])):
-        z = np.concatenate([codes(s, r) for s, r in sources])
-        c = np.concatenate([conditions(s, r) for s, r in sources])
-        torch.manual_seed(0)
-        prior = LatentFlow(LatentPriorConfig(input_shape=(model.latent_dim,), kind="nsf", condition=CONDITION,
-                                             transforms=6, hidden=(128, 128)))
-        prior.fit_normalisation(z)
-        prior.conditions.fit(c)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the flow's small matrices run fastest on one thread
-        prior, history = _fit_flow(prior, z, np.zeros_like(z), c, torch.from_numpy(val_codes.astype(np.float32)),
-                                   _columns(val_cond, CONDITION), CONDITION, 100, 256, 1e-3,
-                                   np.random.default_rng(0), False)
-        torch.set_num_threads(threads)
-        prior.eval()
-        model.prior = prior
-        result = evaluate_morphology(model, store, split="test", seed=0, progress=False)
+    for name, extra_stores in (("own codes", ()), ("own + extra store's codes", (extra,))):
+        with tempfile.TemporaryDirectory() as tmp:  # a copy: the cached model's own prior stays
+            folder = Path(tmp) / "vae"
+            shutil.copytree(CACHE / "models" / args.model, folder)
+            train_prior(folder, store, kind="nsf", condition=CONDITION, where=args.where, refine_steps=30,
+                        refine_prior_weight=0.0, extra_stores=extra_stores, progress=False)
+            model = deepfield.load(folder)
+            fit = json.loads((folder / "prior" / "metrics.json").read_text())
+            n_codes, history = fit["n_train_codes"], fit["history"]
+            result = evaluate_morphology(model, store, split="test", seed=0, progress=False)
         flow = next(v for k, v in result["priors"].items() if k != "N(0, I)")
         gauss = result["priors"]["N(0, I)"]
         by = {r["statistic"]: r for r in flow["rows"]}
         won = sum(f["standardised_w1"] < g["standardised_w1"] for f, g in zip(flow["rows"], gauss["rows"]))
-        results[name] = {"n_codes": int(len(z)), "best_epoch": max(history, key=lambda h: h["val_log_prob"])["epoch"],
+        results[name] = {"n_codes": n_codes, "best_epoch": max(history, key=lambda h: h["val_log_prob"])["epoch"],
                          "rows": flow["rows"], "w1_won": int(won), "spearman_noiseless": flow["spearman_noiseless"],
                          "n_held_out": result["n"]}
-        rows.append([name, len(z), f"{by['e']['difference_sigma']:+.1f}", f"{by['sigma_arcsec']['difference_sigma']:+.1f}",
+        rows.append([name, n_codes, f"{by['e']['difference_sigma']:+.1f}", f"{by['sigma_arcsec']['difference_sigma']:+.1f}",
                      f"{by['e']['standardised_w1']:.3f}", f"{by['sigma_arcsec']['standardised_w1']:.3f}",
                      f"{won}/{len(flow['rows'])}", f"{flow['spearman_noiseless'].get('half_light_radius', np.nan):.3f}"])
     write_results("prior_more_codes", {"model": args.model, "where": args.where, "extra_n": args.extra_n,
