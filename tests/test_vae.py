@@ -194,6 +194,23 @@ def test_train_cli_flux_decoder_conditions_and_selection(galaxies, tmp_path, cap
         "redshift"]
     assert record["config"]["size_condition"] == "half_light_radius"
     assert record["store"]["where"] == "snr > 10"
+    # an extra store's codes are selected as the VAE's own: its training selection, then the prior's
+    from deepfield.data.galaxies import simulate_galaxies
+
+    extra = simulate_galaxies(tmp_path / "extra", 40, size=32, seed=6, workers=1, depth=23.0, progress=False)
+    snr = extra.column("snr")
+    assert 0 < (snr > 15).sum() < (snr > 10).sum() < len(snr)  # the three selections differ
+    code, out = cli(capsys, "train", "gmm", "--model", tmp_path / "m", "--extra-store", extra.path,
+                    "--where", "snr > 15", "--no-progress")
+    assert code == 0, out
+    training = json.loads((tmp_path / "m" / "prior" / "config.json").read_text())["training"]
+    assert training["extra_stores"][0]["n"] == int((snr > 15).sum()) > 0
+    code, out = cli(capsys, "train", "gmm", "--model", tmp_path / "m", "--extra-store", extra.path, "--no-progress")
+    assert code == 0, out
+    training = json.loads((tmp_path / "m" / "prior" / "config.json").read_text())["training"]
+    assert training["extra_stores"][0]["n"] == int((snr > 10).sum()) < len(snr)
+    code, out = cli(capsys, "train", "gmm", "--model", tmp_path / "m", "--extra-store", galaxies.path, "--no-progress")
+    assert code != 0 and "is the VAE's own store" in out
     code, out = cli(capsys, "train", "pca", "--store", galaxies.path, "--out", tmp_path / "p",
                     "--flux-condition", "magnitude")
     assert code == 2 and "--flux-condition apply to vae and cvae only" in out

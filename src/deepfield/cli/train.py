@@ -33,7 +33,7 @@ def train(
                                                    "(default: the VAE's beta; 0: maximum-likelihood codes)."),
     extra_store: str = typer.Option(None, "--extra-store",
                                     help="flow/gmm: more stores (comma-separated) whose objects' codes join the "
-                                         "training codes (--where applies); the VAE must read their objects."),
+                                         "training codes, selected like the VAE's (its training --where, then this --where)."),
     latent_dim: int = typer.Option(None, "--latent-dim", "-d", help="Code length (default: 16)."),
     epochs: int = typer.Option(None, "--epochs", "-e", help="Maximum epochs (default: 20)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Objects per step (default: 64)."),
