@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -55,7 +56,10 @@ def test_unfinished_write_is_invisible_and_resumable(tmp_path):
     path = tmp_path / "s"
     w = create_store(path, (1, 4, 4), bands=("r",))
     w.append(x=np.zeros((5, 1, 4, 4), "f4"))
-    # the writer "dies" here: nothing at the final name
+    # while that writer lives, no second writer may start (or resume) at the same path
+    with pytest.raises(StoreError, match="being written by another process"):
+        create_store(path, (1, 4, 4), bands=("r",), resume=True)
+    del w  # the writer "dies" here (its lock goes with it): nothing at the final name
     assert not path.exists() and not is_store(path)
     with pytest.raises(StoreError, match="--resume"):
         open_store(path)
@@ -82,10 +86,53 @@ def test_killed_writer_process_leaves_no_store(tmp_path):
     assert proc.returncode == -9
     assert not path.exists()
     assert (tmp_path / ".killed.partial").is_dir()
+    assert (tmp_path / ".killed.lock").is_file()  # its lock file stays, but the lock died with the process
     with create_store(path, (1, 8, 8), resume=True) as w:
         assert w.n_written == 4
         w.append(x=np.ones((2, 1, 8, 8), "f4"))
     assert len(open_store(path)) == 6
+    assert not (tmp_path / ".killed.lock").exists()
+
+
+def test_a_second_writer_of_the_same_path_is_refused_and_the_first_finishes(tmp_path):
+    """Two processes writing one store: the second is refused (new, overwrite or resume) instead
+    of deleting the first one's unfinished rows, and the first commits all of its rows."""
+    path, ready, go = tmp_path / "s", tmp_path / "ready", tmp_path / "go"
+    code = textwrap.dedent(f"""
+        import numpy as np, pathlib, time
+        from deepfield.data.store import create_store
+        with create_store({str(path)!r}, (1, 4, 4)) as w:
+            w.append(x=np.ones((3, 1, 4, 4), 'f4'))
+            pathlib.Path({str(ready)!r}).touch()
+            while not pathlib.Path({str(go)!r}).exists():
+                time.sleep(0.02)
+            w.append(x=np.ones((2, 1, 4, 4), 'f4'))
+    """)
+    first = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(3000):  # up to a minute for the first writer to start
+            if ready.exists() or first.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert ready.exists(), "the first writer did not start"
+        for options in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(StoreError, match=r"s is being written by another process .*\.s\.lock"):
+                create_store(path, (1, 4, 4), **options)
+        assert (tmp_path / ".s.partial").is_dir()
+    finally:
+        go.touch()
+        assert first.wait(60) == 0
+    s = open_store(path)
+    assert len(s) == 5 and float(s.read("x").sum()) == 5 * 16
+    assert not (tmp_path / ".s.lock").exists()
+    # appends take the same lock: one at a time, and the path is free again after a commit or abort
+    w = create_store(path, append=True)
+    with pytest.raises(StoreError, match="being written by another process"):
+        create_store(path, append=True)
+    w.abort()
+    with create_store(path, append=True) as w:
+        w.append(x=np.zeros((1, 1, 4, 4), "f4"))
+    assert len(open_store(path)) == 6 and not (tmp_path / ".s.lock").exists()
 
 
 def test_append_commits_atomically_and_a_killed_append_changes_nothing(tmp_path):
@@ -236,6 +283,7 @@ def test_bad_batch_while_resuming_keeps_the_earlier_batches(tmp_path):
     path = tmp_path / "s"
     w = create_store(path, (1, 4, 4), provenance={"seed": 1})
     w.append(x=np.zeros((4, 1, 4, 4), "f4"))
+    del w  # the writer dies, releasing its lock
     with pytest.raises(InputError):
         with create_store(path, (1, 4, 4), provenance={"seed": 1}, resume=True) as w2:
             w2.append(x=np.full((2, 1, 4, 4), np.nan, "f4"))
@@ -251,6 +299,7 @@ def test_stale_progress_record_is_ignored_by_the_next_append(tmp_path):
     s = _write(tmp_path / "s", n=4)
     w = create_store(s.path, append=True)
     w.append(x=np.ones((3, 1, 4, 4), "f4"), catalog={"mag": [1.0, 2.0, 3.0]})  # abandoned, never committed
+    del w  # its process dies, releasing the lock
     with create_store(s.path, append=True) as w2:
         assert w2.n_written == 4
         w2.append(x=np.ones((1, 1, 4, 4), "f4"), catalog={"mag": [9.0]})

@@ -803,6 +803,7 @@ def simulate_galaxies(
     started = writer.meta.get("provenance", {})
     if {k: started.get(k) for k in ("parameters", "galsim_version")} != \
             {k: provenance[k] for k in ("parameters", "galsim_version")}:
+        writer.release()  # the unfinished write stays, for a resume with the original options
         raise StoreError(
             f"cannot resume the unfinished write at {writer.root}: it was started with "
             f"{started.get('parameters')} (GalSim {started.get('galsim_version')}), now asked for "

@@ -19,6 +19,9 @@ store. Appending to an existing store writes rows past ``n`` and commits by repl
 ``catalog.parquet`` then ``meta.json``; readers only see the first ``meta['n']`` rows, so a
 killed append leaves the store exactly as it was. Both kinds of write are resumable: the rows
 written so far are recorded after every batch, and ``resume=True`` continues from there.
+One writer at a time: a writer holds a lock (``.NAME.lock``, released when it commits, aborts or
+its process ends), and a second writer of the same path is refused instead of deleting the
+first one's unfinished rows.
 
 Example:
     >>> import numpy as np, tempfile, os
@@ -90,6 +93,50 @@ def _atomic_write_table(path: Path, table: pa.Table) -> None:
 
 def _partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
+
+
+class _WriteLock:
+    """An exclusive lock on writing the store at `final`, held from create_store to commit/abort.
+
+    A ``flock`` on the hidden file ``.NAME.lock`` beside the store: the kernel releases it when
+    the holding process ends however it ends, so a killed writer never leaves a stale lock (the
+    file may stay; the next writer takes it over and removes it). Without the lock a second
+    writer of the same path would delete the first one's partial directory and the two would
+    interleave their rows.
+    """
+
+    def __init__(self, final: Path):
+        import fcntl
+
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = final.with_name(f".{final.name}.lock")
+        while True:
+            handle = open(self.path, "a+")  # noqa: SIM115 (held until release, closed by GC otherwise)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise StoreError(f"{final} is being written by another process (it holds {self.path}); wait "
+                                 "for that write to finish, or write to another path") from None
+            try:  # the file we locked must still be the one at the path (a releasing writer unlinks it)
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        import fcntl
+
+        try:
+            self.path.unlink(missing_ok=True)  # before unlocking: a waiter then locks a fresh file
+        finally:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
 
 
 def _chunk_rows(row_shape: Sequence[int]) -> int:
@@ -581,9 +628,11 @@ class StoreWriter:
     """
 
     def __init__(self, final: Path, root: Path, meta: dict, units: dict, base_n: int,
-                 new_store: bool, overwrite: bool, allow_nonfinite: bool, resumed: bool = False):
+                 new_store: bool, overwrite: bool, allow_nonfinite: bool, resumed: bool = False,
+                 lock: _WriteLock | None = None):
         import zarr
 
+        self._lock = lock
         self.final = final
         self.root = root
         self.meta = meta
@@ -613,17 +662,25 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except DeepfieldError:
-                if self.new_store and not self.resumed:
-                    self.abort()
-                raise
-        elif issubclass(exc_type, DeepfieldError) and self.new_store and not self.resumed:
-            # bad input cannot be resumed: leave nothing half-written behind
-            self.abort()
-        # on a crash or Ctrl-C the partial state stays, resumable with resume=True
+        try:
+            if exc_type is None:
+                try:
+                    self.commit()
+                except DeepfieldError:
+                    if self.new_store and not self.resumed:
+                        self.abort()
+                    raise
+            elif issubclass(exc_type, DeepfieldError) and self.new_store and not self.resumed:
+                # bad input cannot be resumed: leave nothing half-written behind
+                self.abort()
+            # on a crash or Ctrl-C the partial state stays, resumable with resume=True
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let other writers at this path (done by commit, abort and the `with` block's end)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def update_provenance(self, **entries: Any) -> None:
         """Add provenance known only while writing (e.g. counts of masked pixels)."""
@@ -732,6 +789,7 @@ class StoreWriter:
         # stale record the next append ignores
         shutil.rmtree(self.final / _PROGRESS_DIR, ignore_errors=True)
         self._closed = True
+        self.release()
         self.store = open_store(self.final)
         return self.store
 
@@ -742,6 +800,7 @@ class StoreWriter:
         else:
             shutil.rmtree(self._progress_dir, ignore_errors=True)
         self._closed = True
+        self.release()
 
 
 def create_store(
@@ -780,8 +839,6 @@ def create_store(
         append: add objects to the existing store at `path` (committed at the end).
         allow_nonfinite: accept NaN/inf pixels (default: refuse them, naming the rows).
     """
-    import zarr
-
     final = Path(path)
     if append:
         store = open_store(final)
@@ -790,8 +847,13 @@ def create_store(
         if sample_shape is not None and tuple(sample_shape) != store.sample_shape:
             raise InputError(f"cannot append objects of shape {tuple(sample_shape)} to store "
                              f"{final} of shape {store.sample_shape}")
-        return StoreWriter(final, final, meta, merged_units, len(store), new_store=False,
-                           overwrite=False, allow_nonfinite=allow_nonfinite, resumed=resume)
+        lock = _WriteLock(final)
+        try:
+            return StoreWriter(final, final, meta, merged_units, len(store), new_store=False,
+                               overwrite=False, allow_nonfinite=allow_nonfinite, resumed=resume, lock=lock)
+        except BaseException:
+            lock.release()
+            raise
     if sample_shape is None:
         raise InputError("create_store needs sample_shape, e.g. (1, 64, 64) or (3000,)")
     sample_shape = tuple(int(s) for s in sample_shape)
@@ -836,6 +898,20 @@ def create_store(
         "library_version": __import__("deepfield").__version__,
         "n": 0,
     }
+    lock = _WriteLock(final)  # before touching the partial directory another writer may be filling
+    try:
+        return _new_store_writer(final, meta, arrays, shared, units, overwrite, resume, allow_nonfinite, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _new_store_writer(final: Path, meta: dict, arrays: dict, shared: dict, units, overwrite: bool, resume: bool,
+                      allow_nonfinite: bool, lock: _WriteLock) -> StoreWriter:
+    """create_store's writer of a new store (or of the unfinished one it resumes), under `lock`."""
+    import zarr
+
+    sample_shape = tuple(meta["sample_shape"])
     root = _partial_path(final)
     if root.exists():
         record = root / "_progress" / "meta.json"
@@ -857,7 +933,7 @@ def create_store(
                                  f"({'; '.join(diffs)}). Rerun with the original options, or delete it "
                                  "to start afresh")
             return StoreWriter(final, root, old, dict(units or {}), 0, new_store=True,
-                               overwrite=overwrite, allow_nonfinite=allow_nonfinite, resumed=True)
+                               overwrite=overwrite, allow_nonfinite=allow_nonfinite, resumed=True, lock=lock)
         shutil.rmtree(root)
     root.mkdir(parents=True)
     group = zarr.open_group(str(root), mode="w")
@@ -874,7 +950,7 @@ def create_store(
     (root / _PROGRESS_DIR).mkdir()
     _atomic_write_json(root / _PROGRESS_DIR / "meta.json", meta)
     return StoreWriter(final, root, meta, dict(units or {}), 0, new_store=True,
-                       overwrite=overwrite, allow_nonfinite=allow_nonfinite)
+                       overwrite=overwrite, allow_nonfinite=allow_nonfinite, lock=lock)
 
 
 # --------------------------------------------------------------------------------------
