@@ -20,14 +20,28 @@ SECTIONS = [
     ("vae_throughput", "VAE training: deepfield vs pythae 0.1.2 (same network, data, batch); flow-VAE sampling",
      "pip install pythae==0.1.2 && python benchmarks/vae_throughput.py",
      "Training loop wall time per epoch after the first (data loading + steps), 2,048 simulated 64x64 galaxies, "
-     "2 threads on a quiet machine. pythae runs the same layers in PyTorch's default NCHW layout and, its mixed "
-     "precision being CUDA-only, in fp32. The >= 1.3x target is met with bf16 autocast (2.3x, validation loss "
-     "within 0.7% of fp32) but not in fp32 (1.2x): a bare PyTorch loop over the same network runs at the same "
-     "speed as deepfield's, so what is left is the convolutions themselves (torch.compile did not help on this "
-     "CPU). Sampling (conditional flow draw + 64x64 decode) meets the 1,000 galaxies/s target with bf16 "
-     "decoding; in fp32 it reaches about 600/s, twice the previous 287/s, from coupling-spline flows (one network "
-     "pass per transform instead of 16) and channels-last convolutions."),
-    ("morphology", "Flow-VAE morphology validation (held-out galaxies vs samples observed the same way)",
+     "2 threads; the four training rows take turns over three rounds, and each ratio is a round's. pythae runs "
+     "the same layers in PyTorch's default NCHW layout and, its mixed precision being CUDA-only, in fp32. The >= "
+     "1.3x target is met with bf16 autocast (1.9x, validation loss within 0.7% of fp32) but not in fp32 (1.15x), "
+     "and the arithmetic column says why: deepfield's fp32 loop already does its arithmetic at 89% of the rate "
+     "this CPU multiplies large fp32 matrices (pythae's at 75%), and 1.3x pythae would need 97% for the whole "
+     "loop, data loading and optimiser included (torch.compile did not help). The observation-model likelihood "
+     "(PSF convolution by FFT, per-pixel inverse variance) costs about 5% over the Gaussian one. Sampling "
+     "(conditional flow draw + 64x64 decode) meets the 1,000 galaxies/s target with bf16 decoding; in fp32 it "
+     "would need the decoder at 119% of the fp32 rate, and stays near 550-610/s (287/s in the first version, "
+     "before coupling-spline flows and channels-last convolutions)."),
+    ("prior_more_codes", "Morphology validation of the quickstart recipe (5,190 held-out galaxies vs samples observed the same way)",
+     "python benchmarks/prior_more_codes.py  # the cached dilc_snr20_b0.1_e200 model; simulates a second store",
+     "The same VAE and held-out galaxies; only the flow's training codes change: the VAE's own snr > 20 training "
+     "galaxies, then those plus every snr > 20 galaxy of a second 12,000-galaxy store from the same simulator "
+     "(seed 8), through `train_prior(..., extra_stores=...)` (`deepfield train flow --extra-store`). With three "
+     "times the codes the recipe meets the morphology targets: mean |e| (-0.7 sigma) and mean size (+0.5 sigma) "
+     "within 1 sigma of the held-out galaxies, the flow beats N(0, I) on all eight W1 (size's, 0.018, is below "
+     "the 0.037 that two halves of the held-out set give each other), and the Spearman rho of asked with measured "
+     "is 0.96 for magnitude (1.00 noiseless) and 0.96 for size on the noiseless samples. The observed size rho "
+     "(0.67) is bounded by the data: "
+     "the held-out galaxies' own HSM sizes, through the same PSFs and noise, give 0.65 with their true radii."),
+    ("morphology", "Earlier: the plain flow-VAE's morphology validation (the runs from here on led to the recipe)",
      "python benchmarks/morphology.py", "Measured with GalSim HSM and statmorph-style statistics "
      "(deepfield.metrics); the histograms are in benchmarks/results/morphology_histograms.png. Met: magnitude "
      "conditioning (0.92 observed, 0.94 noiseless). Missed: mean size (+1.2 sigma), the flow ties or loses to "
@@ -97,17 +111,6 @@ SECTIONS = [
      "The encoder's means are rounder than the truth (|e| 0.095 vs 0.128 at snr 20-40); the prior's pull "
      "(beta-MAP) leaves them larger; maximum likelihood comes closest in both, and on noiseless data reaches the "
      "truth's size, so what is left is the noise."),
-    ("prior_more_codes", "The recipe's flow fitted on more galaxies' codes",
-     "python benchmarks/prior_more_codes.py  # the cached dilc_snr20_b0.1_e200 model; simulates a second store",
-     "The same VAE and held-out galaxies; only the flow's training codes change: the VAE's own snr > 20 training "
-     "galaxies, then those plus every snr > 20 galaxy of a second 12,000-galaxy store from the same simulator "
-     "(seed 8), through `train_prior(..., extra_stores=...)` (`deepfield train flow --extra-store`). With three "
-     "times the codes the recipe meets every morphology target: mean |e| (-0.7 sigma) and mean size (+0.5 sigma) "
-     "within 1 sigma of the held-out galaxies, the flow beats N(0, I) on all eight W1 (size's, 0.018, is below "
-     "the 0.037 that two halves of the held-out set give each other), and the Spearman rho of asked with measured "
-     "is 0.96 for magnitude (1.00 noiseless) and 0.96 for size on the noiseless samples. The observed size rho "
-     "(0.67) is bounded by the data: "
-     "the held-out galaxies' own HSM sizes, through the same PSFs and noise, give 0.65 with their true radii."),
     ("denoise", "Denoising + deconvolution against the simulator's truth", "python benchmarks/denoise.py",
      "Richardson-Lucy's iteration count and Wiener's balance were tuned on validation galaxies first. Wiener "
      "has the lowest MSE and the most accurate bright-galaxy sizes (+1.8% vs the VAE's +2.8%); the VAE's flux "
