@@ -259,13 +259,13 @@ def main():
     x /= x.std()
     rows, results = [], {}
     work_per = network_flops(args.batch)
-    rates = []
+    matmul = []  # the CPU's matrix-product rates, each round
     runs = (("deepfield fp32", "32-true", "gaussian"), ("deepfield bf16", "bf16-mixed", "gaussian"),
             ("deepfield fp32, pixel likelihood", "32-true", "pixel"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for round_ in range(args.repeats):  # the libraries take turns: a slow spell hits every row of a round
-            rates.append(matmul_rates())
+            matmul.append(matmul_rates())
             rate, params = run_pythae(x, args.epochs, args.batch, work)
             results.setdefault("pythae fp32", {"params": params, "rounds": []})["rounds"].append(rate)
             for name, precision, likelihood in runs:
@@ -275,8 +275,8 @@ def main():
             print(f"round {round_ + 1}/{args.repeats}: " + ", ".join(
                 f"{k} {v['rounds'][-1]:.1f}" for k, v in results.items()), flush=True)
         sampling = sampling_rate(out, args.samples, 1000, args.flow_epochs)  # the last round's pixel-likelihood VAE
-    peak = {k: max(r[k] for r in rates) for k in rates[0]}
-    work_per.update(matmul_flops_per_s=peak, matmul_flops_per_s_rounds=rates)
+    peak = {k: max(r[k] for r in matmul) for k in matmul[0]}
+    work_per.update(matmul_flops_per_s=peak, matmul_flops_per_s_rounds=matmul)
     base = np.array(results["pythae fp32"]["rounds"])
     for name, r in results.items():
         rates = np.array(r["rounds"])
@@ -309,7 +309,8 @@ def main():
               f"{100 * sampling['bf16_max_pixel_error_over_peak']:.2f}% of a galaxy's peak; median flux error "
               f"{100 * sampling['bf16_median_flux_error']:.3f}%.")
     write_results("vae_throughput", {"n_train": int(len(train_rows)), "epochs": args.epochs, "batch": args.batch,
-                                     "threads": args.threads, "repeats": args.repeats, "arithmetic": work_per, "training": results, "sampling": sampling}, table)
+                                     "threads": args.threads, "repeats": args.repeats, "arithmetic": work_per,
+                                     "training": results, "sampling": sampling}, table)
 
 
 if __name__ == "__main__":
