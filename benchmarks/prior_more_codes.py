@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import CACHE, cached_store, markdown_table, write_results
+from _common import cached_model, cached_store, markdown_table, write_results
 from morphology import galaxy_store
 
 CONDITION = ("half_light_radius", "redshift")
@@ -46,6 +46,7 @@ def main():
     from deepfield.tasks.evaluate import evaluate_morphology
     from deepfield.train.prior import train_prior
 
+    model_folder = cached_model(args.model)  # before simulating anything
     store = galaxy_store(12000, 32)
     extra = cached_store(f"galaxies-{args.extra_n}-32-seed{args.extra_seed}", lambda p: simulate_galaxies(
         p, args.extra_n, size=32, bands=("r",), seed=args.extra_seed, workers=2, progress=False))
@@ -53,7 +54,7 @@ def main():
     for name, extra_stores in (("own codes", ()), ("own + extra store's codes", (extra,))):
         with tempfile.TemporaryDirectory() as tmp:  # a copy: the cached model's own prior stays
             folder = Path(tmp) / "vae"
-            shutil.copytree(CACHE / "models" / args.model, folder)
+            shutil.copytree(model_folder, folder)
             train_prior(folder, store, kind="nsf", condition=CONDITION, where=args.where, refine_steps=30,
                         refine_prior_weight=0.0, extra_stores=extra_stores, progress=False)
             model = deepfield.load(folder)

@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 import torch
 
-from _common import CACHE, markdown_table, write_results
+from _common import cached_model, markdown_table, write_results
 from morphology import galaxy_store
 
 
@@ -36,7 +36,7 @@ def main():
     from deepfield.metrics.morphology import hsm_moments
     from deepfield.train.fit import iterate_batches, record_splits
 
-    model = deepfield.load(CACHE / "models" / args.model)
+    model = deepfield.load(cached_model(args.model))
     store = galaxy_store(12000, 32)
     train_rows = record_splits(store, model.record["store"])["train"]
     snr = store.column("snr")
