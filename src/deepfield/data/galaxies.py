@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from deepfield._names import comma_list
-from deepfield.errors import InputError, StoreError
+from deepfield.errors import InputError
 
 __all__ = [
     "BANDS",
@@ -800,15 +800,6 @@ def simulate_galaxies(
                 "truth": (C, size, size)},
         units=catalog_units(bands), provenance=provenance, extra_meta=conventions,
         overwrite=overwrite, resume=resume)
-    started = writer.meta.get("provenance", {})
-    if {k: started.get(k) for k in ("parameters", "galsim_version")} != \
-            {k: provenance[k] for k in ("parameters", "galsim_version")}:
-        writer.release()  # the unfinished write stays, for a resume with the original options
-        raise StoreError(
-            f"cannot resume the unfinished write at {writer.root}: it was started with "
-            f"{started.get('parameters')} (GalSim {started.get('galsim_version')}), now asked for "
-            f"{parameters} (GalSim {galsim_version}); rerun with the original options, or "
-            "without --resume to start again")
     start = writer.n_written
     batches = [(lo, min(lo + batch, n)) for lo in range(start, n, batch)]
     survey = {"bands": bands, "depth": float(depth), "pixel_scale": float(pixel_scale), "seed": seed}
