@@ -841,16 +841,18 @@ def create_store(
     """
     final = Path(path)
     if append:
-        store = open_store(final)
-        meta = dict(store.meta)
-        merged_units = {**store.units, **(units or {})}
-        if sample_shape is not None and tuple(sample_shape) != store.sample_shape:
-            raise InputError(f"cannot append objects of shape {tuple(sample_shape)} to store "
-                             f"{final} of shape {store.sample_shape}")
+        if not (final / "meta.json").is_file():
+            open_store(final)  # raises, naming what is missing, before anything is created beside it
+        # locked before its length is read: an append committing in between would otherwise be overwritten
         lock = _WriteLock(final)
         try:
-            return StoreWriter(final, final, meta, merged_units, len(store), new_store=False,
-                               overwrite=False, allow_nonfinite=allow_nonfinite, resumed=resume, lock=lock)
+            store = open_store(final)
+            if sample_shape is not None and tuple(sample_shape) != store.sample_shape:
+                raise InputError(f"cannot append objects of shape {tuple(sample_shape)} to store "
+                                 f"{final} of shape {store.sample_shape}")
+            return StoreWriter(final, final, dict(store.meta), {**store.units, **(units or {})}, len(store),
+                               new_store=False, overwrite=False, allow_nonfinite=allow_nonfinite, resumed=resume,
+                               lock=lock)
         except BaseException:
             lock.release()
             raise
