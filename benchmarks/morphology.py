@@ -80,12 +80,12 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
     done = out / "prior" / "config.json"
     if done.exists() and not retrain and not refit_prior:
         return out
+    prior = {"kind": "nsf", "condition": prior_condition, "epochs": flow_epochs, "where": prior_where,
+             "refine_steps": refine_steps, "refine_prior_weight": refine_prior_weight, "seed": flow_seed,
+             "transforms": flow_transforms, "hidden": flow_hidden, "progress": True}
     t0 = time.perf_counter()
     if not retrain and (out / "config.json").exists():  # refit the prior only
-        train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
-                    refine_steps=refine_steps, refine_prior_weight=refine_prior_weight, seed=flow_seed,
-                    transforms=flow_transforms, hidden=flow_hidden,
-                    progress=True)
+        train_prior(out, store, **prior)
         return out
     options = {"likelihood": "pixel", "latent_dim": latent_dim, "beta": beta,
                **({"condition": tuple(condition)} if family == "cvae" else {}),
@@ -97,10 +97,7 @@ def trained_vae(store, epochs: int, latent_dim: int = 16, retrain: bool = False,
                                  split_fractions=SPLIT, threads=threads, where=train_where, progress=True),
           overwrite=True)
     t1 = time.perf_counter()
-    train_prior(out, store, kind="nsf", condition=prior_condition, epochs=flow_epochs, where=prior_where,
-                refine_steps=refine_steps, refine_prior_weight=refine_prior_weight, seed=flow_seed,
-                    transforms=flow_transforms, hidden=flow_hidden,
-                    progress=True)
+    train_prior(out, store, **prior)
     (out / "benchmark_timing.json").write_text(json.dumps(
         {"vae_seconds": t1 - t0, "flow_seconds": time.perf_counter() - t1, "precision": precision,
          "threads": threads}) + "\n")

@@ -51,15 +51,14 @@ def main():
             clean = dict(batch, x=model.observation.predict(truth, batch["psf"]))
             mean, _, c = model.posterior_batch(batch)
             nll_truth = model.observation.nll(truth, batch)
-        codes = {"encoder mean": (mean, batch),
-                 "refined, beta-MAP": (model.refine_codes(batch, args.steps, mean=mean), batch),
-                 "refined, ML": (model.refine_codes(batch, args.steps, mean=mean, prior_weight=0.0), batch),
-                 "refined, ML on the noiseless observation": (
-                     model.refine_codes(clean, args.steps, prior_weight=0.0), clean)}
+        codes = {"encoder mean": mean,
+                 "refined, beta-MAP": model.refine_codes(batch, args.steps, mean=mean),
+                 "refined, ML": model.refine_codes(batch, args.steps, mean=mean, prior_weight=0.0),
+                 "refined, ML on the noiseless observation": model.refine_codes(clean, args.steps, prior_weight=0.0)}
         skies = {"truth": truth}
         nll = {"truth": 0.0}
         with torch.no_grad():
-            for name, (z, _) in codes.items():
+            for name, z in codes.items():
                 skies[name] = model._sky(model._decode_raw(z, c), c)
                 nll[name] = float((model.observation.nll(skies[name], batch) - nll_truth).mean())
         key = f"snr {lo}-{hi:g}"

@@ -91,7 +91,7 @@ def train(
 
         if model is None:
             raise ConfigError(f"train {family} fits a latent prior on a trained VAE: pass --model VAE_DIR")
-        names = comma_list(condition) if condition else ()
+        names = comma_list(condition)
         path = train_prior(model, store, kind=flow_kind if family == "flow" else "gmm", condition=names,
                            epochs=epochs or 100, lr=lr or 1e-3, seed=seed or 0, where=where, progress=progress,
                            refine_steps=refine_steps or 0, refine_prior_weight=refine_prior_weight,
