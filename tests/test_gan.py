@@ -15,8 +15,8 @@ import deepfield
 from deepfield.data.store import create_store
 from deepfield.errors import ConfigError, InputError
 from deepfield.metrics import encoder_frechet_distance, frechet_distance
-from deepfield.models.gan import (DCGAN, WGANGP, DCGANConfig, WGANGPConfig, gradient_penalty,
-                                  resample_images)
+from deepfield.models.gan import DCGAN, WGANGP, DCGANConfig, WGANGPConfig, gradient_penalty
+from deepfield.physics.resample import resample_images
 from deepfield.train import TrainingDiverged, TrainSettings, train, training_dir
 from deepfield.train.gan import check_cycle_stores, train_gan
 

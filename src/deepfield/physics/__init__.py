@@ -24,7 +24,7 @@ from deepfield.physics.likelihood import (ObservationModel, estimate_noise_ps, f
                                           white_noise_ps)
 from deepfield.physics.psf import (as_psf, convolve_psf, gaussian_psf, moffat_psf, oversample_psf,
                                    psf_band_limit_mask)
-from deepfield.physics.resample import dilate
+from deepfield.physics.resample import dilate, resample_images
 
 __all__ = [
     "ObservationModel",
@@ -40,4 +40,5 @@ __all__ = [
     "noise_power_spectrum_from_ivar",
     "estimate_noise_ps",
     "dilate",
+    "resample_images",
 ]

@@ -26,7 +26,8 @@ import torch
 
 from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
-from deepfield.models.gan import CycleGAN, resample_images
+from deepfield.models.cyclegan import CycleGAN
+from deepfield.physics.resample import resample_images
 from deepfield.tasks.apply import map_store, progress_bar
 
 __all__ = ["translate_store", "resample_store", "deconvolution_baseline", "evaluate_translation", "BASELINES"]
@@ -43,7 +44,7 @@ def _grid(model: CycleGAN) -> tuple[float | None, tuple[int, ...]]:
 def resample_store(store, out, pixel_scale: float, size: int, *, indices=None, batch_size: int = 256,
                    overwrite: bool = False, progress: bool = True) -> Store:
     """Write `store`'s images (rows `indices`) on a grid of `pixel_scale` arcsec and `size` x `size`
-    pixels, flux conserving (deepfield.models.gan.resample_images), with the same ids and catalog.
+    pixels, flux conserving (deepfield.physics.resample.resample_images), with the same ids and catalog.
     Only `x` is carried over (PSF stamps and noise maps change meaning under resampling)."""
     store = store if isinstance(store, Store) else open_store(store)
     if store.kind != "image" or store.pixel_scale is None:
