@@ -146,14 +146,15 @@ def roundness_by_magnitude(model, store, rows: np.ndarray, bins=((17, 21.5), (21
         twin_condition = {c: store.column(c)[bright[twin]] for c in model.config.condition}
         with torch.no_grad():
             images = {"truth": torch.from_numpy(store.read("truth", sel)),
-                      "posterior draws": model.decode(draws, condition),
-                      "flow samples": model.decode(model.prior.sample(len(sel), condition,
-                                                                      torch.Generator().manual_seed(0)), condition),
+                      "posterior draws": model.decode(draws, condition=condition),
+                      "flow samples": model.decode(model.prior.sample(len(sel), condition=condition,
+                                                                      generator=torch.Generator().manual_seed(0)),
+                                                   condition=condition),
                       "snr > 40 twin truth": torch.from_numpy(store.read("truth", bright[twin])),
                       "snr > 40 twin decoded": model.decode(torch.from_numpy(bright_mean[twin]).float(),
-                                                            twin_condition),
+                                                            condition=twin_condition),
                       "snr > 40 twin refined": model.decode(torch.from_numpy(bright_refined[twin]).float(),
-                                                            twin_condition)}
+                                                            condition=twin_condition)}
             e = {k: float(np.nanmean(hsm_moments(model.observation.predict(v, psf).numpy()[:, 0],
                                                  pixel_scale=store.pixel_scale)["e"])) for k, v in images.items()}
         out.append({"magnitude": f"{lo}-{hi}", "n": int(len(sel)), **e})

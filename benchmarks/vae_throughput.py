@@ -223,7 +223,7 @@ def sampling_rate(vae_dir: Path, n: int, batch: int, flow_epochs: int) -> dict:
         assert torch.isfinite(images).all() and images.shape[-1] == SIZE
         out["galaxies_per_s_bf16" if bf16 else "galaxies_per_s"] = done / seconds
     # how far bf16 decoding moves the pixels: the same codes decoded both ways
-    z = model.prior.sample(batch, condition, torch.Generator().manual_seed(1))
+    z = model.prior.sample(batch, condition=condition, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model.decode(z)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -233,7 +233,7 @@ def sampling_rate(vae_dir: Path, n: int, batch: int, flow_epochs: int) -> dict:
     out["bf16_median_flux_error"] = float(((half.sum((1, 2, 3)) - full.sum((1, 2, 3))).abs() / full.sum((1, 2, 3))).median())
     with torch.no_grad():
         t0 = time.perf_counter()
-        model.prior.sample(batch * 4, {k: v.repeat(4) for k, v in condition.items()}, g)
+        model.prior.sample(batch * 4, condition={k: v.repeat(4) for k, v in condition.items()}, generator=g)
         out["prior_codes_per_s"] = batch * 4 / (time.perf_counter() - t0)
     return out
 

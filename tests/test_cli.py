@@ -66,7 +66,7 @@ def test_train_encode_reconstruct_through_the_cli(capsys, blob_store, tmp_path):
     (["train", "gan", "--store", "{store}", "--out", "{tmp}/m"], "unknown model family"),
     (["train", "ae", "--store", "{tmp}/nostore", "--out", "{tmp}/m"], "no store at"),
     (["train", "ae", "--store", "{store}", "--out", "{tmp}/m", "--config", "{tmp}/bad.yaml"], "unknown key"),
-    (["train", "pca", "--store", "{store}", "--out", "{tmp}/m", "--denoise", "0.1"], "apply to autoencoders"),
+    (["train", "pca", "--store", "{store}", "--out", "{tmp}/m", "--denoise", "0.1"], "apply to ae and conv-ae only"),
     (["train", "ae", "--store", "{store}", "--out", "{tmp}/m", "--resume"], "nothing to resume"),
     (["encode", "{tmp}/nomodel", "--store", "{store}", "--out", "{tmp}/c"], "no model folder"),
     (["encode", "{model}", "--store", "{three_band}", "--out", "{tmp}/c"], "3 band(s)"),
@@ -81,3 +81,36 @@ def test_bad_input_exits_2_with_the_fix(capsys, blob_store, trained, tmp_path, a
     assert code == 2, out
     assert message in out
     assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--n", "abc"], "No such option: --n"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["sample"], "Missing argument"),
+    (["sample", "{tmp}/m", "--n", "abc"], "Invalid value for '--n'"),
+])
+def test_usage_mistakes_exit_2_with_a_message_and_no_traceback(capsys, tmp_path, args, message):
+    code, out = cli(capsys, *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and message in out and "Traceback" not in out
+
+
+def test_version_prints_and_exits_0(capsys):
+    code, out = cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"deepfield {deepfield.__version__}"
+
+
+@pytest.mark.parametrize("raised, code, message", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (RuntimeError("boom"), 1, "unexpected error: RuntimeError: boom"),
+    (PermissionError(13, "Permission denied", "/data/out"), 2, "cannot write or read /data/out: permission denied"),
+    (OSError(28, "No space left on device", "/data/out"), 2, "no space left on the device of /data/out"),
+])
+def test_interrupts_and_unexpected_errors_end_in_one_message(capsys, monkeypatch, blob_store, raised, code, message):
+    import deepfield.data.store as store_module
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(store_module, "open_store", fail)
+    got, out = cli(capsys, "info", blob_store.path)
+    assert got == code and message in out and "Traceback" not in out

@@ -1,66 +1,145 @@
-"""Every model family through one contract, plus the numbers each family must get right."""
+"""Every registered family through one contract (deepfield.testing.check_model), a family added by a
+test through the CLI, and the numbers each family must get right."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import deepfield
 from deepfield.errors import ConfigError, InputError, ModelFolderError
-from deepfield.models import (AUTOENCODING, FAMILIES, PCA, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig,
+from deepfield.models import (FAMILIES, PCA, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig,
                               DenseAutoencoder, PCAConfig, save_model)
+from deepfield.models.base import MODEL_REGISTRY, Model, register
+from deepfield.models.protocol import Encoding, Generative, LossOutput, Trainable, capabilities, signature_problems
+from deepfield.testing import check_model, tiny_store
 from deepfield.train import TrainSettings, build_model, train
+from conftest import cli
 
-TINY = {
-    "pca": {"latent_dim": 4},
-    "ae": {"latent_dim": 4, "hidden": (32,)},
-    "conv-ae": {"latent_dim": 4, "channels": (8, 16)},
-    "vae": {"latent_dim": 4, "channels": (8, 16)},
-    "cvae": {"latent_dim": 4, "channels": (8, 16)},
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-#: families without latent codes, and the test file holding their own save/load contract
-OTHER_CONTRACTS = {"pixelcnn": "test_pixelcnn.py", "dcgan": "test_gan.py", "wgan-gp": "test_gan.py",
-                   "cgan": "test_gan.py", "cyclegan": "test_gan.py"}
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_registered_family_keeps_the_protocol(family, tmp_path):
+    """fit -> save -> load -> encode / sample / log_prob / loss, bad input refused: the check suite."""
+    done = check_model(family, tmp_path)
+    caps = capabilities(FAMILIES[family])
+    assert {"signatures", "fit", "folder"} | (caps - {"loss"} if FAMILIES[family].trainer == "closed-form" else caps) \
+        <= set(done) | {"adversarial"}
+    if "encode" in caps and FAMILIES[family].trainer in ("gradient", "closed-form"):
+        metrics = json.loads((tmp_path / f"model-{family}" / "metrics.json").read_text())
+        assert 0 < metrics["test_mse"] < 1.5  # normalised units: 1 = predicting zero flux everywhere
 
 
-def test_every_family_is_under_a_contract():
-    from pathlib import Path
+def test_a_broken_family_is_refused_at_registration():
+    class Forgetful(Model, Encoding):  # encode without the keyword-only condition
+        family = "forgetful"
+        config_class = AutoencoderConfig
 
-    assert set(TINY) == set(AUTOENCODING), "add the new autoencoding family to TINY"
-    assert set(FAMILIES) == set(TINY) | set(OTHER_CONTRACTS), "put the new family under a contract"
-    for family, test_file in OTHER_CONTRACTS.items():
-        assert "save" in (Path(__file__).parent / test_file).read_text(), family
+        def encode(self, x, condition=None):
+            return x
+
+        def decode(self, z, *, condition=None):
+            return z
+
+    assert signature_problems(Forgetful) and "must be" in signature_problems(Forgetful)[0]
+    with pytest.raises(TypeError, match="does not follow deepfield.models.protocol"):
+        register(Forgetful)
+    assert "forgetful" not in FAMILIES
+    with pytest.raises(TypeError, match="abstract"):
+        type("Half", (Model, Encoding), {"family": "half", "config_class": AutoencoderConfig,
+                                          "encode": lambda self, x, *, condition=None: x})(AutoencoderConfig((4,)))
 
 
-@pytest.mark.parametrize("family", sorted(AUTOENCODING))
-def test_family_contract_fit_encode_decode_save_load(family, blob_store, tmp_path):
-    """fit -> encode -> decode -> save -> load gives identical outputs (the sklearn check-suite idea)."""
-    out = train(family, blob_store, tmp_path / family, model_options=TINY[family],
-                settings=TrainSettings(epochs=2, batch_size=32, progress=False))
-    x = torch.from_numpy(blob_store.read("x", np.arange(8)))
-    model = deepfield.load(out)
-    # conditional families take their catalog columns alongside the pixels
-    cond = ({"condition": np.stack([blob_store.column(c)[:8] for c in model.data_columns], 1)}
-            if model.data_columns else {})
-    z = model.encode(x, **cond)
-    assert z.shape == (8, 4) and torch.isfinite(z).all()
-    recon = model.decode(z, **cond)
-    assert recon.shape == x.shape
-    again = deepfield.load(out)
-    assert torch.equal(again.encode(x, **cond), z) and torch.equal(again.decode(z, **cond), recon)
-    record = json.loads((out / "config.json").read_text())
-    assert record["store"]["fingerprint"] == blob_store.fingerprint
-    assert record["class"] == type(model).__name__ and record["family"] == family
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 < metrics["test_mse"] < 1.5  # normalised units: 1 = predicting zero flux everywhere
-    assert (out / "README.md").read_text().startswith("# ")
-    with pytest.raises(InputError, match="trained on 1 band"):
-        model.encode(torch.zeros(2, 3, 16, 16))
+@dataclass(frozen=True)
+class ToyConfig:
+    """Arguments:
+    input_shape: (C, H, W) of the store's images.
+    latent_dim: code length.
+    normalisation: 'channel' (per-band pixel standard deviation).
+    """
+
+    input_shape: tuple[int, ...]
+    latent_dim: int = 2
+    normalisation: str = "channel"
+
+
+class ToyLinear(Model, Encoding, Generative, Trainable):
+    """A linear autoencoder with a Gaussian latent: the smallest family the protocol admits."""
+
+    family = "toy-linear"
+    config_class = ToyConfig
+    check_options = {"latent_dim": 3}
+
+    def __init__(self, config: ToyConfig):
+        super().__init__(config)
+        d = int(np.prod(config.input_shape))
+        self.encoder, self.decoder = nn.Linear(d, config.latent_dim), nn.Linear(config.latent_dim, d)
+
+    def encode(self, x, *, condition=None):
+        self.check_no_condition(condition)
+        x = self.check_input(x)
+        return self.encoder(self.normalise(x).flatten(1))
+
+    def decode(self, z, *, condition=None):
+        self.check_no_condition(condition)
+        z = self.check_codes(z)
+        return self.denormalise(self.decoder(z).reshape(z.shape[0], *self.input_shape))
+
+    def sample(self, n, *, condition=None, generator=None):
+        return self.decode(torch.randn(n, self.latent_dim, generator=generator), condition=condition)
+
+    def loss(self, batch):
+        x = self.check_input(batch["x"])
+        mse = ((self.normalise(self.reconstruct(x)) - self.normalise(x)) ** 2).mean()
+        return LossOutput(mse, {"mse": mse})
+
+
+@pytest.fixture
+def toy_family():
+    register(ToyLinear)
+    yield "toy-linear"
+    FAMILIES.pop("toy-linear", None)
+    MODEL_REGISTRY.pop("ToyLinear", None)
+
+
+def test_a_family_added_in_a_test_trains_saves_loads_encodes_and_samples_through_the_cli(toy_family, tmp_path,
+                                                                                         capsys):
+    import pyarrow.parquet as pq
+
+    store = tiny_store(tmp_path / "store")
+    code, out = cli(capsys, "train", toy_family, "--help-config")
+    assert code == 0 and "latent_dim" in out and "code length" in out and "encode" in out
+    code, out = cli(capsys, "train", toy_family, "--store", store.path, "--out", tmp_path / "toy", "--set",
+                    "latent_dim=3", "--epochs", 3, "--set", "batch_size=16", "--no-progress")
+    assert code == 0 and "model written to" in out, out
+    record = json.loads((tmp_path / "toy" / "config.json").read_text())
+    assert record["class"] == "ToyLinear" and record["config"]["latent_dim"] == 3
+    model = deepfield.load(tmp_path / "toy")
+    code, out = cli(capsys, "encode", tmp_path / "toy", "--store", store.path, "--out", tmp_path / "codes.parquet",
+                    "--no-progress")
+    assert code == 0, out
+    codes = pq.read_table(tmp_path / "codes.parquet")
+    z = model.encode(torch.from_numpy(store.read("x"))).detach().numpy()
+    np.testing.assert_allclose(codes.column("z2").to_numpy(), z[:, 2], rtol=1e-5, atol=1e-5)
+    code, out = cli(capsys, "sample", tmp_path / "toy", "--n", 5, "--out", tmp_path / "samples", "--seed", 3,
+                    "--no-progress")
+    assert code == 0, out
+    samples = deepfield.data.store.open_store(tmp_path / "samples")
+    again = model.sample(5, generator=torch.Generator().manual_seed(3)).detach().numpy()
+    np.testing.assert_allclose(samples.read("x"), again, rtol=1e-5, atol=1e-4)
+    code, out = cli(capsys, "train", toy_family, "--store", store.path, "--out", tmp_path / "bad", "--set",
+                    "latent_dims=3")
+    assert code == 2 and "unknown key" in out and "latent_dim" in out
+    code, out = cli(capsys, "train", toy_family, "--store", store.path, "--out", tmp_path / "bad", "--set",
+                    "latent_dim=three")
+    assert code == 2 and "latent_dim = 'three' is not a whole number" in out
+    assert check_model(toy_family, tmp_path / "check")["sample"]
 
 
 def test_pca_matches_exact_linear_algebra():

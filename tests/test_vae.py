@@ -95,10 +95,10 @@ def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies
     assert "train_skipped_steps" in json.loads((out / "metrics.json").read_text())["history"][-1]
     rows = np.arange(32)
     cond = {c: galaxies.column(c)[rows] for c in model.config.condition}
-    z = model.encode(torch.from_numpy(galaxies.read("x", rows)), np.stack(list(cond.values()), 1),
-                     torch.from_numpy(galaxies.read("psf", rows)))
-    bright = model.decode(z, cond)
-    faint = model.decode(z, {**cond, "magnitude": cond["magnitude"] + 2.5})
+    z = model.encode(torch.from_numpy(galaxies.read("x", rows)), condition=np.stack(list(cond.values()), 1),
+                     psf=torch.from_numpy(galaxies.read("psf", rows)))
+    bright = model.decode(z, condition=cond)
+    faint = model.decode(z, condition={**cond, "magnitude": cond["magnitude"] + 2.5})
     torch.testing.assert_close(faint * 10, bright, rtol=1e-4, atol=1e-6)
     # trained for 3 epochs, the decoded fluxes already follow the catalog's over 2.5 decades
     flux = 10 ** (-0.4 * (cond["magnitude"] - 30))
@@ -120,8 +120,8 @@ def test_flux_conditioned_decoder_draws_one_profile_at_every_brightness(galaxies
     assert blind.decoder.head.in_features == 3
     blind.fit_conditions(np.array([[0.3, 20.0], [1.0, 24.0]]))
     z = torch.randn(2, 3)
-    torch.testing.assert_close(blind.decode(z, {"half_light_radius": [0.3, 0.3], "magnitude": [21.0, 21.0]}),
-                               blind.decode(z, {"half_light_radius": [1.0, 1.0], "magnitude": [21.0, 21.0]}))
+    torch.testing.assert_close(blind.decode(z, condition={"half_light_radius": [0.3, 0.3], "magnitude": [21.0, 21.0]}),
+                               blind.decode(z, condition={"half_light_radius": [1.0, 1.0], "magnitude": [21.0, 21.0]}))
     # a decoder_condition naming every column in another order is read in its own order
     swapped = VAE(VAEConfig(input_shape=(1, 8, 8), latent_dim=3, channels=(4,), likelihood="pixel",
                             condition=("half_light_radius", "redshift"), decoder_condition=("redshift", "half_light_radius")))
@@ -153,9 +153,9 @@ def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(gala
     z = torch.randn(8, SMALL["latent_dim"], generator=torch.Generator().manual_seed(1))
     ref = float(model.size_reference)
     with torch.no_grad():
-        profile = model.decode(z, {**cond, "half_light_radius": np.full(8, ref)})  # drawn as decoded
-        small = model.decode(z, {**cond, "half_light_radius": np.full(8, 0.2)})
-        large = model.decode(z, {**cond, "half_light_radius": np.full(8, 0.4)})
+        profile = model.decode(z, condition={**cond, "half_light_radius": np.full(8, ref)})  # drawn as decoded
+        small = model.decode(z, condition={**cond, "half_light_radius": np.full(8, 0.2)})
+        large = model.decode(z, condition={**cond, "half_light_radius": np.full(8, 0.4)})
     torch.testing.assert_close(small, dilate(profile, 0.2 / ref), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(large.sum((1, 2, 3)), small.sum((1, 2, 3)), rtol=1e-3, atol=0)
     r2 = [np.mean([second_moment(im[0]) for im in images]) for images in (small, large)]
@@ -163,7 +163,7 @@ def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(gala
     assert 3.0 < r2[1] / r2[0] < 5.0  # sigma^2 grows ~4x (kernel blur aside)
     # trained for 3 epochs, the decoded size already follows the catalog radius
     with torch.no_grad():
-        decoded = model.decode(z, cond)
+        decoded = model.decode(z, condition=cond)
     size = [np.sqrt(np.mean(second_moment(im[0]))) for im in decoded]
     assert np.corrcoef(size, cond["half_light_radius"])[0, 1] > 0.9
     with pytest.raises(ConfigError, match="must be one of the condition columns"):
@@ -176,9 +176,9 @@ def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(gala
         VAE(VAEConfig(input_shape=(1, 8, 8), condition=("half_light_radius",), size_condition="half_light_radius"))
     with pytest.raises(InputError, match=r"size condition 'half_light_radius' must be finite and > 0; 1 object\(s\) "
                                          r"\(rows \[1\]\) have \[0.0\]"):
-        model.decode(z[:2], {**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, 0.0]})
+        model.decode(z[:2], condition={**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, 0.0]})
     with pytest.raises(InputError, match=r"condition half_light_radius is NaN/inf for 1 object\(s\) \(rows \[1\]\)"):
-        model.decode(z[:2], {**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, float("nan")]})
+        model.decode(z[:2], condition={**{c: v[:2] for c, v in cond.items()}, "half_light_radius": [0.3, float("nan")]})
 
 
 def test_train_cli_flux_decoder_conditions_and_selection(galaxies, tmp_path, capsys):

@@ -30,8 +30,41 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from deepfield import __version__
+
+        typer.echo(f"deepfield {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print deepfield's version and exit.")) -> None:
+    """Deep generative and probabilistic models of astronomical survey data."""
+
+
+def _os_error_message(err: OSError) -> str | None:
+    """The user's fix for the operating-system errors that come from their paths and disks."""
+    import errno
+
+    where = f" {err.filename}" if getattr(err, "filename", None) else ""
+    if err.errno == errno.ENOSPC:
+        return (f"no space left on the device of{where or ' the output'}: free space or write elsewhere "
+                "(nothing half-written is kept)")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write or read{where}: permission denied (read-only?): choose a path you can write to"
+    if err.errno == errno.ENOENT:
+        return f"no such file or directory:{where}"
+    return None
+
+
 def run_app(argv=None) -> None:
-    """Run the app and exit: 0 on success; any DeepfieldError prints its message, exit code 2."""
+    """Run the app and exit: 0 on success; usage mistakes and any DeepfieldError print a one-line
+    message and exit 2; Ctrl-C exits 130; anything unexpected prints its type and message (the
+    traceback with DEEPFIELD_DEBUG=1) and exits 1."""
+    import os
+
     from deepfield.errors import DeepfieldError
 
     try:
@@ -41,17 +74,23 @@ def run_app(argv=None) -> None:
         sys.exit(2)
     except typer.Exit as err:
         sys.exit(err.exit_code)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted")
         sys.exit(130)
-    except Exception as err:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except Exception as err:
+        # usage mistakes: click's (or typer's vendored click's) exceptions carry their exit code and show()
+        if hasattr(err, "exit_code") and callable(getattr(err, "show", None)):
             err.show()
             sys.exit(err.exit_code)
-        raise
+        if isinstance(err, OSError) and _os_error_message(err):
+            console.print(f"[bold red]error:[/] {_os_error_message(err)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        if os.environ.get("DEEPFIELD_DEBUG"):
+            raise
+        console.print(f"[bold red]unexpected error:[/] {type(err).__name__}: {err}\n"
+                      "This is a bug in deepfield or an input it does not yet check: rerun with DEEPFIELD_DEBUG=1 "
+                      "for the traceback and report it.", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    if result == 130:  # typer returns Ctrl-C's exit code when not standalone
+        console.print("interrupted")
     sys.exit(result if isinstance(result, int) else 0)

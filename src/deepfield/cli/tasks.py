@@ -124,7 +124,9 @@ def sample(
 
         raise InputError(f"--prior {prior!r}: choose auto or gaussian")
     model = deepfield.load(model_dir)
-    if not hasattr(model, "sample"):
+    from deepfield.models.protocol import has
+
+    if not has(model, "sample"):
         from deepfield.errors import InputError
 
         raise InputError(f"{model_dir} holds a {type(model).__name__}, which cannot sample: train a vae or cvae")

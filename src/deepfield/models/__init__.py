@@ -12,29 +12,28 @@
 | wgan-gp | WGANGP | Wasserstein GAN with gradient penalty |
 | cgan | ConditionalGAN | GAN conditioned on catalog columns |
 | cyclegan | CycleGAN | unpaired translation between two surveys' stores |
+| flow | LatentFlow | a latent prior: normalizing flow on a trained VAE's codes (conditional) |
+| gmm | GaussianMixturePrior | a latent prior: Gaussian mixture on a trained VAE's codes |
 
-The autoencoding families (pca, ae, conv-ae, vae, cvae) share encode/decode; PixelCNN gives
-``log_prob``; the GANs ``sample`` (and codes through their izi_f encoder). GANs train through
-:func:`deepfield.train.gan.train_gan`, the rest through :func:`deepfield.train.train`.
+Each family plays the roles of :mod:`deepfield.models.protocol` it inherits (encode, sample,
+log_prob, elbo, loss, ...) and names its trainer; :func:`deepfield.models.protocol.capabilities`
+reads them, and :data:`FAMILIES` maps each registered family name to its class. A new family is
+one module whose class carries ``@register``, plus its import below.
 """
 
 from deepfield.models.autoencoder import (AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig,
                                           DenseAutoencoder)
-from deepfield.models.base import MODEL_REGISTRY, Model, register
+from deepfield.models.base import FAMILIES, MODEL_REGISTRY, Model, family_class, register
+from deepfield.models.cyclegan import CycleGAN
 from deepfield.models.folder import load_model, save_model
-from deepfield.models.gan import DCGAN, WGANGP, ConditionalGAN, CycleGAN
+from deepfield.models.gan import DCGAN, WGANGP, ConditionalGAN
 from deepfield.models.pca import PCA, PCAConfig
 from deepfield.models.pixelcnn import PixelCNN, PixelCNNConfig
 from deepfield.models.prior import GaussianMixturePrior, LatentFlow, LatentPriorConfig
+from deepfield.models.protocol import LossOutput, capabilities
 from deepfield.models.vae import VAE, VAEConfig
 
-__all__ = ["Model", "MODEL_REGISTRY", "register", "PCA", "PCAConfig", "DenseAutoencoder",
-           "AutoencoderConfig", "ConvAutoencoder", "ConvAutoencoderConfig", "FAMILIES",
+__all__ = ["Model", "MODEL_REGISTRY", "FAMILIES", "register", "family_class", "capabilities", "LossOutput",
+           "PCA", "PCAConfig", "DenseAutoencoder", "AutoencoderConfig", "ConvAutoencoder", "ConvAutoencoderConfig",
            "save_model", "load_model", "VAE", "VAEConfig", "LatentFlow", "GaussianMixturePrior", "LatentPriorConfig",
-           "PixelCNN", "PixelCNNConfig", "DCGAN", "WGANGP", "ConditionalGAN", "CycleGAN", "AUTOENCODING"]
-
-#: CLI family name -> model class
-FAMILIES = {**{cls.family: cls for cls in (PCA, DenseAutoencoder, ConvAutoencoder, VAE)}, "cvae": VAE,
-            "pixelcnn": PixelCNN, **{cls.family: cls for cls in (DCGAN, WGANGP, ConditionalGAN, CycleGAN)}}
-#: families with latent codes: encode(x) -> z, decode(z) -> x
-AUTOENCODING = ("pca", "ae", "conv-ae", "vae", "cvae")
+           "PixelCNN", "PixelCNNConfig", "DCGAN", "WGANGP", "ConditionalGAN", "CycleGAN"]

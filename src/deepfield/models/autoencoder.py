@@ -18,6 +18,7 @@ makes an order-one shape that a multiplies back. The code stays a plain vector
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from deepfield.errors import ConfigError
 from deepfield.models.base import Model, register
+from deepfield.models.protocol import Encoding, LossOutput, Trainable
 from deepfield.nn import MLP, ConvDecoder, ConvEncoder
 
 __all__ = ["AutoencoderConfig", "ConvAutoencoderConfig", "DenseAutoencoder", "ConvAutoencoder"]
@@ -81,8 +83,22 @@ class ConvAutoencoderConfig:
     split_amplitude: bool = True
 
 
-class _Autoencoder(Model):
+class _Autoencoder(Model, Encoding, Trainable):
     """Shared loss and output head of both autoencoders."""
+
+    @classmethod
+    def config_values(cls, store, options, family):
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        values = {"split_amplitude": store.kind == "image"}
+        if "positive" in fields and store.kind == "image" and "positive" not in options:
+            # non-negative decoder for non-negative data (digits, noiseless truth); noisy
+            # sky-subtracted stamps fit better unconstrained
+            sample = store.read("x", slice(0, min(len(store), 2000)))
+            values["positive"] = bool((sample < 0).mean() < 0.01)
+        if "hidden" in fields:
+            d = int(np.prod(store.sample_shape))
+            values["hidden"] = (64, 32) if d <= 64 else (512, 128)
+        return super().config_values(store, {**values, **options}, family)
 
     def _check_common(self, config) -> None:
         if config.latent_dim < 1:
@@ -124,15 +140,17 @@ class _Autoencoder(Model):
         shape = self._decoder_net(z[:, 1:])
         return torch.exp(z[:, :1]).view(-1, *([1] * (shape.ndim - 1))) * shape
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, *, condition=None) -> torch.Tensor:
         """Codes (N, latent_dim) of data `x` in store units."""
+        self.check_no_condition(condition)
         return self._encode_normalised(self.normalise(self.check_input(x)))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, condition=None) -> torch.Tensor:
         """Data (N, *input_shape) in store units from codes `z`."""
-        return self.denormalise(self._output(self._decode_normalised(z)))
+        self.check_no_condition(condition)
+        return self.denormalise(self._output(self._decode_normalised(self.check_codes(z))))
 
-    def loss(self, batch: dict) -> dict:
+    def loss(self, batch: dict) -> LossOutput:
         x = self.check_input(batch["x"])
         target = self.normalise(x)
         inp = target
@@ -141,14 +159,13 @@ class _Autoencoder(Model):
         z = self._encode_normalised(inp)
         recon = self._output(self._decode_normalised(z))
         mse = F.mse_loss(recon, target)
-        out = {"mse": mse}
+        parts = {"mse": mse}
         loss = mse
         if self.config.sparse_l1 > 0:
             l1 = (z[:, 1:] if self.config.split_amplitude else z).abs().mean()
-            out["l1"] = l1
+            parts["l1"] = l1
             loss = loss + self.config.sparse_l1 * l1
-        out["loss"] = loss
-        return out
+        return LossOutput(loss, parts)
 
 
 @register
@@ -163,6 +180,7 @@ class DenseAutoencoder(_Autoencoder):
 
     family = "ae"
     config_class = AutoencoderConfig
+    check_options = {"latent_dim": 4, "hidden": (32,)}
 
     def __init__(self, config: AutoencoderConfig):
         self._check_common(config)
@@ -190,6 +208,7 @@ class ConvAutoencoder(_Autoencoder):
 
     family = "conv-ae"
     config_class = ConvAutoencoderConfig
+    check_options = {"latent_dim": 4, "channels": (8, 16)}
 
     def __init__(self, config: ConvAutoencoderConfig):
         self._check_common(config)

@@ -5,10 +5,10 @@ data in the store's own units (counts, flux density, feature values); the normal
 order-unity numbers that networks like lives inside the model as buffers, fitted from the
 training set and saved with the weights, so a loaded model needs nothing else.
 
-Families implement the parts of the protocol that apply to them:
-``encode(x) -> z``, ``decode(z) -> x``, ``reconstruct(x)``, ``loss(batch) -> dict``
-(``batch["x"]`` in store units; the dict has ``"loss"`` and named parts), and later
-``sample``, ``log_prob`` or ``elbo``.
+A family is a :class:`Model` subclass that also inherits the roles it plays from
+:mod:`deepfield.models.protocol` (encoding, generative, density, trainable, ...), names the
+trainer that fits it (``trainer``), and is made known by the :func:`register` decorator: that
+one line makes it loadable from a model folder and trainable as ``deepfield train FAMILY``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,75 @@ from torch import nn
 
 from deepfield.errors import ConfigError, InputError
 
-__all__ = ["Model", "MODEL_REGISTRY", "register", "config_from_dict", "config_to_dict",
-           "fit_normalisation"]
+__all__ = ["Model", "MODEL_REGISTRY", "FAMILIES", "register", "family_class", "config_from_dict",
+           "config_to_dict", "config_docs", "fit_normalisation"]
 
+#: class name -> class: what a model folder's config.json names
 MODEL_REGISTRY: dict[str, type["Model"]] = {}
+#: family name (the CLI's `deepfield train FAMILY`) -> class
+FAMILIES: dict[str, type["Model"]] = {}
 
 
 def register(cls: type["Model"]) -> type["Model"]:
-    """Class decorator: make a model class loadable by name from a model folder."""
+    """Class decorator: make a model family loadable from a model folder and trainable by name.
+
+    Registers the class under its class name and under ``cls.family`` and ``cls.aliases`` (e.g.
+    the VAE is also 'cvae'). Refuses a class that breaks the protocol's signatures.
+    """
+    from deepfield.models.protocol import TRAINERS, signature_problems
+
+    problems = signature_problems(cls)
+    if problems:
+        raise TypeError(f"{cls.__name__} does not follow deepfield.models.protocol: " + "; ".join(problems))
+    if cls.trainer not in TRAINERS:
+        raise TypeError(f"{cls.__name__}.trainer is {cls.trainer!r}; choose one of {TRAINERS}")
     MODEL_REGISTRY[cls.__name__] = cls
+    for name in (cls.family, *cls.aliases):
+        if name:
+            FAMILIES[name] = cls
     return cls
+
+
+def family_class(family: str) -> type["Model"]:
+    """The class registered as `family`, or a ConfigError listing the families there are."""
+    import deepfield.models  # noqa: F401  (registers the built-in families)
+
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; choose one of {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[family]
+
+
+def config_docs(config_class) -> dict[str, tuple[str, str, str]]:
+    """{field: (type, default, doc)} of a config dataclass, the doc read from its docstring's
+    ``Arguments:`` block (``name: text`` lines, continued by deeper-indented lines)."""
+    docs: dict[str, str] = {}
+    lines = (config_class.__doc__ or "").splitlines()
+    current, indent = None, None
+    in_args = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped in ("Arguments:", "Args:", "Attributes:"):
+            in_args, current, indent = True, None, None
+            continue
+        if not in_args or not stripped:
+            continue
+        depth = len(line) - len(line.lstrip())
+        name, sep, text = stripped.partition(":")
+        if sep and name.isidentifier() and (indent is None or depth <= indent):
+            current, indent = name, depth
+            docs[name] = text.strip()
+        elif current is not None and indent is not None and depth > indent:
+            docs[current] += " " + stripped
+        else:
+            in_args = False
+    hints = typing.get_type_hints(config_class)
+    out = {}
+    for f in dataclasses.fields(config_class):
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        kind = getattr(hints.get(f.name), "__name__", None) or str(hints.get(f.name)).replace("typing.", "")
+        out[f.name] = (kind, repr(default), docs.get(f.name, ""))
+    return out
 
 
 def config_to_dict(config) -> dict[str, Any]:
@@ -59,11 +118,62 @@ def config_from_dict(config_class, values: dict[str, Any], source: str = "config
             value = tuple(value)
         elif isinstance(value, list) and origin in (typing.Union, types.UnionType):
             value = tuple(value)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(f"{source}: {name} = {value!r} is not a {_type_words(hint)}; "
+                              f"e.g. {name}: {_example(hint)}")
         kwargs[name] = value
     try:
         return config_class(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{source}: {err}") from None
+
+
+def _matches(value, hint) -> bool:
+    """Whether a config value (from JSON, YAML or --set) fits a field's type hint; hints this
+    does not know (Any, callables) accept everything."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args)))
+    return True
+
+
+def _type_words(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if hint is tuple or origin is tuple:
+        inner = args[0] if args else None
+        return f"list of {_type_words(inner)}" if inner is not None else "list"
+    return {int: "whole number", float: "number", str: "string", bool: "true/false"}.get(hint, str(hint))
+
+
+def _example(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _example(next(a for a in args if a is not type(None)))
+    if hint is tuple or origin is tuple:
+        return f"[{_example(args[0]) if args else 1}, ...]"
+    return {int: "3", float: "0.5", str: "name", bool: "true"}.get(hint, "...")
 
 
 def fit_normalisation(x: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +213,15 @@ class Model(nn.Module):
     """
 
     family: ClassVar[str] = ""
+    #: more family names the class answers to (the VAE is also 'cvae')
+    aliases: ClassVar[tuple[str, ...]] = ()
     config_class: ClassVar[type]
-    trainable: ClassVar[bool] = True  # False: fitted in closed form (PCA), not by gradients
+    #: what fits the family: 'gradient', 'adversarial', 'closed-form' or 'latent-prior'
+    #: (deepfield.models.protocol.TRAINERS)
+    trainer: ClassVar[str] = "gradient"
+    #: config values that make the family small enough for deepfield.testing.check_model's
+    #: seconds-long fit on a 16x16 store (latent priors: options of train_prior)
+    check_options: ClassVar[dict[str, Any]] = {}
     #: gradient-norm clipping this family needs unless the user sets one (None: no clipping)
     default_gradient_clip: ClassVar[float | None] = None
     #: training skips a step whose batch loss exceeds this many times the median of the last
@@ -127,6 +244,34 @@ class Model(nn.Module):
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Model":
         return cls(config_from_dict(cls.config_class, values, cls.__name__))
+
+    @classmethod
+    def capabilities(cls) -> frozenset[str]:
+        """The roles this family plays (see deepfield.models.protocol), e.g. {'encode', 'sample'}."""
+        from deepfield.models.protocol import capabilities
+
+        return capabilities(cls)
+
+    @classmethod
+    def config_values(cls, store, options: dict[str, Any], family: str) -> dict[str, Any]:
+        """The config of a fresh model of this family for a training store: the store's object
+        shape and kind of normalisation, then the user's `options`; families add what they take
+        from the store (a VAE picks the PSF-aware likelihood when the store has PSFs and noise).
+        `family` is the name it is trained under (a class may answer to several)."""
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        values: dict[str, Any] = {"input_shape": store.sample_shape}
+        if "normalisation" in fields:
+            values["normalisation"] = "feature" if store.kind == "table" else "channel"
+        return {**values, **options}
+
+    def check_store(self, store, family: str) -> None:
+        """Refuse a training store this model cannot learn from (a missing array or column),
+        naming what is missing and the fix."""
+        for column in self.data_columns:
+            store.column(column)  # raises with the list of columns when one does not exist
+        for name in self.data_arrays:
+            if not store.has(name):
+                store.read(name, slice(0, 0))  # raises: the store lacks an array the likelihood needs
 
     def extra_repr(self) -> str:
         return repr(self.config)
@@ -169,6 +314,21 @@ class Model(nn.Module):
                              "matching bands/size or retrain on this data")
         return x.to(dtype=self.data_scale.dtype, device=self.data_scale.device)
 
+    def check_codes(self, z) -> torch.Tensor:
+        """Refuse codes whose length differs from the model's latent dimension."""
+        if not torch.is_tensor(z):
+            z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise InputError(f"codes have shape {tuple(z.shape)} but the model's latent dimension is "
+                             f"{self.latent_dim}: pass (N, {self.latent_dim}) codes from this model's encode")
+        return z.to(dtype=self.data_scale.dtype, device=self.data_scale.device)
+
+    def check_no_condition(self, condition) -> None:
+        """Refuse a condition given to a model that was trained without one."""
+        if condition is not None and not self.data_columns:
+            raise InputError(f"{type(self).__name__} ({self.family}) is not conditional: drop the condition, or "
+                             "train a conditional family (e.g. cvae) on the catalog columns")
+
     # -- what the model reads from a store besides `x` (training and tasks load these)
     @property
     def data_arrays(self) -> tuple[str, ...]:
@@ -179,18 +339,6 @@ class Model(nn.Module):
     def data_columns(self) -> tuple[str, ...]:
         """Catalog columns each batch needs (e.g. the conditions of a conditional model)."""
         return ()
-
-    # -- protocol defaults
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    def encode_batch(self, batch: dict) -> torch.Tensor:
-        """Codes of batch['x'], with whatever else the model reads from the batch."""
-        return self.encode(batch["x"])
-
-    def reconstruct_batch(self, batch: dict) -> torch.Tensor:
-        """Reconstruction of batch['x'] in the data's own space (as observed, for models with a PSF)."""
-        return self.reconstruct(batch["x"])
 
     def describe(self) -> str:
         """One paragraph for the model card."""

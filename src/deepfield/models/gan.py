@@ -1,4 +1,4 @@
-"""Adversarial models: DCGAN, WGAN-GP, conditional GAN and CycleGAN.
+"""Adversarial models: DCGAN, WGAN-GP and the conditional GAN (CycleGAN: deepfield.models.cyclegan).
 
 A generator G maps noise z ~ N(0, I) (and, for the conditional GAN, catalog conditions such
 as size, magnitude and redshift) to images; a discriminator D (the *critic* of WGAN-GP) tells
@@ -26,7 +26,6 @@ References:
     Gulrajani et al. (2017), Improved Training of Wasserstein GANs (WGAN-GP), arXiv:1704.00028.
     Mirza & Osindero (2014), Conditional GANs, arXiv:1411.1784; Miyato & Koyama (2018),
     cGANs with Projection Discriminator, arXiv:1802.05637.
-    Zhu et al. (2017), CycleGAN, arXiv:1703.10593.
     Schlegl et al. (2019), f-AnoGAN, Medical Image Analysis 54, 30 (the izi_f encoder).
     Storey-Fisher et al. (2021), anomaly detection in HSC with a GAN, arXiv:2012.08082.
 """
@@ -44,10 +43,11 @@ from torch import nn
 
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
+from deepfield.models.protocol import Adversarial, Encoding, Generative, LossOutput
 from deepfield.nn import MLP, ConditionNormaliser, ConvEncoder, ResidualBlock, downsample_plan, stage_channels
 
-__all__ = ["GANConfig", "DCGANConfig", "WGANGPConfig", "ConditionalGANConfig", "CycleGANConfig", "GAN",
-           "DCGAN", "WGANGP", "ConditionalGAN", "CycleGAN", "gradient_penalty", "resample_images", "LOSSES"]
+__all__ = ["GANConfig", "DCGANConfig", "WGANGPConfig", "ConditionalGANConfig", "GAN", "DCGAN", "WGANGP",
+           "ConditionalGAN", "gradient_penalty", "LOSSES"]
 
 LOSSES = ("nonsaturating", "wasserstein")
 
@@ -129,41 +129,6 @@ class ConditionalGANConfig(WGANGPConfig):
     d_batch_norm=True, n_critic=1 for the DCGAN game). `condition` names the catalog columns."""
 
 
-@dataclass(frozen=True)
-class CycleGANConfig:
-    """Arguments:
-    input_shape: (C, H, W) images of both domains (the B store is on A's pixel grid).
-    channels: base width of the generators and discriminators.
-    downsample: stride-2 stages in each generator (capped by the image size).
-    res_blocks: residual blocks at the bottom of each generator.
-    d_layers: stride-2 layers of each PatchGAN discriminator.
-    leaky_slope: negative slope of the discriminators' LeakyReLUs.
-    cycle_weight: weight of the cycle-consistency L1 losses |F(G(a)) - a| + |G(F(b)) - b|.
-    identity_weight: weight of the identity L1 losses |G(b) - b| + |F(a) - a|.
-    lr_g, lr_d, betas: Adam settings of the generators / discriminators.
-    shared_normalisation: one normalisation and stretch, fitted on both domains' training
-        images, so that the identity in working units is the identity in flux (stores in one
-        flux unit, e.g. counts at one zeropoint); false: each domain its own.
-    stretch_softening: asinh softening, in units of the pixel standard deviation.
-    normalisation: 'channel'.
-    """
-
-    input_shape: tuple[int, ...]
-    channels: int = 32
-    downsample: int = 2
-    res_blocks: int = 4
-    d_layers: int = 2
-    leaky_slope: float = 0.2
-    cycle_weight: float = 10.0
-    identity_weight: float = 5.0
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    shared_normalisation: bool = True
-    stretch_softening: float = 1.0
-    normalisation: str = "channel"
-
-
 # ----------------------------------------------------------------------------- maths shared by the families
 
 
@@ -189,47 +154,11 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     return weight * ((norm - 1) ** 2).mean()
 
 
-def resample_images(x: torch.Tensor, pixel_scale: float, target_pixel_scale: float, size: int) -> torch.Tensor:
-    """Images (N, C, H, W) in counts per pixel of `pixel_scale` arcsec -> (N, C, size, size) in
-    counts per pixel of `target_pixel_scale` arcsec, flux conserving.
-
-    The stamp centre (pixel ``H // 2``, the simulator's convention) maps to the new centre
-    (pixel ``size // 2``); surface brightness is interpolated bilinearly (after a Gaussian
-    anti-aliasing filter when the pixels grow) and multiplied by the pixel-area ratio; the
-    new stamp is cut or zero-padded about the centre.
-    """
-    x = torch.as_tensor(x, dtype=torch.float32)
-    if x.ndim != 4:
-        raise InputError(f"resampling needs images (N, C, H, W), got shape {tuple(x.shape)}")
-    if not (pixel_scale > 0 and target_pixel_scale > 0):
-        raise InputError(f"pixel scales must be > 0 arcsec, got {pixel_scale} and {target_pixel_scale}")
-    n, c, h, w = x.shape
-    step = float(target_pixel_scale) / float(pixel_scale)  # source pixels per new pixel
-    if math.isclose(step, 1.0, rel_tol=1e-9) and (h, w) == (size, size):
-        return x.contiguous()
-    if step > 1:  # anti-aliasing: smooth to the new pixel's width before sampling
-        sigma = 0.5 * math.sqrt(step**2 - 1)
-        radius = max(1, int(math.ceil(3 * sigma)))
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        flat = x.reshape(n * c, 1, h, w)
-        flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0)), kernel.view(1, 1, 1, -1))
-        flat = F.conv2d(F.pad(flat, (0, 0, radius, radius)), kernel.view(1, 1, -1, 1))
-        x = flat.reshape(n, c, h, w)
-    offsets = (torch.arange(size, dtype=x.dtype) - size // 2) * step
-    gx = (w // 2 + offsets) / max(w - 1, 1) * 2 - 1
-    gy = (h // 2 + offsets) / max(h - 1, 1) * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).expand(n, size, size, 2)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return (out * step**2).contiguous()
-
-
 def _act(slope: float) -> nn.Module:
     return nn.LeakyReLU(slope) if slope > 0 else nn.ReLU()
 
 
-class _Stretch(nn.Module):
+class WorkingStretch(nn.Module):
     """Store units <-> bounded working units u = asinh((x - offset) / scale / a) / u_scale."""
 
     def __init__(self, shape: tuple[int, ...], asinh: bool, softening: float):
@@ -257,7 +186,7 @@ class _Stretch(nn.Module):
         self.u_scale.copy_((peak.clamp_min(1e-3) * 1.05).reshape(self.u_scale.shape))
 
 
-def _normalised_chunks(x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
+def normalised_chunks(x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
                        rows: int = 1024) -> Iterator[torch.Tensor]:
     for start in range(0, len(x), rows):
         yield (torch.as_tensor(np.asarray(x[start:start + rows]), dtype=torch.float32) - offset) / scale
@@ -333,7 +262,7 @@ class _VectorNet(nn.Sequential):
 # ----------------------------------------------------------------------------- noise-to-image GANs
 
 
-class GAN(Model):
+class GAN(Model, Encoding, Generative, Adversarial):
     """Noise-to-image GAN with an encoder: the shared body of DCGAN, WGAN-GP and the conditional GAN.
 
     ``sample(n, condition, generator)`` draws images in store units; ``encode`` / ``encode_batch``
@@ -344,6 +273,8 @@ class GAN(Model):
     """
 
     config_class = GANConfig
+    trainer = "adversarial"
+    check_options = {"latent_dim": 8, "channels": (8, 16), "encoder_epochs": 1}
 
     def __init__(self, config: GANConfig):
         self._check_config(config)
@@ -351,7 +282,7 @@ class GAN(Model):
         shape = tuple(config.input_shape)
         self.is_image = len(shape) == 3
         stretch = config.stretch if config.stretch != "auto" else ("asinh" if self.is_image else "linear")
-        self.stretch = _Stretch(self.data_scale.shape, stretch == "asinh", config.stretch_softening)
+        self.stretch = WorkingStretch(self.data_scale.shape, stretch == "asinh", config.stretch_softening)
         self.conditions = ConditionNormaliser(config.condition)
         k = len(config.condition)
         bounded = stretch == "asinh"
@@ -410,7 +341,7 @@ class GAN(Model):
     def fit_normalisation(self, x: np.ndarray) -> None:
         """Fit the per-band scale and the stretch on training data `x` (N, *input_shape), store units."""
         super().fit_normalisation(x)
-        self.stretch.fit(_normalised_chunks(x, self.data_offset, self.data_scale))
+        self.stretch.fit(normalised_chunks(x, self.data_offset, self.data_scale))
 
     def fit_conditions(self, values: np.ndarray) -> None:
         """Fit the normalisation and training range of the condition columns (N, K)."""
@@ -458,7 +389,7 @@ class GAN(Model):
         return torch.randn(n, self.latent_dim, generator=generator, device=self.data_scale.device)
 
     # -- the players' losses (batch["x"] in store units)
-    def discriminator_loss(self, batch: dict) -> dict:
+    def discriminator_loss(self, batch: dict) -> LossOutput:
         """D's loss on a real batch and a batch generated from fresh noise (G not trained by it)."""
         u = self.to_working(batch["x"])
         c = self.condition_tensor(batch)
@@ -469,35 +400,31 @@ class GAN(Model):
             target = torch.full_like(real_score, 1.0 - self.config.label_smoothing)
             real_loss = F.binary_cross_entropy_with_logits(real_score, target)
             fake_loss = F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score))
-            return {"loss": real_loss + fake_loss, "d_real": torch.sigmoid(real_score).mean(),
-                    "d_fake": torch.sigmoid(fake_score).mean()}
+            return LossOutput(real_loss + fake_loss, {"d_real": torch.sigmoid(real_score).mean(),
+                                                      "d_fake": torch.sigmoid(fake_score).mean()})
         distance = real_score.mean() - fake_score.mean()  # the critic's Wasserstein-1 estimate
         gp = gradient_penalty(lambda v: self.critic_score(v, c), u, fake, self.config.gp_weight) \
             if self.config.gp_weight > 0 else torch.zeros((), device=u.device)
-        return {"loss": -distance + gp, "wasserstein": distance, "gp": gp}
+        return LossOutput(-distance + gp, {"wasserstein": distance, "gp": gp})
 
-    def generator_loss(self, batch: dict) -> dict:
+    def generator_loss(self, batch: dict) -> LossOutput:
         """G's loss on a generated batch as large as the real one (conditions from the batch)."""
         n = batch["x"].shape[0]
         c = self.condition_tensor(batch)
         fake_score = self.critic_score(self.generate(self.noise(n), c), c)
         if self.config.loss == "nonsaturating":  # maximise log D(G(z)), not minimise log(1 - D(G(z)))
-            return {"loss": F.binary_cross_entropy_with_logits(fake_score, torch.ones_like(fake_score))}
-        return {"loss": -fake_score.mean()}
+            return LossOutput(F.binary_cross_entropy_with_logits(fake_score, torch.ones_like(fake_score)))
+        return LossOutput(-fake_score.mean())
 
-    def encoder_loss(self, batch: dict) -> dict:
+    def encoder_loss(self, batch: dict) -> LossOutput:
         """izi_f: mean (u - G(E(u)))^2 + kappa mean (f(u) - f(G(E(u))))^2, G and f held fixed by the caller."""
         u = self.to_working(batch["x"])
         c = self.condition_tensor(batch)
         recon = self.generate(self.encode_working(u), c)
         residual = F.mse_loss(recon, u)
         feature = F.mse_loss(self.critic_features(recon), self.critic_features(u).detach())
-        return {"loss": residual + self.config.encoder_feature_weight * feature, "residual": residual,
-                "feature": feature}
-
-    def loss(self, batch: dict) -> dict:
-        raise ConfigError(f"a {type(self).__name__} is trained as a two-player game, not by minimising one loss: "
-                          f"use deepfield.train.gan.train_gan or `deepfield train {self.family}`")
+        return LossOutput(residual + self.config.encoder_feature_weight * feature,
+                          {"residual": residual, "feature": feature})
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.generator.parameters())
@@ -512,26 +439,28 @@ class GAN(Model):
         return list(self.encoder.parameters())
 
     # -- protocol in store units
-    def encode(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, *, condition=None) -> torch.Tensor:
         """Codes (N, latent_dim) of `x` in store units from the encoder E (conditions unused by E)."""
         return self.encode_working(self.to_working(x))
 
-    def encode_batch(self, batch: dict) -> torch.Tensor:
-        return self.encode(batch["x"])
-
-    def decode(self, z: torch.Tensor, condition=None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, condition=None) -> torch.Tensor:
         """G(z, condition) in store units; `condition` as raw catalog values (dict, (N, K) or (K,))."""
-        c = self.condition_tensor(condition, n=z.shape[0]) if self.config.condition else None
+        z = self.check_codes(z)
+        if self.config.condition:
+            c = self.condition_tensor(condition, n=z.shape[0])
+        else:
+            self.check_no_condition(condition)
+            c = None
         return self.from_working(self.generate(z, c))
 
-    def reconstruct(self, x: torch.Tensor, condition=None) -> torch.Tensor:
-        return self.decode(self.encode(x), condition)
+    def reconstruct(self, x: torch.Tensor, *, condition=None) -> torch.Tensor:
+        return self.decode(self.encode(x), condition=condition)
 
     def reconstruct_batch(self, batch: dict) -> torch.Tensor:
-        return self.decode(self.encode_batch(batch), batch if self.config.condition else None)
+        return self.decode(self.encode_batch(batch), condition=batch if self.config.condition else None)
 
     @torch.no_grad()
-    def sample(self, n: int, condition=None, generator: torch.Generator | None = None,
+    def sample(self, n: int, *, condition=None, generator: torch.Generator | None = None,
                prior: str = "auto") -> torch.Tensor:
         """`n` images (n, *input_shape) in store units, as the training data look (with their PSF
         and noise: a GAN learns the observed images).
@@ -546,7 +475,7 @@ class GAN(Model):
             raise InputError(f"prior {prior!r}: a GAN draws z from N(0, I); use 'auto' or 'gaussian'")
         if n < 1:
             raise InputError(f"n must be >= 1, got {n}")
-        return self.decode(self.noise(n, generator), condition)
+        return self.decode(self.noise(n, generator), condition=condition)
 
 
 @register
@@ -612,179 +541,20 @@ class ConditionalGAN(GAN):
 
     family = "cgan"
     config_class = ConditionalGANConfig
+    #: the catalog columns conditioned on when none are named
+    DEFAULT_CONDITIONS = ("half_light_radius", "magnitude", "redshift")
+
+    @classmethod
+    def config_values(cls, store, options, family):
+        options = dict(options)
+        if not options.get("condition"):
+            options["condition"] = tuple(c for c in cls.DEFAULT_CONDITIONS if c in store.columns)
+            if not options["condition"]:
+                raise ConfigError(f"cgan needs condition columns (--set condition=a,b); the store's catalog has: "
+                                  f"{', '.join(store.columns)}")
+        return super().config_values(store, options, family)
 
     def __init__(self, config: ConditionalGANConfig):
         if not config.condition:
             raise ConfigError("a conditional GAN needs condition columns, e.g. half_light_radius,magnitude,redshift")
         super().__init__(config)
-
-
-# ----------------------------------------------------------------------------- CycleGAN
-
-
-class _TranslationGenerator(nn.Module):
-    """(N, C, H, W) -> (N, C, H, W): stride-2 convolutions down, residual blocks, nearest
-    upsampling + convolutions up, a final 3x3 convolution added to the input (residual
-    translation: the identity is the starting point)."""
-
-    def __init__(self, channels: int, width: int, image_size: int, downsample: int, res_blocks: int):
-        super().__init__()
-        stages = min(downsample, downsample_plan(image_size)[0])
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.SiLU()]
-        ch = width
-        for _ in range(stages):
-            layers += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), nn.SiLU()]
-            ch *= 2
-        layers += [ResidualBlock(ch) for _ in range(res_blocks)]
-        for _ in range(stages):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch // 2, 3, padding=1), nn.SiLU()]
-            ch //= 2
-        layers.append(nn.Conv2d(ch, channels, 3, padding=1))
-        self.body = nn.Sequential(*layers)
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return u + self.body(u)
-
-
-class _PatchDiscriminator(nn.Sequential):
-    """PatchGAN: stride-2 4x4 convolutions with LeakyReLU, then a 3x3 convolution to one logit per patch."""
-
-    def __init__(self, channels: int, width: int, image_size: int, layers: int, slope: float):
-        stages = max(1, min(layers, downsample_plan(image_size)[0]))
-        mods: list[nn.Module] = []
-        ch_in, ch = channels, width
-        for _ in range(stages):
-            mods += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), nn.LeakyReLU(slope)]
-            ch_in, ch = ch, ch * 2
-        mods.append(nn.Conv2d(ch_in, 1, 3, padding=1))
-        super().__init__(*mods)
-
-
-@register
-class CycleGAN(Model):
-    """CycleGAN between two stores (domains A and B, e.g. a ground-based and a space-based survey):
-    generators G: A -> B and F: B -> A, PatchGAN discriminators D_A and D_B, least-squares
-    adversarial losses plus cycle-consistency |F(G(a)) - a| + |G(F(b)) - b| and identity
-    |G(b) - b| + |F(a) - a| L1 losses, in each domain's working units.
-
-    ``translate(x, direction='a2b')`` maps images in store units of one domain to the other's.
-    Both domains share one normalisation by default (then the untrained generators, which
-    start as the identity, leave the flux alone); ``data_scale`` holds A's, ``data_scale_b`` B's.
-
-    Example:
-        >>> gan = CycleGAN(CycleGANConfig(input_shape=(1, 16, 16), channels=8, res_blocks=1))
-        >>> gan.translate(torch.rand(2, 1, 16, 16), "a2b").shape
-        torch.Size([2, 1, 16, 16])
-    """
-
-    family = "cyclegan"
-    config_class = CycleGANConfig
-
-    def __init__(self, config: CycleGANConfig):
-        shape = tuple(config.input_shape)
-        if len(shape) != 3 or shape[1] != shape[2]:
-            raise ConfigError(f"CycleGAN translates square images (C, H, W), got input shape {shape}")
-        if config.channels < 1 or config.res_blocks < 0 or config.downsample < 0 or config.d_layers < 1:
-            raise ConfigError("channels >= 1, res_blocks >= 0, downsample >= 0 and d_layers >= 1 are required")
-        if config.cycle_weight < 0 or config.identity_weight < 0 or config.lr_g <= 0 or config.lr_d <= 0:
-            raise ConfigError("loss weights must be >= 0 and learning rates > 0")
-        super().__init__(config)
-        c, h, _ = shape
-        self.register_buffer("data_offset_b", torch.zeros_like(self.data_offset))
-        self.register_buffer("data_scale_b", torch.ones_like(self.data_scale))
-        self.stretch_a = _Stretch(self.data_scale.shape, True, config.stretch_softening)
-        self.stretch_b = _Stretch(self.data_scale.shape, True, config.stretch_softening)
-        self.g_ab = _TranslationGenerator(c, config.channels, h, config.downsample, config.res_blocks)
-        self.g_ba = _TranslationGenerator(c, config.channels, h, config.downsample, config.res_blocks)
-        self.d_a = _PatchDiscriminator(c, config.channels, h, config.d_layers, config.leaky_slope)
-        self.d_b = _PatchDiscriminator(c, config.channels, h, config.d_layers, config.leaky_slope)
-
-    @property
-    def latent_dim(self) -> int:
-        raise AttributeError("a CycleGAN translates images; it has no latent codes")
-
-    # -- normalisation of both domains
-    def fit_normalisation(self, x: np.ndarray) -> None:
-        """Fit domain A's scale and stretch on its training images (store units)."""
-        super().fit_normalisation(x)
-        self.stretch_a.fit(_normalised_chunks(x, self.data_offset, self.data_scale))
-
-    def fit_normalisation_b(self, x: np.ndarray) -> None:
-        """Fit domain B's scale and stretch on its training images (store units, on A's grid)."""
-        from deepfield.models.base import fit_normalisation
-
-        offset, scale = fit_normalisation(x, self.config.normalisation)
-        self.data_offset_b.copy_(torch.as_tensor(offset).reshape(self.data_offset_b.shape))
-        self.data_scale_b.copy_(torch.as_tensor(scale).reshape(self.data_scale_b.shape))
-        self.stretch_b.fit(_normalised_chunks(x, self.data_offset_b, self.data_scale_b))
-
-    def fit_domains(self, x_a: np.ndarray, x_b: np.ndarray) -> None:
-        """Fit both domains' normalisations on their training images (store units, one grid):
-        one shared normalisation of the pooled images, or one each (``shared_normalisation``)."""
-        if self.config.shared_normalisation:
-            x_a = x_b = np.concatenate([np.asarray(x_a), np.asarray(x_b)])
-        self.fit_normalisation(x_a)
-        self.fit_normalisation_b(x_b)
-
-    def to_working(self, x: torch.Tensor, domain: str = "a") -> torch.Tensor:
-        x = self.check_input(x)
-        if domain == "a":
-            return self.stretch_a((x - self.data_offset) / self.data_scale)
-        return self.stretch_b((x - self.data_offset_b) / self.data_scale_b)
-
-    def from_working(self, u: torch.Tensor, domain: str = "a") -> torch.Tensor:
-        if domain == "a":
-            return self.stretch_a.inverse(u) * self.data_scale + self.data_offset
-        return self.stretch_b.inverse(u) * self.data_scale_b + self.data_offset_b
-
-    # -- losses (batch["x"]: domain A, batch["x_b"]: domain B, store units)
-    @staticmethod
-    def _lsgan(score: torch.Tensor, real: bool) -> torch.Tensor:
-        return ((score - (1.0 if real else 0.0)) ** 2).mean()
-
-    def discriminator_loss(self, batch: dict) -> dict:
-        a, b = self.to_working(batch["x"], "a"), self.to_working(batch["x_b"], "b")
-        with torch.no_grad():
-            fake_b, fake_a = self.g_ab(a), self.g_ba(b)
-        loss_a = 0.5 * (self._lsgan(self.d_a(a), True) + self._lsgan(self.d_a(fake_a), False))
-        loss_b = 0.5 * (self._lsgan(self.d_b(b), True) + self._lsgan(self.d_b(fake_b), False))
-        return {"loss": loss_a + loss_b, "d_a": loss_a, "d_b": loss_b}
-
-    def generator_loss(self, batch: dict) -> dict:
-        a, b = self.to_working(batch["x"], "a"), self.to_working(batch["x_b"], "b")
-        fake_b, fake_a = self.g_ab(a), self.g_ba(b)
-        adversarial = self._lsgan(self.d_b(fake_b), True) + self._lsgan(self.d_a(fake_a), True)
-        cycle = F.l1_loss(self.g_ba(fake_b), a) + F.l1_loss(self.g_ab(fake_a), b)
-        out = {"adversarial": adversarial, "cycle": cycle}
-        loss = adversarial + self.config.cycle_weight * cycle
-        if self.config.identity_weight > 0:
-            identity = F.l1_loss(self.g_ab(b), b) + F.l1_loss(self.g_ba(a), a)
-            out["identity"] = identity
-            loss = loss + self.config.identity_weight * identity
-        out["loss"] = loss
-        return out
-
-    def loss(self, batch: dict) -> dict:
-        raise ConfigError("a CycleGAN is trained as a two-player game: use deepfield.train.gan.train_gan or "
-                          "`deepfield train cyclegan --store A --store-b B`")
-
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return list(self.g_ab.parameters()) + list(self.g_ba.parameters())
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return list(self.d_a.parameters()) + list(self.d_b.parameters())
-
-    # -- protocol
-    def translate(self, x: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
-        """Images (N, C, H, W) of one domain in its store units -> the other domain's units."""
-        if direction not in ("a2b", "b2a"):
-            raise InputError(f"direction {direction!r}: choose a2b or b2a")
-        src, dst = ("a", "b") if direction == "a2b" else ("b", "a")
-        net = self.g_ab if direction == "a2b" else self.g_ba
-        return self.from_working(net(self.to_working(x, src)), dst)
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """A -> B -> A: the cycle reconstruction of domain-A images."""
-        return self.translate(self.translate(x, "a2b"), "b2a")

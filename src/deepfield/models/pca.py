@@ -15,6 +15,7 @@ import torch
 
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
+from deepfield.models.protocol import Encoding, LossOutput
 
 __all__ = ["PCA", "PCAConfig"]
 
@@ -37,7 +38,7 @@ class PCAConfig:
 
 
 @register
-class PCA(Model):
+class PCA(Model, Encoding):
     """Principal component analysis on flattened, normalised samples.
 
     ``encode`` projects onto the leading components; ``decode`` maps codes back to data units.
@@ -56,7 +57,8 @@ class PCA(Model):
 
     family = "pca"
     config_class = PCAConfig
-    trainable = False
+    trainer = "closed-form"
+    check_options = {"latent_dim": 4}
 
     def __init__(self, config: PCAConfig):
         if config.method not in ("exact", "randomized", "incremental"):
@@ -140,16 +142,20 @@ class PCA(Model):
     def explained_variance_ratio(self) -> torch.Tensor:
         return self.explained_variance / self.total_variance.clamp_min(1e-30)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, *, condition=None) -> torch.Tensor:
+        self.check_no_condition(condition)
         x = self.check_input(x)
         flat = self.normalise(x).reshape(x.shape[0], -1)
         return (flat - self.mean) @ self.components.T
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        flat = z @ self.components + self.mean
+    def decode(self, z: torch.Tensor, *, condition=None) -> torch.Tensor:
+        self.check_no_condition(condition)
+        flat = self.check_codes(z) @ self.components + self.mean
         return self.denormalise(flat.reshape(z.shape[0], *self.input_shape))
 
-    def loss(self, batch: dict) -> dict:
+    def loss(self, batch: dict) -> LossOutput:
+        """Mean squared reconstruction error in normalised units (PCA is fitted in closed form:
+        this measures, it does not train)."""
         x = self.check_input(batch["x"])
         mse = ((self.normalise(self.reconstruct(x)) - self.normalise(x)) ** 2).mean()
-        return {"loss": mse, "mse": mse}
+        return LossOutput(mse, {"mse": mse})

@@ -48,6 +48,7 @@ from torch import nn
 
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
+from deepfield.models.protocol import ExactDensity, Generative, LossOutput, Reconstructing, Trainable
 from deepfield.nn import ConditionNormaliser
 
 __all__ = ["PixelCNNConfig", "PixelCNN", "discretized_logistic_mixture_log_prob", "STRETCHES"]
@@ -191,7 +192,7 @@ def _n_parameters(n_bands: int, k: int) -> int:
 
 
 @register
-class PixelCNN(Model):
+class PixelCNN(Model, Reconstructing, Generative, ExactDensity, Trainable):
     """Gated PixelCNN with a discretised logistic mixture likelihood (exact log p).
 
     ``log_prob(batch)`` is log P of the stretched, quantised image in nats (module docstring);
@@ -210,6 +211,7 @@ class PixelCNN(Model):
 
     family = "pixelcnn"
     config_class = PixelCNNConfig
+    check_options = {"channels": 8, "layers": 2, "mixtures": 2, "bits": 5}
     default_gradient_clip = 1.0
 
     def __init__(self, config: PixelCNNConfig):
@@ -356,7 +358,7 @@ class PixelCNN(Model):
         """-log2 P / (C H W) (B,): bits per pixel value of the quantised images."""
         return -self.log_prob(batch) / (float(np.prod(self.input_shape)) * math.log(2.0))
 
-    def loss(self, batch: dict) -> dict:
+    def loss(self, batch: dict) -> LossOutput:
         """Mean bits/dim of the batch. In training mode with perturb_rate > 0 (background model)
         each pixel value is first replaced by a uniformly random level with that probability
         (Ren et al. 2019); in eval mode (validation) the loss is that of the clean images."""
@@ -367,7 +369,7 @@ class PixelCNN(Model):
             q = torch.where(replace, torch.randint(0, self.levels, q.shape, device=q.device).to(q.dtype), q)
         nll = -self._log_prob_levels(q, c)
         bpd = nll / (float(np.prod(self.input_shape)) * math.log(2.0))
-        return {"loss": bpd.mean(), "bits_per_dim": bpd.mean(), "nll": nll.mean()}
+        return LossOutput(bpd.mean(), {"bits_per_dim": bpd.mean(), "nll": nll.mean()})
 
     @torch.no_grad()
     def reconstruct_batch(self, batch) -> torch.Tensor:
@@ -380,19 +382,15 @@ class PixelCNN(Model):
         mean_u = (torch.softmax(logits, dim=1)[:, :, None] * means).sum(1).clamp(-1, 1)
         return self.dequantise((mean_u + 1) / 2 * (self.levels - 1))
 
-    def reconstruct(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, *, condition=None) -> torch.Tensor:
         """As :meth:`reconstruct_batch` for images `x` (and raw condition values (B, K))."""
         if not self.config.condition:
             return self.reconstruct_batch(x)
         values = self.conditions.raw(condition, x.shape[0])
         return self.reconstruct_batch({"x": x, **{k: values[:, i] for i, k in enumerate(self.config.condition)}})
 
-    def encode(self, x, *args, **kwargs):
-        raise InputError("a PixelCNN has no latent code: use it for log_prob/bits_per_dim/sample, and a VAE or "
-                         "autoencoder for codes")
-
     @torch.no_grad()
-    def sample(self, n: int, condition=None, generator: torch.Generator | None = None,
+    def sample(self, n: int, *, condition=None, generator: torch.Generator | None = None,
                prior: str = "auto") -> torch.Tensor:
         """`n` images (n, C, H, W) in store units (bin centres of the quantised stretch), drawn
         pixel by pixel and band by band in raster order.

@@ -22,6 +22,7 @@ import torch
 
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
+from deepfield.models.protocol import ExactDensity, Generative, LossOutput, Trainable
 from deepfield.nn import ConditionNormaliser
 
 __all__ = ["LatentPriorConfig", "LatentFlow", "GaussianMixturePrior"]
@@ -66,11 +67,15 @@ def _seed_from(generator: torch.Generator | None) -> int | None:
     return None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
-class _Prior(Model):
-    """Shared parts: standardised codes, log-density with the Jacobian, seeded sampling."""
+class _Prior(Model, Generative, ExactDensity):
+    """Shared parts: standardised codes, log-density with the Jacobian, seeded sampling.
+
+    A prior's data are a VAE's codes: ``log_prob`` takes codes (N, latent_dim), or a batch dict
+    whose ``"x"`` holds them beside the condition columns.
+    """
 
     config_class = LatentPriorConfig
-    trainable = False  # fitted by deepfield.train.prior, not by the autoencoder trainer
+    trainer = "latent-prior"  # fitted on a trained VAE's codes by deepfield.train.prior
 
     def __init__(self, config: LatentPriorConfig):
         if len(config.input_shape) != 1:
@@ -88,14 +93,19 @@ class _Prior(Model):
     def _standardised_sample(self, n: int, c: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def log_prob(self, z: torch.Tensor, condition=None) -> torch.Tensor:
-        """log p(z | condition) per code (nats), in the VAE's latent coordinates."""
-        z = self.check_input(z)
+    def log_prob(self, batch, *, condition=None) -> torch.Tensor:
+        """log p(z | condition) per code (N,), in nats of the VAE's latent coordinates; `batch` is
+        codes z (N, latent_dim) (with `condition` for a conditional prior), or a dict with the
+        codes as ``"x"`` and the condition columns."""
+        if isinstance(batch, dict):
+            condition = batch if self.config.condition and condition is None else condition
+            batch = batch["x"]
+        z = self.check_input(batch)
         c = self.conditions(condition, n=z.shape[0]) if self.config.condition else None
         return self._standardised_log_prob(self.normalise(z), c) - torch.log(self.data_scale).sum()
 
     @torch.no_grad()
-    def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` codes (n, latent_dim), seeded by `generator` (same seed, same codes)."""
         c = self.conditions(condition, n=n) if self.config.condition else None
         seed = _seed_from(generator)
@@ -105,12 +115,9 @@ class _Prior(Model):
             zn = self._standardised_sample(n, c)
         return self.denormalise(zn)
 
-    def __call__(self, n: int, condition=None, generator=None):  # the VAE's `prior=` callable
-        return self.sample(n, condition, generator)
-
 
 @register
-class LatentFlow(_Prior):
+class LatentFlow(_Prior, Trainable):
     """A (conditional) normalizing flow on VAE codes, built from zuko's NSF or MAF.
 
     Example:
@@ -120,6 +127,7 @@ class LatentFlow(_Prior):
     """
 
     family = "flow"
+    check_options = {"kind": "nsf", "transforms": 2, "hidden": (16, 16), "condition": ("magnitude",)}
     # folders written before these settings existed hold fully autoregressive NSF/MAF flows
     legacy_config_defaults = {"bins": 8, "passes": 0, "affine_first": False}
 
@@ -157,9 +165,10 @@ class LatentFlow(_Prior):
         dist = self.flow(c)
         return dist.sample() if c is not None else dist.sample((n,))
 
-    def loss(self, batch: dict) -> dict:
-        nll = -self.log_prob(batch["x"], batch if self.config.condition else None).mean()
-        return {"loss": nll, "nll": nll}
+    def loss(self, batch: dict) -> LossOutput:
+        """Mean -log p of the batch's codes ``batch["x"]`` (nats per code)."""
+        nll = -self.log_prob(batch).mean()
+        return LossOutput(nll, {"nll": nll})
 
 
 @register
@@ -170,6 +179,7 @@ class GaussianMixturePrior(_Prior):
     """
 
     family = "gmm"
+    check_options = {"kind": "gmm", "components": 2}
 
     def __init__(self, config: LatentPriorConfig):
         if config.kind != "gmm":

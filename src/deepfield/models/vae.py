@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
+from deepfield.models.protocol import BoundDensity, Encoding, Generative, LossOutput, Trainable
 from deepfield.nn import MLP, ConditionNormaliser, ConvDecoder, ConvEncoder
 
 __all__ = ["VAEConfig", "VAE", "LIKELIHOODS"]
@@ -114,8 +116,17 @@ class VAEConfig:
     normalisation: str = "channel"
 
 
+class ElboTerms(NamedTuple):
+    """The ELBO's parts per object: ``nll`` = -log p(x | z) and ``kl`` = KL(q(z | x) || N(0, I)),
+    (N,) in nats, and ``raw``, the decoder's output before the sky transform."""
+
+    nll: torch.Tensor
+    kl: torch.Tensor
+    raw: torch.Tensor
+
+
 @register
-class VAE(Model):
+class VAE(Model, Encoding, Generative, BoundDensity, Trainable):
     """Variational autoencoder (beta-VAE, conditional) with a Gaussian posterior q(z|x, c).
 
     ``encode`` returns the posterior mean; ``posterior`` returns (mean, log variance);
@@ -130,7 +141,9 @@ class VAE(Model):
     """
 
     family = "vae"
+    aliases = ("cvae",)
     config_class = VAEConfig
+    check_options = {"latent_dim": 4, "channels": (8, 16)}
     # chi^2 of bright galaxies under per-pixel ivar reaches thousands: unclipped steps diverge
     default_gradient_clip = 1.0
 
@@ -218,6 +231,29 @@ class VAE(Model):
         self.log_sigma = nn.Parameter(torch.zeros(shape[0] if image else 1))
         self._observation = None
         self.prior = None  # a fitted latent prior (deepfield.train.prior), attached by deepfield.load
+
+    @classmethod
+    def config_values(cls, store, options, family):
+        # the telescope-aware likelihood wherever the store knows its PSF and noise
+        values = {"likelihood": "pixel" if store.has("psf") and store.has("ivar") and store.kind == "image"
+                  else "gaussian"}
+        if family == "cvae":
+            values["condition"] = tuple(c for c in ("half_light_radius", "magnitude", "redshift") if c in store.columns)
+        values = super().config_values(store, {**values, **options}, family)
+        if values.get("psf_to_encoder") and store.has("psf"):
+            values["psf_shape"] = tuple(store.read("psf", [0]).shape[1:])
+        if family == "cvae" and not values.get("condition"):
+            raise ConfigError(f"cvae needs condition columns (e.g. --set condition=half_light_radius,magnitude); "
+                              f"the store's catalog has: {', '.join(store.columns)}")
+        flux = values.get("flux_condition")
+        if flux and values.get("flux_zeropoint") is None and store.units.get(flux) == "mag":
+            zeropoint = (store.meta.get("extra") or {}).get("zeropoint_ab")
+            if zeropoint is None:
+                raise ConfigError(f"flux_condition {flux!r} is a magnitude, but the store does not record the AB "
+                                  "zeropoint of its pixel units: give flux_zeropoint, or use a flux column in store "
+                                  "units")
+            values["flux_zeropoint"] = float(zeropoint)
+        return values
 
     # -- data the model needs from a store
     @property
@@ -332,14 +368,17 @@ class VAE(Model):
         return self.denormalise(raw)
 
     # -- protocol
-    def encode(self, x: torch.Tensor, condition=None, psf=None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, *, condition=None, psf=None) -> torch.Tensor:
         """Posterior mean codes (N, latent_dim); `condition` as raw catalog values (N, K)."""
         x = self.check_input(x)
         c = self.condition_tensor(condition, n=x.shape[0]) if self.config.condition else None
         return self.posterior(x, c, psf)[0]
 
-    def decode(self, z: torch.Tensor, condition=None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, condition=None) -> torch.Tensor:
         """Noiseless images in store units; for 'pixel'/'fourier' PSF-free on the native grid."""
+        z = self.check_codes(z)
+        if not self.config.condition:
+            self.check_no_condition(condition)
         if isinstance(condition, dict):
             condition = {k: v for k, v in condition.items() if k in self.config.condition}
         c = self.condition_tensor(condition, n=z.shape[0]) if self.config.condition else None
@@ -349,8 +388,8 @@ class VAE(Model):
             sky = F.avg_pool2d(sky, o) * (o * o)  # integrate fine pixels back to native pixels
         return sky
 
-    def reconstruct(self, x: torch.Tensor, condition=None, psf=None) -> torch.Tensor:
-        return self.decode(self.encode(x, condition, psf), condition)
+    def reconstruct(self, x: torch.Tensor, *, condition=None, psf=None) -> torch.Tensor:
+        return self.decode(self.encode(x, condition=condition, psf=psf), condition=condition)
 
     def posterior_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """q(z | x, c) of a batch: (mean, log variance, normalised conditions or None), reading
@@ -416,7 +455,7 @@ class VAE(Model):
             return self.observation.predict(sky, batch["psf"])
         return sky
 
-    def sample(self, n: int, condition=None, generator: torch.Generator | None = None,
+    def sample(self, n: int, *, condition=None, generator: torch.Generator | None = None,
                prior: str | object = "auto", bf16: bool = False) -> torch.Tensor:
         """`n` noiseless (PSF-free for observation models) images in store units.
 
@@ -440,9 +479,9 @@ class VAE(Model):
                     raise InputError(f"the latent prior is conditioned on {list(chosen.data_columns)}: pass a dict "
                                      "of condition values")
                 prior_condition = condition
-            z = chosen.sample(n, prior_condition, generator).to(device)
+            z = chosen.sample(n, condition=prior_condition, generator=generator).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.decode(z, condition if self.config.condition else None).float()
+            return self.decode(z, condition=condition if self.config.condition else None).float()
 
     def _nll(self, raw: torch.Tensor, batch: dict, condition: torch.Tensor | None = None) -> torch.Tensor:
         """-log p(x | z) per object (nats)."""
@@ -467,37 +506,35 @@ class VAE(Model):
             batch = dict(batch, noise_ps=noise_power_spectrum_from_ivar(batch["ivar"]))
         return self.observation.nll(self._sky(raw, condition), batch)
 
-    def elbo_terms(self, batch: dict, sample: bool = True, raw_out: list | None = None) -> dict:
+    def elbo_terms(self, batch: dict, sample: bool = True) -> ElboTerms:
+        """-log p(x | z) and KL(q(z | x) || N(0, I)) per object (nats), and the decoder's raw output."""
         mean, log_var, c = self.posterior_batch(batch)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if sample else mean
         raw = self._decode_raw(z, c)
-        if raw_out is not None:
-            raw_out.append(raw)
         nll = self._nll(raw, batch, c)
         kl = 0.5 * (mean**2 + log_var.exp() - 1 - log_var).sum(1)
-        return {"nll": nll, "kl": kl}
+        return ElboTerms(nll, kl, raw)
 
     def elbo(self, batch: dict) -> torch.Tensor:
         """Evidence lower bound per object (nats; one posterior sample)."""
         t = self.elbo_terms(batch)
-        return -(t["nll"] + t["kl"])
+        return -(t.nll + t.kl)
 
-    def loss(self, batch: dict) -> dict:
-        raw: list = []
-        t = self.elbo_terms(batch, sample=True, raw_out=raw)
-        nll, kl = t["nll"].mean(), t["kl"].mean()
+    def loss(self, batch: dict) -> LossOutput:
+        t = self.elbo_terms(batch, sample=True)
+        nll, kl = t.nll.mean(), t.kl.mean()
         n_el = float(np.prod(self.input_shape))
         loss = (nll + self.kl_weight * kl) / n_el  # per data element: learning rates transfer across sizes
-        out = {"loss": loss, "nll": nll, "kl": kl, "elbo": -(nll + kl)}
+        parts = {"nll": nll, "kl": kl, "elbo": -(nll + kl)}
         if self.config.likelihood in ("pixel", "fourier"):
             # Empty sky wants softplus(raw) -> 0, i.e. raw -> -inf; Adam turns that vanishing gradient into
             # full-size steps, until the whole decoder sits where softplus has no gradient and stops learning
             # (seen: raw ~ -1000 after one epoch, loss frozen). A barrier below SKY_FLOOR_LOGIT (a sky of
             # 5e-5 x the pixel std per pixel) holds it in the live range and pulls a dead decoder back.
-            floor = F.relu(SKY_FLOOR_LOGIT - raw[0].float()).square().mean()
-            out["loss"] = loss + floor
-            out["sky_floor"] = floor
-        return out
+            floor = F.relu(SKY_FLOOR_LOGIT - t.raw.float()).square().mean()
+            loss = loss + floor
+            parts["sky_floor"] = floor
+        return LossOutput(loss, parts)
 
     def set_epoch(self, epoch: int) -> None:
         """KL warm-up: the KL weight rises linearly to beta over `kl_warmup_epochs`."""

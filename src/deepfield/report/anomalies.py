@@ -128,11 +128,12 @@ def plot_score_distribution(scores: np.ndarray, path, *, labels: np.ndarray | No
 def _reconstruct(model, store: Store, rows: np.ndarray) -> np.ndarray | None:
     """Reconstructions (as observed) of `rows`: a GAN's best-matching G(z), another model's
     reconstruct_batch (a PixelCNN's one-step-ahead prediction), or None."""
-    from deepfield.tasks.anomaly import _is_gan, reconstructs
+    from deepfield.models.protocol import has
+    from deepfield.tasks.anomaly import reconstructs
     from deepfield.train.fit import iterate_batches
 
     batch = next(iterate_batches(store, rows, model, rows.size))
-    if _is_gan(model):
+    if has(model, "adversarial") and has(model, "encode"):
         from deepfield.tasks.gan_score import gan_anomaly_scores
 
         return gan_anomaly_scores(model, batch)["reconstruction"].double().numpy()

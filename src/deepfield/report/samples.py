@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from deepfield.data.store import Store
+from deepfield.models.protocol import has
 from deepfield.report import html as H
 from deepfield.report import plots
 
@@ -25,7 +26,7 @@ SWEEP = ("half_light_radius", "magnitude", "redshift")
 
 def is_generative(model, store: Store) -> bool:
     """A VAE-like model that can sample, on an image store with PSF and noise to observe through."""
-    return (hasattr(model, "sample") and hasattr(model, "posterior_batch") and store.kind == "image"
+    return (has(model, "sample") and has(model, "elbo") and store.kind == "image"
             and store.has("psf") and store.has("ivar"))
 
 

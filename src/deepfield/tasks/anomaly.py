@@ -48,6 +48,7 @@ import torch
 
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
+from deepfield.models.protocol import has
 
 __all__ = ["METHODS", "score_store", "ensemble_scores", "calibrate_scores", "calibrate_table", "detection_metrics",
            "write_scores", "skipped_ids", "score_metadata", "default_method", "reconstructs"]
@@ -64,41 +65,20 @@ def _load(model):
     return deepfield.load(model)
 
 
-def _instance_of(model, module: str, name: str) -> bool:
-    """isinstance(model, module.name) for a model family that may not be installed."""
-    import importlib
-
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ModuleNotFoundError, AttributeError):
-        return False
-    return isinstance(model, cls)
-
-
-def _is_gan(model) -> bool:
-    return _instance_of(model, "deepfield.models.gan", "GAN")
-
-
-def _is_pixelcnn(model) -> bool:
-    return _instance_of(model, "deepfield.models.pixelcnn", "PixelCNN")
-
-
 def reconstructs(model) -> bool:
     """True for models with a reconstruction of the data (PCA, AE, VAE, GAN, PixelCNN's
     one-step-ahead prediction); latent priors have none."""
-    from deepfield.models.base import Model
-
-    own = getattr(type(model), "reconstruct_batch", None)
-    return own is not None and (own is not Model.reconstruct_batch or hasattr(model, "decode"))
+    return has(model, "reconstruct")
 
 
 def default_method(model) -> str:
-    """The natural score of a model: pixelcnn, gan, elbo (VAE) or reconstruction."""
-    if _is_pixelcnn(model):
+    """The natural score of a model, read from its capabilities: an exact likelihood
+    ('pixelcnn'), the adversarial critic ('gan'), the ELBO ('elbo'), else 'reconstruction'."""
+    if has(model, "log_prob") and reconstructs(model):
         return "pixelcnn"
-    if _is_gan(model):
+    if has(model, "adversarial") and has(model, "encode"):
         return "gan"
-    if hasattr(model, "elbo_terms"):
+    if has(model, "elbo"):
         return "elbo"
     return "reconstruction"
 
@@ -172,7 +152,7 @@ def _reconstruction(model, store, idx, batch_size, bar, task, norm: str, weighti
 
 
 def _elbo(model, store, idx, batch_size, bar, task, samples: int, seed: int) -> dict:
-    if not hasattr(model, "elbo_terms"):
+    if not has(model, "elbo"):
         raise InputError(f"the elbo score needs a VAE; {type(model).__name__} has no ELBO: use --method "
                          f"{default_method(model)}")
     if samples < 1:
@@ -182,8 +162,8 @@ def _elbo(model, store, idx, batch_size, bar, task, samples: int, seed: int) -> 
         torch.manual_seed(seed)
         for rows, batch in _batches(store, idx, model, batch_size):
             terms = [model.elbo_terms(batch, sample=True) for _ in range(samples)]
-            nll.append(torch.stack([t["nll"] for t in terms]).mean(0).double().numpy())
-            kl.append(torch.stack([t["kl"] for t in terms]).mean(0).double().numpy())
+            nll.append(torch.stack([t.nll for t in terms]).mean(0).double().numpy())
+            kl.append(torch.stack([t.kl for t in terms]).mean(0).double().numpy())
             bar.advance(task, rows.size)
     nll, kl = np.concatenate(nll), np.concatenate(kl)
     return {"score": nll + kl, "nll": nll, "kl": kl}
@@ -191,7 +171,7 @@ def _elbo(model, store, idx, batch_size, bar, task, samples: int, seed: int) -> 
 
 def _density(model, store, idx, batch_size, bar, task) -> dict:
     prior = getattr(model, "prior", None)
-    if not hasattr(model, "posterior_batch"):
+    if not (has(model, "encode") and has(model, "elbo")):
         raise InputError(f"the density score needs a VAE with a latent prior; {type(model).__name__} has no "
                          f"posterior: use --method {default_method(model)}")
     if prior is None:
@@ -202,22 +182,10 @@ def _density(model, store, idx, batch_size, bar, task) -> dict:
         store.column(name)  # names the missing column and the ones there are
     scores = []
     for rows, batch in _batches(store, idx, model, batch_size, columns=columns):
-        z = model.posterior_batch(batch)[0]
-        scores.append(-prior.log_prob(z, batch if columns else None).double().numpy())
+        z = model.encode_batch(batch)  # the posterior mean
+        scores.append(-prior.log_prob(z, condition=batch if columns else None).double().numpy())
         bar.advance(task, rows.size)
     return {"score": np.concatenate(scores)}
-
-
-def _import(module: str, what: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        raise InputError(f"the {what} score needs {module}, which this deepfield installation does not have "
-                         "yet; choose another --method (reconstruction, elbo, density)") from None
 
 
 def _ids_values(out, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +195,9 @@ def _ids_values(out, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pixelcnn(model, store, idx, batch_size, progress) -> dict:
-    compare = _import("deepfield.tasks.compare", "pixelcnn")
-    if not (_is_pixelcnn(model) and hasattr(model, "log_prob")):
+    from deepfield.tasks import compare
+
+    if not (has(model, "log_prob") and reconstructs(model)):
         raise InputError(f"the pixelcnn score needs a PixelCNN (an exact log p(x)); got a {type(model).__name__}: "
                          f"use --method {default_method(model)}")
     ids, log_p = _ids_values(compare.log_likelihood_store(model, store, indices=idx, batch_size=batch_size,
@@ -238,12 +207,13 @@ def _pixelcnn(model, store, idx, batch_size, progress) -> dict:
 
 
 def _ratio(model, background, store, idx, batch_size, progress) -> dict:
-    compare = _import("deepfield.tasks.compare", "ratio")
+    from deepfield.tasks import compare
+
     if background is None:
         raise InputError("the likelihood-ratio score needs a background model (a PixelCNN trained on perturbed "
                          "data): pass background= (--background DIR)")
     for m, role in ((model, "model"), (background, "background")):
-        if not (_is_pixelcnn(m) and hasattr(m, "log_prob")):
+        if not (has(m, "log_prob") and reconstructs(m)):
             raise InputError(f"the ratio score needs PixelCNNs; the {role} is a {type(m).__name__}")
     ids, llr = _ids_values(compare.likelihood_ratio_store(model, background, store, indices=idx,
                                                           batch_size=batch_size, progress=progress),
@@ -252,8 +222,9 @@ def _ratio(model, background, store, idx, batch_size, progress) -> dict:
 
 
 def _gan(model, store, idx, batch_size, progress) -> dict:
-    gan_score = _import("deepfield.tasks.gan_score", "gan")
-    if not _is_gan(model):
+    from deepfield.tasks import gan_score
+
+    if not (has(model, "adversarial") and has(model, "encode")):
         raise InputError(f"the gan score needs a GAN model folder; got a {type(model).__name__}: use --method "
                          f"{default_method(model)}")
     out = dict(gan_score.gan_score_store(model, store, indices=idx, batch_size=batch_size, progress=progress))

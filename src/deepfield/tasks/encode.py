@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
+from deepfield.models.protocol import capabilities, has
 from deepfield.models import Model
 from deepfield.tasks.apply import map_store
 
@@ -64,6 +65,9 @@ def encode_store(model: Model, store, out, *, indices=None, batch_size: int = 25
     columns, a PSF-reading encoder's PSF stamps). `provenance` adds entries to the record.
     """
     store = store if isinstance(store, Store) else open_store(store)
+    if not has(model, "encode"):
+        raise InputError(f"a {type(model).__name__} has no latent codes (it plays {', '.join(sorted(capabilities(model)))}): "
+                         "encode with a family that encodes (pca, ae, conv-ae, vae, the GANs' encoders)")
     check_model_store(model, store)
     model.eval()
     return map_store(model.encode_batch, store, out, out_kind="table", indices=indices, batch_size=batch_size,
@@ -93,7 +97,7 @@ def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 2
     """
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
-    if not hasattr(model, "posterior_batch"):
+    if not (has(model, "elbo") and has(model, "encode")):
         raise InputError(f"denoising needs a VAE (posterior mean of the noiseless sky); got a "
                          f"{type(model).__name__}: use `deepfield reconstruct` for autoencoders")
     model.eval()
@@ -103,7 +107,7 @@ def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 2
 
     def posterior_mean_sky(batch):
         z = model.refine_codes(batch, steps=refine_steps) if refine_steps else model.posterior_batch(batch)[0]
-        return model.decode(z, batch if model.config.condition else None)
+        return model.decode(z, condition=batch if model.config.condition else None)
 
     return map_store(posterior_mean_sky, store, out, indices=indices, batch_size=batch_size,
                      description="denoising" + (f" (codes refined in {refine_steps} steps)" if refine_steps else ""),

@@ -16,6 +16,7 @@ import torch
 
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
+from deepfield.models.protocol import has
 from deepfield.tasks.apply import progress_bar, resolve_indices
 
 __all__ = ["evaluate_morphology", "STATISTICS"]
@@ -56,7 +57,7 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
     from deepfield.physics import ObservationModel
 
     store = store if isinstance(store, Store) else open_store(store)
-    if not hasattr(model, "sample"):
+    if not has(model, "sample"):
         raise InputError(f"morphology validation needs a generative model (vae, cvae); got {type(model).__name__}")
     for array in ("psf", "ivar"):
         if not store.has(array):

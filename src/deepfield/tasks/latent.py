@@ -16,11 +16,11 @@ __all__ = ["interpolate", "traversal_grid", "edit_attributes"]
 
 
 def _codes(model, x: torch.Tensor, condition=None) -> torch.Tensor:
-    return model.encode(x, condition) if getattr(model.config, "condition", ()) else model.encode(x)
+    return model.encode(x, condition=condition if getattr(model.config, "condition", ()) else None)
 
 
 def _decode(model, z: torch.Tensor, condition=None) -> torch.Tensor:
-    return model.decode(z, condition) if getattr(model.config, "condition", ()) else model.decode(z)
+    return model.decode(z, condition=condition if getattr(model.config, "condition", ()) else None)
 
 
 @torch.no_grad()
@@ -88,5 +88,5 @@ def edit_attributes(model, x: torch.Tensor, condition: Mapping[str, np.ndarray],
     edited = original.copy()
     for k, v in changes.items():
         edited[:, names.index(k)] = v
-    z = model.encode(x, original)
-    return model.decode(z, edited)
+    z = model.encode(x, condition=original)
+    return model.decode(z, condition=edited)

@@ -90,6 +90,11 @@ def sample_store(model, out, n: int, *, condition: Mapping[str, float] | None = 
         observation = ObservationModel("pixel")
     used_prior = "gaussian" if prior == "gaussian" or getattr(model, "prior", None) is None else type(model.prior).__name__
     generator = torch.Generator().manual_seed(seed)
+    # the protocol's sample(n, *, condition, generator); a latent prior and bf16 where the family has them
+    takes = inspect.signature(model.sample).parameters
+    if prior != "auto" and "prior" not in takes:
+        raise InputError(f"a {type(model).__name__} has no latent prior to choose: drop --prior {prior}")
+    options = {**({"prior": prior} if "prior" in takes else {}), **({"bf16": True} if bf16 else {})}
     arrays = {"truth": shape, "psf": tuple(psf.shape), "ivar": shape} if observe else {}
     units = {c: u for c, u in (record.get("store", {}).get("units") or {}).items()}
     provenance = {"task": "sample", "model_class": type(model).__name__, "prior": used_prior, "seed": seed,
@@ -101,7 +106,7 @@ def sample_store(model, out, n: int, *, condition: Mapping[str, float] | None = 
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             cond = {k: torch.full((m,), float(v)) for k, v in condition.items()} if condition else None
-            images = model.sample(m, condition=cond, generator=generator, prior=prior, **({"bf16": True} if bf16 else {}))
+            images = model.sample(m, condition=cond, generator=generator, **options)
             catalog = {k: np.full(m, v) for k, v in condition.items()}
             catalog["prior"] = np.array([used_prior] * m)
             if observe:

@@ -27,8 +27,8 @@ import torch
 
 from deepfield.data.store import Store, open_store
 from deepfield.errors import ConfigError, DeepfieldError, InputError, ModelFolderError
-from deepfield.models import FAMILIES, Model, save_model
-from deepfield.models.base import config_from_dict
+from deepfield.models import Model, save_model
+from deepfield.models.base import config_from_dict, family_class
 
 __all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", "build_model",
            "load_yaml_config", "evaluate_mse", "iterate_batches", "training_dir", "record_splits", "narrow_splits"]
@@ -126,45 +126,14 @@ def load_yaml_config(path) -> tuple[dict, dict]:
 
 
 def build_model(family: str, store: Store, options: dict | None = None) -> Model:
-    """A fresh model of `family` shaped for `store`, with sensible defaults for its kind."""
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
-    cls = FAMILIES[family]
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    values: dict[str, Any] = {"input_shape": store.sample_shape}
-    values["normalisation"] = "feature" if store.kind == "table" else "channel"
-    if "split_amplitude" in fields:
-        values["split_amplitude"] = store.kind == "image"
-    if "positive" in fields and store.kind == "image" and "positive" not in (options or {}):
-        # non-negative decoder for non-negative data (digits, noiseless truth); noisy
-        # sky-subtracted stamps fit better unconstrained (see models.autoencoder)
-        sample = store.read("x", slice(0, min(len(store), 2000)))
-        values["positive"] = bool((sample < 0).mean() < 0.01)
-    if "hidden" in fields:
-        d = int(np.prod(store.sample_shape))
-        values["hidden"] = (64, 32) if d <= 64 else (512, 128)
-    if "likelihood" in fields:
-        # the telescope-aware likelihood wherever the store knows its PSF and noise
-        values["likelihood"] = "pixel" if store.has("psf") and store.has("ivar") and store.kind == "image" else "gaussian"
-    if family == "cvae":
-        present = [c for c in ("half_light_radius", "magnitude", "redshift") if c in store.columns]
-        values["condition"] = tuple(present)
-    values.update(options or {})
-    if "psf_shape" in fields and values.get("psf_to_encoder") and store.has("psf"):
-        values["psf_shape"] = tuple(store.read("psf", [0]).shape[1:])
-    if family == "cvae" and not values.get("condition"):
-        raise ConfigError(f"cvae needs condition columns (e.g. --condition half_light_radius,magnitude); "
-                          f"the store's catalog has: {', '.join(store.columns)}")
-    for column in values.get("condition") or ():
+    """A fresh model of `family` shaped for `store`, with the defaults its class takes from the store
+    (:meth:`deepfield.models.base.Model.config_values`) under the user's `options`."""
+    cls = family_class(family)
+    values = cls.config_values(store, dict(options or {}), family)
+    model = cls(config_from_dict(cls.config_class, values, f"{family} options"))
+    for column in model.data_columns:
         store.column(column)  # raises with the list of columns when one does not exist
-    flux = values.get("flux_condition")
-    if flux and values.get("flux_zeropoint") is None and store.units.get(flux) == "mag":
-        zeropoint = (store.meta.get("extra") or {}).get("zeropoint_ab")
-        if zeropoint is None:
-            raise ConfigError(f"flux_condition {flux!r} is a magnitude, but the store does not record the AB "
-                              "zeropoint of its pixel units: give flux_zeropoint, or use a flux column in store units")
-        values["flux_zeropoint"] = float(zeropoint)
-    return cls(config_from_dict(cls.config_class, values, f"{family} options"))
+    return model
 
 
 def _launched_rank() -> bool:
@@ -259,14 +228,12 @@ def record_splits(store: Store, record: dict) -> dict[str, np.ndarray]:
     return narrow_splits(store, store.split(fr, seed=record["split_seed"]), record.get("where"))
 
 
-#: families trained by deepfield.train.gan.train_gan
-GAN_FAMILIES = ("dcgan", "wgan-gp", "cgan", "cyclegan")
-
-
 def train(family: str, store, out, *, model_options: dict | None = None,
           settings: TrainSettings | None = None, resume: bool = False, overwrite: bool = False,
           callbacks: list | None = None) -> Path | None:
-    """Train a model of `family` ('pca', 'ae', 'conv-ae', ...) on `store`; write folder `out`.
+    """Train a model of `family` ('pca', 'ae', 'conv-ae', ... any registered family) on `store`;
+    write folder `out`. The family's ``trainer`` decides how: gradient steps on ``loss``
+    (Lightning), the two-player game (:func:`deepfield.train.gan.train_gan`) or a closed-form fit.
 
     Returns the model folder path (None on non-zero DDP ranks). Raises
     :class:`TrainingInterrupted` after Ctrl-C (a checkpoint is saved; call again with
@@ -275,13 +242,19 @@ def train(family: str, store, out, *, model_options: dict | None = None,
     settings = settings or TrainSettings()
     store = store if isinstance(store, Store) else open_store(store)
     out = Path(out)
+    cls = family_class(family)
     # a DDP rank started by Lightning re-running this command leaves the folders to rank 0
     if out.exists() and not overwrite and not resume and not _launched_rank():
         raise ModelFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    if family == "cyclegan":
-        raise ConfigError("cyclegan learns between two stores: call deepfield.train.gan.train_gan('cyclegan', "
-                          "store_a, out, store_b=store_b) (the CLI: deepfield train cyclegan --store A --store-b B)")
-    if family in GAN_FAMILIES:  # the two-player loop
+    if cls.trainer == "latent-prior":
+        raise ConfigError(f"{family} is a latent prior fitted on a trained VAE's codes: call "
+                          f"deepfield.train.prior.train_prior(VAE_DIR, kind=...) (the CLI: deepfield train prior "
+                          f"--model VAE_DIR --kind {family})")
+    if getattr(cls, "needs_second_store", False):
+        raise ConfigError(f"{family} learns between two stores: call deepfield.train.gan.train_gan({family!r}, "
+                          "store_a, out, store_b=store_b) (the CLI: deepfield train cyclegan --store A --set "
+                          "store_b=B)")
+    if cls.trainer == "adversarial":  # the two-player loop
         from deepfield.train.gan import train_gan
 
         return train_gan(family, store, out, model_options=model_options, settings=settings, resume=resume,
@@ -292,20 +265,21 @@ def train(family: str, store, out, *, model_options: dict | None = None,
     model.fit_normalisation(_normalisation_sample(store, splits["train"]))
     if model.data_columns and hasattr(model, "fit_conditions"):
         model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
-    for name in model.data_arrays:
-        if not store.has(name):
-            store.read(name, slice(0, 0))  # raises: the store lacks an array the likelihood needs
+    model.check_store(store, family)
     record = _store_record(store, splits, settings)
-    if not model.trainable:
+    if cls.trainer == "closed-form":
         return _fit_closed_form(model, store, splits, out, record, settings, overwrite)
     return _fit_lightning(model, store, splits, out, record, settings, resume, overwrite, callbacks or [])
 
 
 def _fit_closed_form(model, store, splits, out, record, settings, overwrite) -> Path:
+    """Fit a closed-form family: ``fit(x)`` on the training rows in memory, or ``fit_batches`` over
+    chunks when they pass 4 GiB (or the config asks for the incremental method)."""
     t0 = time.perf_counter()
     train_idx = splits["train"]
     row_bytes = 4 * int(np.prod(store.sample_shape))
-    if model.config.method == "incremental" or row_bytes * train_idx.size > 4 * 1024**3:
+    method = getattr(model.config, "method", None)
+    if method == "incremental" or row_bytes * train_idx.size > 4 * 1024**3:
         batch = max(4 * model.latent_dim, (256 * 1024**2) // row_bytes)
         model.fit_batches((store.read("x", train_idx[s:s + batch]) for s in range(0, train_idx.size, batch)),
                           normalisation_fitted=True)
@@ -317,9 +291,10 @@ def _fit_closed_form(model, store, splits, out, record, settings, overwrite) -> 
         "val_mse": evaluate_mse(model, store, splits["val"]),
         "test_mse": evaluate_mse(model, store, splits["test"]),
         "fit_seconds": seconds,
-        "explained_variance_ratio": [float(v) for v in model.explained_variance_ratio],
     }
-    training = {"method": model.config.method, "seed": settings.seed}
+    if hasattr(model, "explained_variance_ratio"):
+        metrics["explained_variance_ratio"] = [float(v) for v in model.explained_variance_ratio]
+    training = {"method": method, "seed": settings.seed}
     return save_model(model, out, metrics=metrics, store=record, training=training, overwrite=overwrite)
 
 

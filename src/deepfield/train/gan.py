@@ -35,16 +35,15 @@ from torch.utils.data import DataLoader, Dataset
 from deepfield.data.store import Store, open_store
 from deepfield.errors import ConfigError, InputError, ModelFolderError
 from deepfield.models import save_model
-from deepfield.models.gan import GAN, CycleGAN, resample_images
+from deepfield.models.base import FAMILIES, family_class
+from deepfield.models.cyclegan import CycleGAN
+from deepfield.models.gan import GAN
+from deepfield.physics.resample import resample_images
 from deepfield.train.fit import (TrainingDiverged, TrainSettings, _launched_rank, fit_interruptibly,
                                  _normalisation_sample, _prepare_work_dir, _splits, _store_record, build_model,
                                  iterate_batches, training_dir)
 
-__all__ = ["GAN_FAMILIES", "train_gan", "GANModule", "check_cycle_stores"]
-
-#: CLI family names trained by :func:`train_gan`
-GAN_FAMILIES = ("dcgan", "wgan-gp", "cgan", "cyclegan")
-_DEFAULT_CONDITIONS = ("half_light_radius", "magnitude", "redshift")
+__all__ = ["train_gan", "GANModule", "check_cycle_stores"]
 
 
 def check_cycle_stores(store_a: Store, store_b: Store, resample: bool = False) -> tuple[float, float] | None:
@@ -109,7 +108,7 @@ def _frozen(params):
 
 
 class GANModule(L.LightningModule):
-    """Plays the game of a :class:`~deepfield.models.gan.GAN` or :class:`~deepfield.models.gan.CycleGAN`
+    """Plays the game of a :class:`~deepfield.models.gan.GAN` or :class:`~deepfield.models.cyclegan.CycleGAN`
     with manual optimisation; then (GANs) trains the encoder."""
 
     def __init__(self, model, gan_epochs: int, checkpoint: Path, channels_last: bool = False,
@@ -199,13 +198,13 @@ class GANModule(L.LightningModule):
     def _update(self, optimizer, parts: dict, batch: dict, player: str, bar_name: str, prefix: str) -> None:
         """One optimiser step of `player` on its loss parts; its loss on the progress bar as
         `bar_name`, every part logged per epoch under `prefix`."""
-        self._check(parts["loss"], batch, player)
+        self._check(parts.loss, batch, player)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(parts["loss"])
+        self.manual_backward(parts.loss)
         optimizer.step()
         n = batch["x"].shape[0]
-        self.log(bar_name, parts["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
-        for k, v in parts.items():
+        self.log(bar_name, parts.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        for k, v in parts.logged().items():
             self.log(f"{prefix}{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
 
     def on_train_epoch_start(self):
@@ -348,7 +347,7 @@ def _gan_metrics(model: GAN, store: Store, rows: np.ndarray, seed: int) -> dict:
         res += float(((recon - u) ** 2).flatten(1).mean(1).sum())
         feat += float(((model.critic_features(recon) - model.critic_features(u)) ** 2).mean(1).sum())
         flux_real += float(batch["x"].flatten(1).sum(1).sum())
-        samples = model.decode(model.noise(m, generator), batch if model.config.condition else None)
+        samples = model.decode(model.noise(m, generator), condition=batch if model.config.condition else None)
         flux_fake += float(samples.flatten(1).sum(1).sum())
         count += m
     return {"encoder_val_residual_mse": res / count, "encoder_val_feature_mse": feat / count,
@@ -393,8 +392,12 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
     Raises :class:`~deepfield.train.fit.TrainingInterrupted` after Ctrl-C and
     :class:`~deepfield.train.fit.TrainingDiverged` when the losses become NaN/inf.
     """
-    if family not in GAN_FAMILIES:
-        raise ConfigError(f"train_gan trains {', '.join(GAN_FAMILIES)}; got {family!r}")
+    cls = family_class(family)
+    if cls.trainer != "adversarial":
+        adversarial = sorted(name for name, c in FAMILIES.items() if c.trainer == "adversarial")
+        raise ConfigError(f"train_gan trains the adversarial families ({', '.join(adversarial)}); {family!r} is "
+                          f"fitted by the {cls.trainer!r} trainer: use deepfield.train.train")
+    two_stores = getattr(cls, "needs_second_store", False)
     settings = settings or TrainSettings()
     store = store if isinstance(store, Store) else open_store(store)
     out = Path(out)
@@ -402,20 +405,15 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
         raise ModelFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     options = dict(model_options or {})
     resample_b = None
-    if family == "cyclegan":
+    if two_stores:
         if store_b is None:
-            raise ConfigError("cyclegan translates between two stores: pass --store A --store-b B")
+            raise ConfigError(f"{family} translates between two stores: pass --store A --store-b B")
         store_b = store_b if isinstance(store_b, Store) else open_store(store_b)
         resample_b = check_cycle_stores(store, store_b, resample)
     elif store_b is not None:
         raise ConfigError(f"--store-b is CycleGAN's second domain; {family} trains on one store")
     elif resample:
-        raise ConfigError("--resample applies to cyclegan only")
-    if family == "cgan" and not options.get("condition"):
-        options["condition"] = tuple(c for c in _DEFAULT_CONDITIONS if c in store.columns)
-        if not options["condition"]:
-            raise ConfigError(f"cgan needs condition columns (--condition a,b); the store's catalog has: "
-                              f"{', '.join(store.columns)}")
+        raise ConfigError("--resample applies to translation between two stores (cyclegan) only")
     torch.manual_seed(settings.seed)  # before the networks are built: the seed fixes their initialisation
     model = build_model(family, store, options)
     splits = _splits(store, settings)
@@ -424,7 +422,7 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
         model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
     record = _store_record(store, splits, settings)
     splits_b = None
-    if family == "cyclegan":
+    if two_stores:
         splits_b = _splits(store_b, settings)
         sample_b = _normalisation_sample(store_b, splits_b["train"])
         if resample_b is not None:

@@ -20,7 +20,7 @@ __all__ = ["ModelModule", "make_loader", "HistoryCallback", "InterruptCheckpoint
 
 
 class ModelModule(L.LightningModule):
-    """Trains `model` by minimising ``model.loss(batch)["loss"]`` with AdamW."""
+    """Trains `model` by minimising ``model.loss(batch).loss`` with AdamW, logging every part."""
 
     #: the spike guard compares a batch's loss with the median of this many recent steps, after as
     #: many steps, and steps anyway after this many skips in a row (the model may have moved on)
@@ -49,13 +49,13 @@ class ModelModule(L.LightningModule):
         from deepfield.train.fit import check_finite_batch
 
         batch = self._prepare(batch)
-        parts = self.model.loss(batch)
-        check_finite_batch(batch, parts["loss"])
+        out = self.model.loss(batch)
+        check_finite_batch(batch, out.loss)
         n = batch["x"].shape[0]
-        loss = parts["loss"]
+        loss = out.loss
         if getattr(self.model, "spike_guard", None):
             loss = self._guard(loss, float(self.model.spike_guard), n)
-        for k, v in parts.items():
+        for k, v in out.logged().items():
             self.log(f"train_{k}" if k != "loss" else "train_loss", v.detach(), on_step=False,
                      on_epoch=True, prog_bar=k == "loss", batch_size=n, sync_dist=True)
         return loss
@@ -79,9 +79,8 @@ class ModelModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         batch = self._prepare(batch)
-        parts = self.model.loss(batch)
         n = batch["x"].shape[0]
-        for k, v in parts.items():
+        for k, v in self.model.loss(batch).logged().items():
             self.log(f"val_{k}" if k != "loss" else "val_loss", v.detach(), on_step=False, on_epoch=True,
                      prog_bar=k == "loss", batch_size=n, sync_dist=True)
 

@@ -165,7 +165,7 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epoch
             torch.set_num_threads(previous)
     prior.eval()
     with torch.no_grad():
-        val_log_p = float(prior.log_prob(z_val, c_val).mean())
+        val_log_p = float(prior.log_prob(z_val, condition=c_val).mean())
         val_log_p_gauss = float(gaussian_log_prob(z_val).mean())
     metrics = {"val_log_prob": val_log_p, "val_log_prob_standard_normal": val_log_p_gauss,
                "fit_seconds": time.perf_counter() - t0, "n_train_codes": int(mean_tr.shape[0]), "history": history}
@@ -223,7 +223,7 @@ def _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, c_val, condition, epochs, 
             sched.step()
             prior.eval()
             with torch.no_grad():
-                val = float(prior.log_prob(z_val, c_val).mean())
+                val = float(prior.log_prob(z_val, condition=c_val).mean())
             history.append({"epoch": epoch, "train_nll": total / n, "val_log_prob": val})
             if val > best:
                 best, best_state = val, copy.deepcopy(prior.state_dict())
