@@ -114,3 +114,39 @@ def test_interrupts_and_unexpected_errors_end_in_one_message(capsys, monkeypatch
     monkeypatch.setattr(store_module, "open_store", fail)
     got, out = cli(capsys, "info", blob_store.path)
     assert got == code and message in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "epochs=0 (give >= 1)"),
+    (["--epochs", "-1"], "epochs=-1 (give >= 1)"),
+    (["--set", "batch_size=0"], "batch_size=0 (give >= 1)"),
+    (["--config", "{tmp}/three.yaml"], "epochs = 'three' is not a whole number"),
+    (["--set", "hidden=a,b"], "hidden = ('a', 'b') is not a list of whole number"),
+])
+def test_bad_training_values_are_refused_before_any_folder_is_made(capsys, blob_store, tmp_path, args, message):
+    (tmp_path / "three.yaml").write_text("training:\n  epochs: three\n")
+    code, out = cli(capsys, "train", "ae", "--store", blob_store.path, "--out", tmp_path / "m",
+                    *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and message in out, out
+    assert not (tmp_path / "m").exists() and not (tmp_path / ".m.training").exists()
+
+
+def test_a_vae_without_psf_or_noise_says_it_falls_back_to_the_gaussian_likelihood(blob_store):
+    from deepfield.train import build_model
+
+    with pytest.warns(UserWarning, match="has no psf or ivar: the VAE falls back to the Gaussian likelihood"):
+        model = build_model("vae", blob_store, {"latent_dim": 2, "channels": (8, 16)})
+    assert model.config.likelihood == "gaussian"
+
+
+def test_encode_batch_size_and_index_recall_are_checked(capsys, blob_store, trained, tmp_path):
+    for size in ("0", "-4"):
+        code, out = cli(capsys, "encode", trained, "--store", blob_store.path, "--out", tmp_path / "c.parquet",
+                        "--batch-size", size, "--no-progress")
+        assert code == 2 and f"batch size {size}: give a whole number >= 1" in out
+        assert not (tmp_path / "c.parquet").exists()
+    from deepfield.errors import ConfigError
+    from deepfield.tasks.search import build_index
+
+    with pytest.raises(ConfigError, match="target recall 2"):
+        build_index(np.zeros((20, 3), "f4"), target_recall=2)

@@ -237,6 +237,14 @@ class VAE(Model, Encoding, Generative, BoundDensity, Trainable):
         # the telescope-aware likelihood wherever the store knows its PSF and noise
         values = {"likelihood": "pixel" if store.has("psf") and store.has("ivar") and store.kind == "image"
                   else "gaussian"}
+        if values["likelihood"] == "gaussian" and "likelihood" not in options and store.kind == "image":
+            import warnings
+
+            missing = [a for a in ("psf", "ivar") if not store.has(a)]
+            warnings.warn(f"store {store.path} has no {' or '.join(missing)}: the VAE falls back to the Gaussian "
+                          "likelihood, which knows no PSF or per-object noise (its decoded galaxies are not "
+                          "deconvolved). Import the PSF and inverse variance, or set likelihood=gaussian to say "
+                          "this is meant", stacklevel=3)
         if family == "cvae":
             values["condition"] = tuple(c for c in ("half_light_radius", "magnitude", "redshift") if c in store.columns)
         values = super().config_values(store, {**values, **options}, family)

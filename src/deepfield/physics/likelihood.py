@@ -340,8 +340,8 @@ class ObservationModel(torch.nn.Module):
         if "x" not in batch:
             raise InputError("batch has no 'x' array: the observed images (N, C, H, W) to score")
         if "psf" not in batch or batch["psf"] is None:
-            raise InputError("batch has no 'psf' array: simulate/import with a PSF, or pass "
-                             "--psf-fwhm (deepfield.physics.moffat_psf draws one from a FWHM)")
+            raise InputError("batch has no 'psf' array: simulate or import the store with PSF stamps (deepfield "
+                             "import ... --psf), or add stamps drawn from a FWHM with deepfield.physics.moffat_psf")
         x = torch.as_tensor(batch["x"])
         if x.ndim != 4:
             raise InputError(f"batch 'x' has shape {tuple(x.shape)}; the observation model takes "

@@ -60,6 +60,8 @@ def map_store(fn: Callable[[torch.Tensor], torch.Tensor], store: Store | str | P
     input's catalog rows (ids and physical columns), pixel scale and bands for images (when
     outputs are images of the same bands), and `keep_arrays` (e.g. 'psf') copied from the input.
     """
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise InputError(f"batch size {batch_size!r}: give a whole number >= 1 (objects per forward pass)")
     store = store if isinstance(store, Store) else open_store(store)
     idx = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:

@@ -353,6 +353,8 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
         raise ConfigError(f"metric {metric!r}: choose cosine or l2")
     if kind not in ("auto", *KINDS):
         raise ConfigError(f"index kind {kind!r}: choose auto, {', '.join(KINDS)}")
+    if not 0 < target_recall <= 1:
+        raise ConfigError(f"target recall {target_recall}: a recall@10 is a fraction in (0, 1], e.g. 0.95")
     if out is not None and Path(out).exists() and not overwrite:
         raise InputError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     vectors, ids, table, records = _as_codes(codes, ids, catalog)

@@ -94,6 +94,23 @@ class TrainSettings:
     num_workers: int = 0
     progress: bool = True
 
+    def __post_init__(self):
+        bad = [f"epochs={self.epochs} (give >= 1)" if self.epochs < 1 else "",
+               f"batch_size={self.batch_size} (give >= 1)" if self.batch_size < 1 else "",
+               f"lr={self.lr} (give > 0)" if not self.lr > 0 else "",
+               f"weight_decay={self.weight_decay} (give >= 0)" if not self.weight_decay >= 0 else "",
+               f"patience={self.patience} (give >= 0; 0 turns early stopping off)" if self.patience < 0 else "",
+               f"num_workers={self.num_workers} (give >= 0)" if self.num_workers < 0 else "",
+               f"threads={self.threads} (give >= 1)" if self.threads is not None and self.threads < 1 else "",
+               f"gradient_clip={self.gradient_clip} (give > 0, or null for the family's)"
+               if self.gradient_clip is not None and not self.gradient_clip > 0 else "",
+               f"split_fractions={self.split_fractions} (each >= 0, train > 0, summing to at most 1)"
+               if any(f < 0 for f in self.split_fractions) or not self.split_fractions or self.split_fractions[0] <= 0
+               or sum(self.split_fractions) > 1 + 1e-9 else ""]
+        bad = [b for b in bad if b]
+        if bad:
+            raise ConfigError(f"training settings: {'; '.join(bad)}")
+
 
 def training_dir(out: Path) -> Path:
     """The hidden work folder (checkpoints, logs) of a training run writing to `out`."""
