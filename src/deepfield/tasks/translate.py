@@ -27,7 +27,8 @@ import torch
 from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
 from deepfield.models.gan import CycleGAN, resample_images
-from deepfield.tasks.apply import map_store, progress_bar
+from deepfield.progress import progress_bar
+from deepfield.tasks.apply import map_store
 
 __all__ = ["translate_store", "resample_store", "deconvolution_baseline", "evaluate_translation", "BASELINES"]
 
