@@ -34,7 +34,8 @@ def main():
     torch.set_num_threads(args.threads)
     import deepfield
     from deepfield.metrics.morphology import hsm_moments
-    from deepfield.train.fit import iterate_batches, record_splits
+    from deepfield.data.batches import iterate_batches
+    from deepfield.data.splits import record_splits
 
     model = deepfield.load(cached_model(args.model))
     store = galaxy_store(12000, 32)

@@ -37,7 +37,7 @@ def measure(device: str, channels_last: bool, bf16: bool, steps: int, size: int,
 
     def step(i):
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=bf16):
-            loss = model.loss({"x": data[i % len(data)]})["loss"]
+            loss = model.loss({"x": data[i % len(data)]}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -176,7 +176,7 @@ def network_flops(batch: int) -> dict:
 
     model = VAE(VAEConfig(input_shape=(1, SIZE, SIZE), latent_dim=16))
     with FlopCounterMode(display=False) as count:
-        model.loss({"x": torch.rand(batch, 1, SIZE, SIZE)})["loss"].backward()
+        model.loss({"x": torch.rand(batch, 1, SIZE, SIZE)}).loss.backward()
     train = count.get_total_flops() / batch
     with FlopCounterMode(display=False) as count, torch.no_grad():
         model.decode(torch.randn(batch, 16))

@@ -295,7 +295,7 @@ def test_nan_objects_are_named_and_skipped_only_when_asked(blob_store, blob_mode
 
 def test_vae_elbo_and_latent_density_scores(blob_store):
     from deepfield.models import VAE, GaussianMixturePrior, LatentPriorConfig, VAEConfig
-    from deepfield.train.fit import iterate_batches
+    from deepfield.data.batches import iterate_batches
 
     torch.manual_seed(0)
     vae = VAE(VAEConfig(input_shape=(1, 16, 16), latent_dim=3, channels=(8, 16)))

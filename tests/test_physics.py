@@ -371,7 +371,7 @@ def test_bad_input_messages():
     psf = gaussian_psf(0.7, size=9)
     ivar = torch.ones_like(x)
     obs = ObservationModel()
-    with pytest.raises(InputError, match="has no 'psf' array: simulate/import with a PSF, or pass --psf-fwhm"):
+    with pytest.raises(InputError, match="has no 'psf' array: simulate or import the store with PSF stamps"):
         obs.nll(sky, {"x": x, "ivar": ivar})
     with pytest.raises(InputError, match="odd sides"):
         obs.nll(sky, {"x": x, "psf": torch.ones(3, 8, 8) / 64, "ivar": ivar})

@@ -15,7 +15,7 @@ import torch
 import deepfield
 from deepfield.errors import ConfigError, InputError, ModelFolderError
 from deepfield.train import TrainingInterrupted, TrainSettings, load_yaml_config, train, training_dir
-from deepfield.train.fit import check_finite_batch
+from deepfield.train.module import check_finite_batch
 
 FAST = dict(batch_size=32, progress=False, patience=0)
 

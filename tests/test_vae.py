@@ -145,7 +145,7 @@ def test_size_conditioned_decoder_dilates_one_profile_to_the_catalog_radius(gala
         settings=TrainSettings(epochs=3, batch_size=32, progress=False))
     model = deepfield.load(out)
     assert model.decoder.head.in_features == SMALL["latent_dim"]
-    train_radii = galaxies.column("half_light_radius")[deepfield.train.fit.record_splits(
+    train_radii = galaxies.column("half_light_radius")[deepfield.data.splits.record_splits(
         galaxies, json.loads((out / "config.json").read_text())["store"])["train"]]
     assert float(model.size_reference) == pytest.approx(np.quantile(train_radii, 0.9))  # saved with the model
     rows = np.arange(8)
@@ -594,7 +594,7 @@ def test_collapsed_posterior_is_reported_at_the_kept_epoch():
 
 
 def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, galaxies, capsys, tmp_path):
-    from deepfield.train.fit import iterate_batches
+    from deepfield.data.batches import iterate_batches
 
     model = deepfield.load(pixel_vae)
     rows = np.arange(16)

@@ -5,8 +5,7 @@ The data flow is store -> train -> model folder -> tasks; see docs/architecture.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from deepfield._version import __version__
 from deepfield.errors import ConfigError, DeepfieldError, InputError, ModelFolderError, StoreError
 
 __all__ = [

@@ -6,7 +6,7 @@ prints the message and exits with code 2 for any :class:`DeepfieldError`.
 
 from __future__ import annotations
 
-__all__ = ["DeepfieldError", "StoreError", "InputError", "ModelFolderError", "ConfigError"]
+__all__ = ["DeepfieldError", "StoreError", "InputError", "ModelFolderError", "ConfigError", "TrainingDiverged"]
 
 
 class DeepfieldError(ValueError):
@@ -27,3 +27,7 @@ class ModelFolderError(DeepfieldError):
 
 class ConfigError(DeepfieldError):
     """A configuration file or option names something that does not exist."""
+
+
+class TrainingDiverged(DeepfieldError):
+    """The loss became NaN/inf although the data are finite."""

@@ -184,10 +184,9 @@ def check_model(family: str, tmp_dir=None, *, options: dict | None = None) -> di
         columns = {c: torch.from_numpy(store.column(c)[rows].astype(np.float32)) for c in model.data_columns}
         batch.update(columns)
     else:
-        from deepfield.data.store import StoreDataset
+        from deepfield.data.batches import iterate_batches
 
-        arrays = ("x", *[a for a in model.data_arrays if a != "x"])
-        batch = StoreDataset(store, rows, arrays=arrays, columns=tuple(model.data_columns)).tensors()
+        batch = next(iterate_batches(store, rows, model, rows.size))
         if store_b is not None:
             batch["x_b"] = torch.from_numpy(store_b.read("x", rows))
     cond = _condition(model, store, rows)

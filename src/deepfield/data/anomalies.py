@@ -76,6 +76,7 @@ import pyarrow as pa
 from deepfield._names import comma_list
 from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
+from deepfield.progress import progress_task
 
 __all__ = ["ARTEFACTS", "ODDITIES", "ANOMALY_TYPES", "inject_anomalies"]
 
@@ -564,15 +565,6 @@ def _adjust_catalog(table: pa.Table, updates: dict[str, dict[int, float]]) -> pa
     return table
 
 
-def _progress(enabled: bool, total: int):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
-    return progress, progress.add_task("injecting anomalies", total=total)
-
-
 def inject_anomalies(store: Store | str | os.PathLike, out: str | os.PathLike, fraction: float = 0.02,
                      types: Sequence[str] | str | None = None, seed: int = 0, overwrite: bool = False,
                      progress: bool = True) -> Store:
@@ -614,14 +606,14 @@ def inject_anomalies(store: Store | str | os.PathLike, out: str | os.PathLike, f
     chosen = _assign(n, fraction, types, seed)
     ctx = _Context(store)
     reference = (store.meta.get("extra") or {}).get("reference_band") or ("r" if "r" in ctx.bands else ctx.bands[0])
-    per_row = {name: tuple(store._group[name].shape[1:]) for name in store.array_names if name != "x"}
-    shared = {name: np.asarray(store._group[name][...]) for name in store.shared_arrays}
+    per_row = {name: store.array_shape(name) for name in store.array_names if name != "x"}
+    shared = {name: store.read_shared(name) for name in store.shared_arrays}
     counts = {t: sum(1 for v in chosen.values() if v == t) for t in types}
     prov = dict(store.meta.get("provenance", {}))
     prov.update({"copied_from": str(store.path), "source_fingerprint": store.fingerprint,
                  "anomalies": {"injector": "deepfield.data.anomalies.inject_anomalies", "fraction": fraction,
                                "types": list(types), "seed": seed, "counts": counts}})
-    bar, task = _progress(progress, n)
+    bar, task = progress_task(progress, n, "injecting anomalies", time_remaining=False)
     with create_store(out, sample_shape=store.sample_shape, kind="image", bands=store.bands,
                       pixel_scale=store.pixel_scale, arrays=per_row, shared=shared, units=store.units,
                       provenance=prov, extra_meta=store.meta.get("extra"), overwrite=overwrite) as writer, bar:

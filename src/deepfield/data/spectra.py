@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from deepfield.errors import InputError
+from deepfield.progress import progress_task
 
 __all__ = ["EMISSION_LINES", "TEMPLATES", "catalog_units", "default_wavelength", "simulate_spectra"]
 
@@ -239,7 +240,6 @@ def simulate_spectra(
             f"the grid {wavelength[0]:.0f}-{wavelength[-1]:.0f} A at redshifts {z_lo}-{z_hi} needs "
             f"rest wavelengths outside the templates' {_TEMPLATE_RANGE[0]:.0f}-"
             f"{_TEMPLATE_RANGE[1]:.0f} A; narrow the grid or the redshift range")
-    from deepfield.data.galaxies import _progress_bar
     from deepfield.data.store import create_store
 
     L = wavelength.size
@@ -255,7 +255,7 @@ def simulate_spectra(
     writer = create_store(out, (L,), kind="spectrum", wavelength=wavelength,
                           arrays={"ivar": (L,), "truth": (L,)}, units=catalog_units(),
                           provenance=provenance, extra_meta=conventions, overwrite=overwrite)
-    bar, task = _progress_bar(progress, n, 0, "spectra")
+    bar, task = progress_task(progress, n, "spectra")
     with writer, bar:
         for block in range(0, (n + _BLOCK - 1) // _BLOCK):
             part = _draw_block(seed, block, wavelength, (z_lo, z_hi), (snr_lo, snr_hi))

@@ -52,6 +52,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepfield._atomic import replace_dir
+from deepfield._version import __version__
+from deepfield.data.splits import split_fractions
 from deepfield.errors import DeepfieldError, InputError, StoreError
 
 __all__ = [
@@ -218,7 +220,7 @@ _ALLOWED_CMP = {
 }
 
 
-def _eval_query(expr: str, column) -> np.ndarray:
+def evaluate_query(expr: str, column) -> np.ndarray:
     """Evaluate a small, safe boolean expression over catalog columns.
 
     Supports comparisons (chained too: ``21 < magnitude < 23``), ``and``/``or``/``not``,
@@ -274,27 +276,6 @@ def _eval_query(expr: str, column) -> np.ndarray:
     if result.dtype != bool:
         raise InputError(f"query {expr!r} does not give True/False per object")
     return result
-
-
-def split_fractions(ids: np.ndarray, fractions: Sequence[float], seed: int) -> np.ndarray:
-    """Assign each id to a split by a seeded hash of the id (0, 1, 2, ... per fraction).
-
-    The assignment of an object depends only on its id and the seed, so it is the same
-    whatever the row order and stays the same when the store grows.
-    """
-    fr = np.asarray(fractions, dtype=np.float64)
-    if np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
-        raise InputError(f"split fractions {tuple(fractions)} must be non-negative and sum to 1")
-    ids = np.asarray(ids, dtype=np.uint64)
-    # splitmix64 of (id, seed): a fast, well-mixed hash into [0, 1)
-    with np.errstate(over="ignore"):
-        z = ids + np.uint64(0x9E3779B97F4A7C15) * (np.uint64(seed) + np.uint64(1))
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(11)).astype(np.float64) / float(2**53)
-    edges = np.cumsum(fr)[:-1]
-    return np.searchsorted(edges, u, side="right")
 
 
 # --------------------------------------------------------------------------------------
@@ -367,6 +348,19 @@ class Store:
             raise InputError(f"store {self.path} has no array {name!r}; it has {', '.join(self.array_names)}")
         shape = tuple(self._group[name].shape)
         return shape if name in self.shared_arrays and name not in self.meta["arrays"] else shape[1:]
+
+    def read_shared(self, name: str) -> np.ndarray:
+        """The whole of shared array `name` (no N axis), e.g. one (C, h, w) PSF for every object."""
+        if name not in self.shared_arrays:
+            raise InputError(f"store {self.path} has no shared array {name!r}; its shared arrays are: "
+                             f"{', '.join(self.shared_arrays) or 'none'}")
+        return np.asarray(self._group[name][...])
+
+    def chunk_rows(self, name: str = "x") -> int:
+        """Rows per on-disk chunk of the per-object array `name`: whole chunks read fastest."""
+        if name not in self.meta["arrays"]:
+            raise InputError(f"store {self.path} has no per-object array {name!r}; it has {', '.join(self.array_names)}")
+        return int(self._group[name].chunks[0])
 
     # -- catalog
     @property
@@ -466,7 +460,7 @@ class Store:
             mask &= np.isin(self.ids, wanted)
         if where is not None:
             if isinstance(where, str):
-                mask &= _eval_query(where, self.column)
+                mask &= evaluate_query(where, self.column)
             else:
                 w = np.asarray(where, dtype=bool)
                 if w.shape != (self._n,):
@@ -493,8 +487,8 @@ class Store:
                 batch_rows: int = 4096, provenance: Mapping[str, Any] | None = None) -> "Store":
         """Write the rows `indices` (default all) to a new store at `path` (atomically)."""
         idx = np.arange(self._n) if indices is None else np.asarray(indices, dtype=np.int64)
-        per_row = {n: tuple(self._group[n].shape[1:]) for n in self.array_names if n != "x"}
-        shared = {n: np.asarray(self._group[n][...]) for n in self.shared_arrays}
+        per_row = {n: self.array_shape(n) for n in self.array_names if n != "x"}
+        shared = {n: self.read_shared(n) for n in self.shared_arrays}
         prov = dict(self.meta.get("provenance", {}))
         prov.update({"copied_from": str(self.path), "source_fingerprint": self.fingerprint})
         prov.update(provenance or {})
@@ -897,7 +891,7 @@ def create_store(
         "shared": sorted(shared),
         "provenance": dict(provenance or {}),
         "extra": dict(extra_meta or {}),
-        "library_version": __import__("deepfield").__version__,
+        "library_version": __version__,
         "n": 0,
     }
     lock = _WriteLock(final)  # before touching the partial directory another writer may be filling
@@ -978,7 +972,7 @@ class StoreDataset:
                 store.read(name, slice(0, 0))  # raises the helpful error
         self._cols = {c: store.column(c).astype(np.float32) for c in self.columns}
         self._ids = store.ids
-        nbytes = sum(4 * int(np.prod(store._group[a].shape[1:])) for a in self.arrays if a not in store.shared_arrays)
+        nbytes = sum(4 * int(np.prod(store.array_shape(a))) for a in self.arrays if a not in store.shared_arrays)
         if in_memory is None:
             in_memory = nbytes * len(self.indices) < 2 * 1024**3
         self._mem = {a: store.read(a, self.indices) for a in self.arrays} if in_memory else None
@@ -993,12 +987,11 @@ class StoreDataset:
         row = int(self.indices[pos])
         if name in self.store.shared_arrays:
             return self.store.read(name, [row])[0]
-        arr = self.store._group[name]
-        c = arr.chunks[0]
+        c = self.store.chunk_rows(name)
         key = row // c
         cached = self._cache.get(name)
         if cached is None or cached[0] != key:
-            cached = (key, np.asarray(arr[key * c: min((key + 1) * c, len(self.store))]))
+            cached = (key, self.store.read(name, slice(key * c, (key + 1) * c)))
             self._cache[name] = cached
         return cached[1][row - key * c]
 

@@ -54,9 +54,8 @@ def register(cls: type["Model"]) -> type["Model"]:
 
 
 def family_class(family: str) -> type["Model"]:
-    """The class registered as `family`, or a ConfigError listing the families there are."""
-    import deepfield.models  # noqa: F401  (registers the built-in families)
-
+    """The class registered as `family`, or a ConfigError listing the families there are (the
+    built-in families are registered when deepfield.models, this module's package, is imported)."""
     if family not in FAMILIES:
         raise ConfigError(f"unknown model family {family!r}; choose one of {', '.join(sorted(FAMILIES))}")
     return FAMILIES[family]

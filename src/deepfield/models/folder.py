@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from deepfield._atomic import replace_dir
+from deepfield._version import __version__
 from deepfield.errors import ConfigError, ModelFolderError
 from deepfield.models.base import MODEL_REGISTRY, Model, config_from_dict, config_to_dict
 
@@ -107,8 +108,6 @@ def save_model(model: Model, path, *, metrics: dict | None = None, store: dict |
         raise ModelFolderError(f"{final} already exists; pass --overwrite to replace it or choose another --out")
     if type(model).__name__ not in MODEL_REGISTRY:
         raise ModelFolderError(f"{type(model).__name__} is not a registered deepfield model")
-    import deepfield
-
     record: dict[str, Any] = {
         "format_version": MODEL_FORMAT_VERSION,
         "class": type(model).__name__,
@@ -116,7 +115,7 @@ def save_model(model: Model, path, *, metrics: dict | None = None, store: dict |
         "config": config_to_dict(model.config),
         "store": store or {},
         "training": training or {},
-        "library_version": deepfield.__version__,
+        "library_version": __version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -155,7 +154,7 @@ def read_model_config(path) -> dict:
     version = record.get("format_version")
     if version != MODEL_FORMAT_VERSION:
         raise ModelFolderError(f"{p} has model format version {version!r}; this deepfield "
-                               f"{__import__('deepfield').__version__} reads version {MODEL_FORMAT_VERSION}. "
+                               f"{__version__} reads version {MODEL_FORMAT_VERSION}. "
                                "Load it with the deepfield version that wrote it "
                                f"({record.get('library_version', 'unknown')}) or retrain")
     if record.get("class") not in MODEL_REGISTRY:
@@ -168,8 +167,6 @@ def load_model(path, map_location: str | torch.device = "cpu") -> Model:
     """Rebuild the model of a model folder and load its weights; returns it in eval mode."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    import deepfield.models  # noqa: F401  (registers every family)
 
     p = Path(path)
     record = read_model_config(p)

@@ -269,9 +269,15 @@ class VAE(Model, Encoding, Generative, BoundDensity, Trainable):
         if self.config.likelihood == "pixel":
             return ("x", "psf", "ivar")
         if self.config.likelihood == "fourier":
-            # the noise power spectrum comes from the store's noise_ps array, else from ivar
             return ("x", "psf", "ivar")
         return ("psf",) if self.config.psf_to_encoder else ()
+
+    @property
+    def optional_data_arrays(self) -> tuple[str, ...]:
+        """Store arrays the likelihood reads when the store has them: the bad-pixel 'mask'
+        (pixel: flagged pixels are left out) and the noise power spectrum 'noise_ps' (fourier:
+        without one it is rebuilt from 'ivar' as white noise)."""
+        return {"pixel": ("mask",), "fourier": ("noise_ps",)}.get(self.config.likelihood, ())
 
     @property
     def data_columns(self) -> tuple[str, ...]:

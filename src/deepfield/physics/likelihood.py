@@ -44,7 +44,7 @@ import math
 import torch
 
 from deepfield.errors import InputError
-from deepfield.physics.psf import _convolve_checked, as_psf, convolve_psf, psf_band_limit_mask
+from deepfield.physics.psf import as_psf, convolve_checked, convolve_psf, psf_band_limit_mask
 
 __all__ = [
     "pixel_nll",
@@ -357,7 +357,7 @@ class ObservationModel(torch.nn.Module):
 
     def _terms(self, sky, batch):
         x, psf = self._inputs(sky, batch)
-        model = _convolve_checked(sky, psf, self.oversample)
+        model = convolve_checked(sky, psf, self.oversample)
         if self.likelihood == "pixel":
             if batch.get("ivar") is None:
                 raise InputError("batch has no 'ivar' array: import the store with its inverse "

@@ -195,10 +195,10 @@ def convolve_psf(image: torch.Tensor, psf, oversample: int = 1) -> torch.Tensor:
                          f"{o} x {o} blocks; with oversample={o} the model sky must be "
                          f"(N, C, {o}H, {o}W)")
     psf = as_psf(psf, image.shape, dtype=image.dtype, device=image.device)
-    return _convolve_checked(image, psf, o)
+    return convolve_checked(image, psf, o)
 
 
-def _convolve_checked(image: torch.Tensor, psf: torch.Tensor, oversample: int) -> torch.Tensor:
+def convolve_checked(image: torch.Tensor, psf: torch.Tensor, oversample: int) -> torch.Tensor:
     """convolve_psf on inputs already checked: psf (N or 1, C, h, w) from :func:`as_psf`."""
     out = _linear_convolve(image, oversample_psf(psf, oversample))
     if oversample > 1:

@@ -25,7 +25,8 @@ from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.report import html as H
 from deepfield.report import plots
-from deepfield.report.plots import _asinh_width, _figure, _noise_sigma, _rc, _save, _scale_bar, asinh_rgb
+from deepfield.report.plots import (asinh_rgb, asinh_width, new_figure, robust_noise_sigma, save_figure, scale_bar,
+                                    style_context)
 
 __all__ = ["plot_anomaly_grid", "plot_score_distribution", "anomaly_gallery"]
 
@@ -52,16 +53,16 @@ def plot_anomaly_grid(images: np.ndarray, reconstructions: np.ndarray | None, re
     columns = ["image"] + (["reconstruction"] if reconstructions is not None else []) + \
               (["residual"] if residuals is not None else [])
     band_name = bands[band] if band < len(bands) else f"channel {band}"
-    with _rc():
+    with style_context():
         panel = 1.5
-        fig = _figure(panel * len(columns) + 1.6, panel * n + 0.3, layout=None)
+        fig = new_figure(panel * len(columns) + 1.6, panel * n + 0.3, layout=None)
         grid = fig.add_gridspec(n, len(columns), wspace=0.05, hspace=0.08, left=1.3 / (panel * len(columns) + 1.6),
                                 right=1 - 0.3 / (panel * len(columns) + 1.6), top=1 - 0.3 / (panel * n + 0.3), bottom=0)
         for i in range(n):
             ref = images[i, band]
             vmin = float(np.percentile(ref, 0.5))
             vmax = float(max(np.percentile(ref, 99.9), vmin + 1e-12))
-            norm = AsinhNorm(linear_width=_asinh_width(ref, vmax), vmin=vmin, vmax=vmax)
+            norm = AsinhNorm(linear_width=asinh_width(ref, vmax), vmin=vmin, vmax=vmax)
             for j, what in enumerate(columns):
                 ax = fig.add_subplot(grid[i, j])
                 if what == "residual":
@@ -76,7 +77,7 @@ def plot_anomaly_grid(images: np.ndarray, reconstructions: np.ndarray | None, re
                     image = images[i] if what == "image" else reconstructions[i]
                     if rgb is not None:
                         mean_ref = images[i][list(rgb)].mean(axis=0)
-                        sigma = _noise_sigma(mean_ref)
+                        sigma = robust_noise_sigma(mean_ref)
                         peak = max(float(np.percentile(mean_ref, 99.9)), 20 * sigma, 1e-12)
                         ax.imshow(asinh_rgb(image[list(rgb)], peak, max(2 * sigma, 0.01 * peak)), origin="lower",
                                   interpolation="nearest")
@@ -91,9 +92,9 @@ def plot_anomaly_grid(images: np.ndarray, reconstructions: np.ndarray | None, re
                 ax.set_yticks([])
                 if j == 0:
                     if pixel_scale:
-                        _scale_bar(ax, images.shape[-1], pixel_scale)
+                        scale_bar(ax, images.shape[-1], pixel_scale)
                     ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_score_distribution(scores: np.ndarray, path, *, labels: np.ndarray | None = None,
@@ -103,11 +104,11 @@ def plot_score_distribution(scores: np.ndarray, path, *, labels: np.ndarray | No
     positive = bool((scores > 0).all())
     values = np.log10(scores) if positive else scores
     edges = np.histogram_bin_edges(values, bins=40)
-    with _rc():
-        fig = _figure(6.4, 3.6)
+    with style_context():
+        fig = new_figure(6.4, 3.6)
         ax = fig.subplots()
         if labels is None:
-            ax.hist(values, bins=edges, color=plots._colour(0))
+            ax.hist(values, bins=edges, color=plots.model_colour(0))
         else:
             labels = np.asarray(labels).astype(str)
             kinds = ["none"] + sorted(set(labels) - {"none"})
@@ -115,32 +116,14 @@ def plot_score_distribution(scores: np.ndarray, path, *, labels: np.ndarray | No
                 sel = labels == kind
                 if sel.any():
                     ax.hist(values[sel], bins=edges, histtype="stepfilled" if kind == "none" else "step",
-                            color="0.75" if kind == "none" else plots._colour(k - 1), lw=1.4,
+                            color="0.75" if kind == "none" else plots.model_colour(k - 1), lw=1.4,
                             label=f"{kind} ({int(sel.sum())})")
             ax.legend(fontsize=7)
         ax.set_yscale("log")
         ax.set_xlabel(f"log10 {score_label}" if positive else score_label)
         ax.set_ylabel("objects")
         ax.grid(alpha=0.25)
-        return _save(fig, path)
-
-
-def _reconstruct(model, store: Store, rows: np.ndarray) -> np.ndarray | None:
-    """Reconstructions (as observed) of `rows`: a GAN's best-matching G(z), another model's
-    reconstruct_batch (a PixelCNN's one-step-ahead prediction), or None."""
-    from deepfield.models.protocol import has
-    from deepfield.tasks.anomaly import reconstructs
-    from deepfield.train.fit import iterate_batches
-
-    batch = next(iterate_batches(store, rows, model, rows.size))
-    if has(model, "adversarial") and has(model, "encode"):
-        from deepfield.tasks.gan_score import gan_anomaly_scores
-
-        return gan_anomaly_scores(model, batch)["reconstruction"].double().numpy()
-    if reconstructs(model):
-        with torch.no_grad():
-            return model.reconstruct_batch(batch).double().numpy()
-    return None
+        return save_figure(fig, path)
 
 
 def _row_label(rank: int, ident: int, score: float, kind: str | None) -> str:
@@ -157,7 +140,7 @@ def anomaly_gallery(store: Store | str | os.PathLike, table: pa.Table, out: str 
         store: the scored store; model: the model (or folder) whose reconstructions are shown
             (None: images only); per_image: rows per PNG; k: precision@k in the detection table.
     """
-    from deepfield.tasks.anomaly import detection_metrics, score_metadata, skipped_ids
+    from deepfield.tasks.anomaly import detection_metrics, observed_reconstructions, score_metadata, skipped_ids
 
     store = store if isinstance(store, Store) else open_store(store)
     if store.kind != "image":
@@ -216,14 +199,14 @@ def anomaly_gallery(store: Store | str | os.PathLike, table: pa.Table, out: str 
                              (", one histogram per injected anomaly type." if labels is not None else ".")))
         body = page.section(f"The {rows.size} most anomalous objects")
         x = store.read("x", rows).astype(np.float64)
-        recon = _reconstruct(model, store, rows) if model is not None else None
+        recon = observed_reconstructions(model, store, rows) if model is not None else None
         residual = None
         if recon is not None:
             diff = x[:, band] - recon[:, band]
             if store.has("ivar"):
                 residual = diff * np.sqrt(np.clip(store.read("ivar", rows)[:, band], 0, None))
             else:
-                noise = np.array([max(_noise_sigma(x[i, band]), 1e-12) for i in range(rows.size)])
+                noise = np.array([max(robust_noise_sigma(x[i, band]), 1e-12) for i in range(rows.size)])
                 residual = diff / noise[:, None, None]
         kinds = labels[order] if labels is not None else [None] * rows.size
         for p, start in enumerate(range(0, rows.size, per_image), 1):

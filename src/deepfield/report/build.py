@@ -29,6 +29,7 @@ import torch
 from deepfield._atomic import check_replaceable, replace_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
+from deepfield.progress import progress_bar
 from deepfield.report import html as H
 from deepfield.report import plots
 
@@ -144,7 +145,7 @@ def _report_rows(store: Store, member: _Member, split: str, notes: list[str]) ->
 @torch.no_grad()
 def _evaluate(member: _Member, store: Store, rows: np.ndarray, batch_size: int, codes: bool, bar, task) -> None:
     """Per-object MSE in normalised units (and the codes) of `member` over `rows`."""
-    from deepfield.train.fit import iterate_batches
+    from deepfield.data.batches import iterate_batches
 
     model = member.model
     model.eval()
@@ -164,7 +165,7 @@ def _evaluate(member: _Member, store: Store, rows: np.ndarray, batch_size: int, 
 
 @torch.no_grad()
 def _reconstruct(member: _Member, store: Store, rows: np.ndarray) -> np.ndarray:
-    from deepfield.train.fit import iterate_batches
+    from deepfield.data.batches import iterate_batches
 
     batch = next(iterate_batches(store, np.asarray(rows, dtype=np.int64), member.model, len(rows)))
     return member.model.reconstruct_batch(batch).double().numpy()
@@ -191,15 +192,6 @@ def _reference_band(bands: tuple[str, ...], channels: int) -> tuple[int, list[in
     if channels >= 3:
         rgb = [bands.index(b) for b in "gri"] if all(b in bands for b in "gri") else [0, 1, 2]
     return band, rgb
-
-
-def _progress(enabled: bool):
-    # on stderr, unlike tasks.progress_bar: the CLI prints the report's path on stdout
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), disable=not enabled, transient=True)
 
 
 def _prepare_out(out: Path) -> Path:
@@ -303,7 +295,8 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
                          f"{rec.get('split_seed')}): {seen} of the {rows.size} objects here were in its "
                          "training set, which favours it.")
 
-    with _progress(progress) as bar:
+    # on stderr: the CLI prints the report's path on stdout
+    with progress_bar(progress, stderr=True, transient=True, time_remaining=False) as bar:
         task = bar.add_task("evaluating", total=rows.size * len(members))
         for m in members:
             _evaluate(m, store, rows, batch_size, codes=m is main, bar=bar, task=task)
@@ -461,8 +454,8 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
     # -- 4. comparison
     if len(members) > 1:
         body = page.section("Comparison")
-        body.append(f"<p>All models on the same {rows.size} {split_words} objects of {H._e(store.path)}. "
-                    f"{H._e(unit_sentence)}. “Recorded” is test_mse from each model's metrics.json.</p>")
+        body.append(f"<p>All models on the same {rows.size} {split_words} objects of {H.escape(store.path)}. "
+                    f"{H.escape(unit_sentence)}. “Recorded” is test_mse from each model's metrics.json.</p>")
         trs = []
         for m in members:
             n_numbers = sum(v.numel() for k, v in m.model.state_dict().items() if not k.startswith("data_"))

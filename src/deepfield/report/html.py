@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Page", "table", "figure", "note", "definition_list", "fmt"]
+__all__ = ["Page", "table", "figure", "note", "definition_list", "fmt", "escape"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -31,7 +31,8 @@ footer { margin-top: 3em; font-size: .8em; color: #777; }
 """
 
 
-def _e(value) -> str:
+def escape(value) -> str:
+    """`value` as text safe inside HTML (also inside quoted attributes)."""
     return html.escape(str(value), quote=True)
 
 
@@ -52,14 +53,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], *, id: str | None = 
           numeric: Sequence[bool] | None = None) -> str:
     """An HTML table; cells are formatted with :func:`fmt` and escaped."""
     numeric = list(numeric) if numeric is not None else [False] * len(headers)
-    out = [f'<table id="{_e(id)}">' if id else "<table>", "<tr>"]
-    out += [f"<th>{_e(h)}</th>" for h in headers]
+    out = [f'<table id="{escape(id)}">' if id else "<table>", "<tr>"]
+    out += [f"<th>{escape(h)}</th>" for h in headers]
     out.append("</tr>")
     for row in rows:
         out.append("<tr>")
         for j, cell in enumerate(row):
             cls = ' class="num"' if j < len(numeric) and numeric[j] else ""
-            out.append(f"<td{cls}>{_e(fmt(cell))}</td>")
+            out.append(f"<td{cls}>{escape(fmt(cell))}</td>")
         out.append("</tr>")
     out.append("</table>")
     return "".join(out)
@@ -68,19 +69,19 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], *, id: str | None = 
 def figure(src: str, caption: str, alt: str | None = None) -> str:
     """An image (a PNG file beside index.html) with its caption."""
     alt = alt or caption.split(". ")[0].split(": ")[0]
-    return (f'<figure><img src="{_e(src)}" alt="{_e(alt)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (f'<figure><img src="{escape(src)}" alt="{escape(alt)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
 def note(text: str) -> str:
     """A highlighted remark: a skipped figure, a store mismatch, a subsample."""
-    return f'<p class="note">{_e(text)}</p>'
+    return f'<p class="note">{escape(text)}</p>'
 
 
 def definition_list(items: Iterable[tuple[str, object]]) -> str:
     parts = ["<dl>"]
     for key, value in items:
-        parts.append(f"<dt>{_e(key)}</dt><dd>{_e(fmt(value))}</dd>")
+        parts.append(f"<dt>{escape(key)}</dt><dd>{escape(fmt(value))}</dd>")
     parts.append("</dl>")
     return "".join(parts)
 
@@ -100,13 +101,13 @@ class Page:
 
     def render(self, footer: str = "") -> str:
         parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-                 f"<title>{_e(self.title)}</title><style>{_CSS}</style></head><body>",
-                 f"<h1>{_e(self.title)}</h1>"]
+                 f"<title>{escape(self.title)}</title><style>{_CSS}</style></head><body>",
+                 f"<h1>{escape(self.title)}</h1>"]
         for heading, body in self.sections:
             anchor = "".join(c if c.isalnum() else "-" for c in heading.lower()).strip("-")
-            parts.append(f'<h2 id="{_e(anchor)}">{_e(heading)}</h2>')
+            parts.append(f'<h2 id="{escape(anchor)}">{escape(heading)}</h2>')
             parts.extend(body)
         if footer:
-            parts.append(f"<footer>{_e(footer)}</footer>")
+            parts.append(f"<footer>{escape(footer)}</footer>")
         parts.append("</body></html>\n")
         return "\n".join(parts)

@@ -18,7 +18,8 @@ import numpy as np
 __all__ = ["plot_training_history", "plot_explained_variance", "plot_image_grid",
            "plot_spectra_grid", "plot_latent", "plot_mse_bars", "plot_mse_vs_column",
            "plot_validation_curves", "asinh_rgb", "is_categorical", "plot_morphology_histograms",
-           "plot_sample_grid", "MORPHOLOGY_LABELS"]
+           "plot_sample_grid", "MORPHOLOGY_LABELS", "model_colour", "new_figure", "save_figure", "style_context",
+           "robust_noise_sigma", "asinh_width", "scale_bar"]
 
 DPI = 100
 _MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
@@ -27,7 +28,8 @@ _RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsiz
        "xtick.labelsize": 8, "ytick.labelsize": 8}
 
 
-def _figure(width: float, height: float, layout: str | None = "constrained"):
+def new_figure(width: float, height: float, layout: str | None = "constrained"):
+    """A matplotlib Figure of `width` x `height` inches at the report's DPI, not tied to pyplot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -36,19 +38,22 @@ def _figure(width: float, height: float, layout: str | None = "constrained"):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as a PNG on white at `path`; returns `path`."""
     path = Path(path)
     fig.savefig(path, dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.08)
     return path
 
 
-def _rc():
+def style_context():
+    """A context in which matplotlib draws in the report's style."""
     import matplotlib
 
     return matplotlib.rc_context(_RC)
 
 
-def _colour(i: int) -> str:
+def model_colour(i: int) -> str:
+    """The colour of the `i`-th model (or class) in every figure of a report (cycles)."""
     return _MODEL_COLOURS[i % len(_MODEL_COLOURS)]
 
 
@@ -81,8 +86,8 @@ def plot_training_history(history: Sequence[Mapping], path, title: str = "",
         panels.append(("mse", mse_label))
     elif same:
         panels[0] = ("loss", f"loss = {mse_label}")
-    with _rc():
-        fig = _figure(4.2 * len(panels) + 0.6, 3.2)
+    with style_context():
+        fig = new_figure(4.2 * len(panels) + 0.6, 3.2)
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (key, ylabel) in zip(axes, panels):
             for split, style in (("train", "-o"), ("val", "--s")):
@@ -101,15 +106,15 @@ def plot_training_history(history: Sequence[Mapping], path, title: str = "",
             ax.xaxis.get_major_locator().set_params(integer=True)
         if title:
             fig.suptitle(title)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_explained_variance(ratio: Sequence[float], path, title: str = "") -> Path:
     """PCA: fraction of the (normalised) pixel variance per component, and cumulative."""
     ratio = np.asarray(ratio, dtype=float)
     k = np.arange(1, ratio.size + 1)
-    with _rc():
-        fig = _figure(5.6, 3.3)
+    with style_context():
+        fig = new_figure(5.6, 3.3)
         ax = fig.subplots()
         ax.bar(k, ratio, color="#9ecae1", edgecolor="#3182bd", label="per component")
         ax.plot(k, np.cumsum(ratio), "-o", color="#d62728", ms=3.5, label="cumulative")
@@ -121,7 +126,7 @@ def plot_explained_variance(ratio: Sequence[float], path, title: str = "") -> Pa
         ax.legend(loc="center right")
         if title:
             ax.set_title(title)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_validation_curves(curves: Mapping[str, Sequence[Mapping] | float], path,
@@ -131,8 +136,8 @@ def plot_validation_curves(curves: Mapping[str, Sequence[Mapping] | float], path
     `curves`: model name -> metrics.json history (a list of per-epoch dicts), or one
     validation MSE (a float) for a model without epochs. Colours follow the mapping's order.
     """
-    with _rc():
-        fig = _figure(6.0, 3.4)
+    with style_context():
+        fig = new_figure(6.0, 3.4)
         ax = fig.subplots()
         for i, (name, curve) in enumerate(curves.items()):
             if not isinstance(curve, (int, float)):
@@ -140,31 +145,32 @@ def plot_validation_curves(curves: Mapping[str, Sequence[Mapping] | float], path
                 e = np.array([r.get("epoch", j) for j, r in enumerate(rows)], dtype=float) + 1
                 y = np.array([r.get("val_mse", r.get("val_loss", np.nan)) for r in rows], dtype=float)
                 ok = np.isfinite(y)
-                ax.plot(e[ok], y[ok], "-o", ms=3, color=_colour(i), label=name)
+                ax.plot(e[ok], y[ok], "-o", ms=3, color=model_colour(i), label=name)
             elif np.isfinite(curve):
-                ax.axhline(curve, ls="--", color=_colour(i), label=f"{name} (closed form)")
+                ax.axhline(curve, ls="--", color=model_colour(i), label=f"{name} (closed form)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {mse_label}")
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
 # images
 
 
-def _noise_sigma(x: np.ndarray) -> float:
+def robust_noise_sigma(x: np.ndarray) -> float:
     """Robust pixel noise estimate: 1.4826 x the median absolute deviation."""
     x = np.asarray(x, dtype=np.float64).ravel()
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
-def _asinh_width(x: np.ndarray, vmax: float) -> float:
+def asinh_width(x: np.ndarray, vmax: float) -> float:
+    """The linear width of the asinh stretch of image `x` whose display peak is `vmax` (its units)."""
     # the linear part of the asinh stretch spans about one noise sigma, so the sky looks like
     # noise and the galaxy's wings stay visible; noiseless images fall back to 1% of the peak
-    return max(_noise_sigma(x), 0.01 * abs(vmax), 1e-12)
+    return max(robust_noise_sigma(x), 0.01 * abs(vmax), 1e-12)
 
 
 def asinh_rgb(bgr: np.ndarray, peak: float, width: float) -> np.ndarray:
@@ -207,7 +213,8 @@ def _asinh_ticks(norm, max_ticks: int = 5) -> list[float]:
     return sorted(chosen)
 
 
-def _scale_bar(ax, width_px: int, pixel_scale: float, colour: str = "white") -> None:
+def scale_bar(ax, width_px: int, pixel_scale: float, colour: str = "white") -> None:
+    """Draw an angular scale bar (arcsec) on the image axes `ax` of a `width_px`-pixel stamp."""
     width = width_px * pixel_scale
     nice = [v for v in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120) if v <= width / 3]
     if not nice:
@@ -242,7 +249,7 @@ def plot_image_grid(inputs: np.ndarray, reconstructions: Mapping[str, np.ndarray
     n, _, h, w = inputs.shape
     band_name = bands[band] if band < len(bands) else f"channel {band}"
     single = len(names) == 1
-    with _rc():
+    with style_context():
         # narrow gaps between images; wider ones after the reconstructions and the residuals
         # (an empty grid column each) for their colourbars
         gap = 0.5 if rgb is None else 0.0
@@ -250,7 +257,7 @@ def plot_image_grid(inputs: np.ndarray, reconstructions: Mapping[str, np.ndarray
         wspace, hspace, panel = 0.06, 0.1, 1.6
         width = panel * (sum(ratios) + wspace * (len(ratios) - 1))
         height = panel * (n + hspace * (n - 1))
-        fig = _figure(width, height, layout=None)
+        fig = new_figure(width, height, layout=None)
         grid = fig.add_gridspec(n, len(ratios), width_ratios=ratios, wspace=wspace, hspace=hspace,
                                 left=0, right=1, top=1, bottom=0)
         columns = [j for j in range(len(ratios)) if ratios[j] == 1.0]
@@ -263,7 +270,7 @@ def plot_image_grid(inputs: np.ndarray, reconstructions: Mapping[str, np.ndarray
             vmax = float(max(np.percentile(ref, 99.9), np.max(both) * 0.999))
             if vmax <= vmin:
                 vmax = vmin + 1e-12
-            norm = AsinhNorm(linear_width=_asinh_width(ref, vmax), vmin=vmin, vmax=vmax)
+            norm = AsinhNorm(linear_width=asinh_width(ref, vmax), vmin=vmin, vmax=vmax)
             residuals = [inputs[i, band] - reconstructions[m][i, band] for m in names]
             lim = float(max(np.percentile(np.abs(np.stack(residuals)), 99.5), 1e-12))
             rnorm = Normalize(-lim, lim)
@@ -274,7 +281,7 @@ def plot_image_grid(inputs: np.ndarray, reconstructions: Mapping[str, np.ndarray
                     cube = image[list(rgb)]
                     ref_cube = inputs[i][list(rgb)]
                     mean_ref = ref_cube.mean(axis=0)
-                    sigma = _noise_sigma(mean_ref)
+                    sigma = robust_noise_sigma(mean_ref)
                     peak = max(float(np.percentile(mean_ref, 99.9)), 20 * sigma, 1e-12)
                     ax.imshow(asinh_rgb(cube, peak, max(2 * sigma, 0.01 * peak)), origin="lower",
                               interpolation="nearest")
@@ -311,9 +318,9 @@ def plot_image_grid(inputs: np.ndarray, reconstructions: Mapping[str, np.ndarray
                 ax.set_xticks([])
                 ax.set_yticks([])
             if pixel_scale:
-                _scale_bar(axes[i, 0], w, pixel_scale)
+                scale_bar(axes[i, 0], w, pixel_scale)
             axes[i, 0].set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -334,8 +341,8 @@ def plot_spectra_grid(wavelength: np.ndarray | None, inputs: np.ndarray, reconst
     x = np.arange(length) if wavelength is None else np.asarray(wavelength)
     xlabel = "pixel" if wavelength is None else "observed wavelength [Å]"
     single = len(names) == 1
-    with _rc():
-        fig = _figure(9.0, 2.4 * n + 0.4, layout="constrained")
+    with style_context():
+        fig = new_figure(9.0, 2.4 * n + 0.4, layout="constrained")
         grid = fig.add_gridspec(2 * n, 1, height_ratios=[3, 1.2] * n)
         for i in range(n):
             top = fig.add_subplot(grid[2 * i])
@@ -343,8 +350,8 @@ def plot_spectra_grid(wavelength: np.ndarray | None, inputs: np.ndarray, reconst
             top.plot(x, inputs[i], color="0.35", lw=0.8, label="input")
             for k, m in enumerate(names):
                 label = "reconstruction" if single else m
-                top.plot(x, reconstructions[m][i], color=_colour(k), lw=1.0, label=f"{label} (MSE {mse[m][i]:.3g})")
-                bottom.plot(x, inputs[i] - reconstructions[m][i], color=_colour(k), lw=0.7)
+                top.plot(x, reconstructions[m][i], color=model_colour(k), lw=1.0, label=f"{label} (MSE {mse[m][i]:.3g})")
+                bottom.plot(x, inputs[i] - reconstructions[m][i], color=model_colour(k), lw=0.7)
             bottom.axhline(0, color="k", lw=0.6)
             top.set_ylabel(f"flux [{flux_unit}]")
             top.set_title(row_labels[i].replace("\n", ", "), loc="left", fontsize=8)
@@ -355,7 +362,7 @@ def plot_spectra_grid(wavelength: np.ndarray | None, inputs: np.ndarray, reconst
                 bottom.set_xlabel(xlabel)
             for ax in (top, bottom):
                 ax.grid(alpha=0.25)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -374,7 +381,7 @@ def _scatter_coloured(fig, ax, x, y, values, label, categorical, class_names=Non
             name = f"{label.split(' [')[0]} = {c}"
             if class_names and str(c) in class_names:
                 name += f" ({class_names[str(c)]})"
-            ax.scatter(x[sel], y[sel], s=size, color=_colour(k), alpha=0.8, lw=0, label=name)
+            ax.scatter(x[sel], y[sel], s=size, color=model_colour(k), alpha=0.8, lw=0, label=name)
         ax.legend(markerscale=max(1.0, 12 / size), loc="best")
         return
     values = values.astype(float)
@@ -413,8 +420,8 @@ def plot_latent(codes: np.ndarray, path, *, values: np.ndarray | None = None, la
         frac = s**2 / max(float(np.sum(s**2)), 1e-300)
         panels.append(("pca", (proj[:, 0], proj[:, 1], f"code PC1 ({100 * frac[0]:.0f}% of code variance)",
                                f"code PC2 ({100 * frac[1]:.0f}%)", f"PCA projection of the {d}-D codes")))
-    with _rc():
-        fig = _figure(4.8 * len(panels) + 0.8, 4.0)
+    with style_context():
+        fig = new_figure(4.8 * len(panels) + 0.8, 4.0)
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (kind, spec) in zip(axes, panels):
             if spec is None:
@@ -436,7 +443,7 @@ def plot_latent(codes: np.ndarray, path, *, values: np.ndarray | None = None, la
             ax.grid(alpha=0.25)
         if title:
             fig.suptitle(title)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -448,10 +455,10 @@ def plot_mse_bars(names: Sequence[str], values: Sequence[float], path, *, record
     """Held-out MSE per model (bars), with the value recorded at training as a marker."""
     values = np.asarray(values, dtype=float)
     y = np.arange(len(names))
-    with _rc():
-        fig = _figure(6.2, 0.55 * len(names) + 1.3)
+    with style_context():
+        fig = new_figure(6.2, 0.55 * len(names) + 1.3)
         ax = fig.subplots()
-        ax.barh(y, values, color=[_colour(i) for i in range(len(names))], alpha=0.85,
+        ax.barh(y, values, color=[model_colour(i) for i in range(len(names))], alpha=0.85,
                 label=f"on the {n_objects} objects of this report" if n_objects else "this report")
         if recorded is not None:
             rec = np.asarray(recorded, dtype=float)
@@ -465,7 +472,7 @@ def plot_mse_bars(names: Sequence[str], values: Sequence[float], path, *, record
         ax.set_xlim(0, float(np.nanmax(values)) * 1.25 if np.isfinite(values).any() else 1)
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7, frameon=False)
         ax.grid(alpha=0.3, axis="x")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _binned(x: np.ndarray, y: np.ndarray, nbins: int):
@@ -488,8 +495,8 @@ def plot_mse_vs_column(values: np.ndarray, mse: Mapping[str, np.ndarray], path, 
     values = np.asarray(values)
     categorical = is_categorical(values)
     names = list(mse)
-    with _rc():
-        fig = _figure(6.4, 3.8)
+    with style_context():
+        fig = new_figure(6.4, 3.8)
         ax = fig.subplots()
         allpos = all(np.all(np.asarray(v) > 0) for v in mse.values())
         if categorical:
@@ -502,10 +509,10 @@ def plot_mse_vs_column(values: np.ndarray, mse: Mapping[str, np.ndarray], path, 
                 for c_i, c in enumerate(classes):
                     y = np.asarray(mse[m])[key == c]
                     xs = c_i + (k - (len(names) - 1) / 2) * width
-                    ax.scatter(xs + rng.uniform(-width / 3, width / 3, y.size), y, s=6, color=_colour(k), alpha=0.35, lw=0)
+                    ax.scatter(xs + rng.uniform(-width / 3, width / 3, y.size), y, s=6, color=model_colour(k), alpha=0.35, lw=0)
                     med.append((xs, np.median(y) if y.size else np.nan))
                 xs, ys = np.array(med).T
-                ax.plot(xs, ys, "D", color=_colour(k), ms=6, mec="k", label=f"{m} (median)")
+                ax.plot(xs, ys, "D", color=model_colour(k), ms=6, mec="k", label=f"{m} (median)")
             names_of = class_names or {}
             ax.set_xticks(np.arange(len(classes)),
                           [f"{c}\n{names_of[str(c)]}" if str(c) in names_of else str(c) for c in classes])
@@ -515,11 +522,11 @@ def plot_mse_vs_column(values: np.ndarray, mse: Mapping[str, np.ndarray], path, 
             nb = nbins or int(np.clip(ok.sum() // 15, 3, 12))
             for k, m in enumerate(names):
                 y = np.asarray(mse[m], dtype=float)
-                ax.scatter(x[ok], y[ok], s=7, color=_colour(k), alpha=0.35 if len(names) == 1 else 0.25, lw=0)
+                ax.scatter(x[ok], y[ok], s=7, color=model_colour(k), alpha=0.35 if len(names) == 1 else 0.25, lw=0)
                 c, med, lo, hi = _binned(x[ok], y[ok], nb)
                 if k == 0:
-                    ax.fill_between(c, lo, hi, color=_colour(k), alpha=0.15, lw=0, label=f"{m} 16–84%")
-                ax.plot(c, med, "-o", color=_colour(k), ms=4, label=f"{m} median per bin")
+                    ax.fill_between(c, lo, hi, color=model_colour(k), alpha=0.15, lw=0, label=f"{m} 16–84%")
+                ax.plot(c, med, "-o", color=model_colour(k), ms=4, label=f"{m} median per bin")
         if allpos:
             from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
@@ -535,7 +542,7 @@ def plot_mse_vs_column(values: np.ndarray, mse: Mapping[str, np.ndarray], path, 
         ax.set_ylabel(f"reconstruction {mse_label}")
         ax.grid(alpha=0.25)
         ax.legend(fontsize=7)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -555,8 +562,8 @@ def plot_morphology_histograms(measurements: Mapping[str, Mapping[str, np.ndarra
     stats = [k for k in measurements[reference] if k in MORPHOLOGY_LABELS] or list(measurements[reference])
     cols = 4
     rows = -(-len(stats) // cols)
-    with _rc():
-        fig = _figure(2.6 * cols, 2.1 * rows)
+    with style_context():
+        fig = new_figure(2.6 * cols, 2.1 * rows)
         axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
         for ax, stat in zip(axes, stats):
             ref = np.asarray(measurements[reference][stat], dtype=float)
@@ -570,18 +577,18 @@ def plot_morphology_histograms(measurements: Mapping[str, Mapping[str, np.ndarra
                 v = np.asarray(measurements[name][stat], dtype=float)
                 v = v[np.isfinite(v)]
                 if not ((v >= lo) & (v <= hi)).any():  # nothing in the held-out range: say so in the legend
-                    ax.plot([], [], color=_colour(k), label=f"{name}: all {v.size} outside")
+                    ax.plot([], [], color=model_colour(k), label=f"{name}: all {v.size} outside")
                     continue
                 if name == reference:
                     ax.hist(v, bins, density=True, color="0.75", label=f"{name} ({v.size})")
                 else:
-                    ax.hist(v, bins, density=True, histtype="step", lw=1.4, color=_colour(k), label=f"{name} ({v.size})")
+                    ax.hist(v, bins, density=True, histtype="step", lw=1.4, color=model_colour(k), label=f"{name} ({v.size})")
             ax.set_xlabel(MORPHOLOGY_LABELS.get(stat, stat))
             ax.set_yticks([])
         for ax in axes[len(stats):]:
             ax.set_axis_off()
         axes[0].legend(fontsize=6, loc="upper left")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_sample_grid(panels: Mapping[str, np.ndarray], path, *, band: int = 0, pixel_scale: float | None = None,
@@ -597,15 +604,15 @@ def plot_sample_grid(panels: Mapping[str, np.ndarray], path, *, band: int = 0, p
     n = max(s.shape[0] for s in stack)
 
     def limits(pixels: np.ndarray) -> tuple[float, float, float]:
-        sigma = _noise_sigma(pixels)
+        sigma = robust_noise_sigma(pixels)
         hi = float(np.percentile(pixels, 99.7))
         lo = -3 * sigma if sigma > 0 else float(pixels.min())
-        return lo, max(hi, lo + 1e-12), _asinh_width(pixels, hi)
+        return lo, max(hi, lo + 1e-12), asinh_width(pixels, hi)
 
     whole = limits(np.concatenate([s.ravel() for s in stack]))
     per_column = [limits(np.concatenate([s[j].ravel() for s in stack if j < s.shape[0]])) for j in range(n)]
-    with _rc():
-        fig = _figure(1.05 * n + 1.2, 1.05 * len(names) + 0.5)
+    with style_context():
+        fig = new_figure(1.05 * n + 1.2, 1.05 * len(names) + 0.5)
         axes = fig.subplots(len(names), n, squeeze=False)
         for i, name in enumerate(names):
             for j in range(n):
@@ -624,6 +631,6 @@ def plot_sample_grid(panels: Mapping[str, np.ndarray], path, *, band: int = 0, p
                 if j == 0:
                     ax.set_ylabel(name, fontsize=7)
                 if pixel_scale and i == len(names) - 1 and j == 0:
-                    _scale_bar(ax, img.shape[-1], pixel_scale)
+                    scale_bar(ax, img.shape[-1], pixel_scale)
         fig.suptitle(f"asinh stretch per {stretch} ({flux_unit})", fontsize=7)
-        return _save(fig, path)
+        return save_figure(fig, path)

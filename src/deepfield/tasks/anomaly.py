@@ -51,7 +51,8 @@ from deepfield.errors import InputError
 from deepfield.models.protocol import has
 
 __all__ = ["METHODS", "score_store", "ensemble_scores", "calibrate_scores", "calibrate_table", "detection_metrics",
-           "write_scores", "skipped_ids", "score_metadata", "default_method", "reconstructs"]
+           "write_scores", "skipped_ids", "score_metadata", "default_method", "reconstructs",
+           "observed_reconstructions"]
 
 METHODS = ("reconstruction", "elbo", "density", "pixelcnn", "ratio", "gan")
 _LABEL_COLUMNS = ("anomaly_type", "anomaly_strength")
@@ -69,6 +70,24 @@ def reconstructs(model) -> bool:
     """True for models with a reconstruction of the data (PCA, AE, VAE, GAN, PixelCNN's
     one-step-ahead prediction); latent priors have none."""
     return has(model, "reconstruct")
+
+
+def observed_reconstructions(model, store: Store, rows: np.ndarray) -> np.ndarray | None:
+    """Reconstructions as observed (store units, float64, (len(rows), *input_shape)) of the
+    objects `rows` of `store`: a GAN's best-matching G(z), another model's ``reconstruct_batch``
+    (a PixelCNN's one-step-ahead prediction), or None for models without one (latent priors)."""
+    from deepfield.data.batches import iterate_batches
+
+    rows = np.asarray(rows, dtype=np.int64)
+    batch = next(iterate_batches(store, rows, model, rows.size))
+    if has(model, "adversarial") and has(model, "encode"):
+        from deepfield.tasks.gan_score import gan_anomaly_scores
+
+        return gan_anomaly_scores(model, batch)["reconstruction"].double().numpy()
+    if reconstructs(model):
+        with torch.no_grad():
+            return model.reconstruct_batch(batch).double().numpy()
+    return None
 
 
 def default_method(model) -> str:
@@ -102,7 +121,7 @@ def _nonfinite_ids(store: Store, idx: np.ndarray, arrays: Sequence[str], chunk: 
 
 def _batches(store: Store, idx: np.ndarray, model, batch_size: int, arrays=(), columns=()):
     """Batches the model reads (x, its arrays, its columns), plus `arrays` and `columns`."""
-    from deepfield.train.fit import iterate_batches
+    from deepfield.data.batches import iterate_batches
 
     for start in range(0, idx.size, batch_size):
         rows = idx[start:start + batch_size]
@@ -264,7 +283,7 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
         ``kl``), plus ``anomaly_type``/``anomaly_strength`` when the catalog has them; schema
         metadata records the method, options, model and store fingerprint, and skipped ids.
     """
-    from deepfield.tasks.apply import progress_bar
+    from deepfield.progress import progress_bar
     from deepfield.tasks.encode import check_model_store
 
     if method not in METHODS:
@@ -284,7 +303,9 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
     idx = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
         raise InputError(f"no objects selected from {store.path}")
-    arrays = ("x", *getattr(model, "data_arrays", ()))
+    from deepfield.data.batches import model_arrays
+
+    arrays = model_arrays(model, store)
     if method == "reconstruction" and store.has("ivar") and weighting in ("auto", "ivar"):
         arrays += ("ivar",)
     bad = _nonfinite_ids(store, idx, arrays)

@@ -15,17 +15,9 @@ import torch
 
 from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
+from deepfield.progress import progress_bar
 
 __all__ = ["map_store", "progress_bar", "resolve_indices"]
-
-
-def progress_bar(enabled: bool = True):
-    """A rich progress bar (or a silent stand-in) used by every long task."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
 def resolve_indices(store: Store, where: str | None = None, split: str | None = None,
@@ -39,7 +31,7 @@ def resolve_indices(store: Store, where: str | None = None, split: str | None = 
         if rec.get("fingerprint") != store.fingerprint:
             raise InputError(f"--split {split}: the model was trained on store fingerprint "
                              f"{rec.get('fingerprint')}, not {store.path} ({store.fingerprint})")
-        from deepfield.train.fit import record_splits
+        from deepfield.data.splits import record_splits
 
         splits = record_splits(store, rec)
         if split not in splits:
@@ -70,7 +62,7 @@ def map_store(fn: Callable[[torch.Tensor], torch.Tensor], store: Store | str | P
         def apply(rows):
             return fn(torch.from_numpy(store.read("x", rows))).detach().cpu().numpy()
     else:
-        from deepfield.train.fit import iterate_batches
+        from deepfield.data.batches import iterate_batches
 
         def apply(rows):
             return fn(next(iterate_batches(store, rows, model, rows.size))).detach().cpu().numpy()
@@ -79,7 +71,7 @@ def map_store(fn: Callable[[torch.Tensor], torch.Tensor], store: Store | str | P
     same_images = store.kind == "image" and len(sample_shape) == 3 and sample_shape[0] == store.sample_shape[0]
     kind = out_kind or ("image" if same_images else "spectrum" if store.kind == "spectrum" and sample_shape == store.sample_shape else "table")
     arrays = {a: store.read(a, idx[:1]).shape[1:] for a in keep_arrays if a in store.array_names}
-    shared = {a: np.asarray(store._group[a][...]) for a in keep_arrays if a in store.shared_arrays}
+    shared = {a: store.read_shared(a) for a in keep_arrays if a in store.shared_arrays}
     prov = {"source_store": str(Path(store.path).resolve()), "source_fingerprint": store.fingerprint}
     prov.update(provenance or {})
     with create_store(out, sample_shape, kind=kind, bands=store.bands if kind == "image" else (),

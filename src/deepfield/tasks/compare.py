@@ -31,7 +31,7 @@ import torch
 
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
-from deepfield.tasks.apply import progress_bar
+from deepfield.progress import progress_bar
 from deepfield.tasks.encode import check_model_store
 
 __all__ = ["likelihood_kind", "log_likelihood_store", "likelihood_ratio_store", "compare_stores", "auroc",
@@ -63,7 +63,7 @@ def _load(model):
 
 def _score(model, store: Store, indices, batch_size: int, progress: bool, skip_nonfinite: bool, seed: int,
            description: str) -> tuple[np.ndarray, np.ndarray]:
-    from deepfield.train.fit import iterate_batches
+    from deepfield.data.batches import iterate_batches
 
     kind = likelihood_kind(model)
     check_model_store(model, store)
@@ -198,7 +198,7 @@ def _reference_rows(model, reference: Store, which: str) -> tuple[np.ndarray, st
         return np.arange(len(reference)), "all objects" + (" (including the model's training objects)"
                                                            if trained_here else "")
     if trained_here:
-        from deepfield.train.fit import record_splits
+        from deepfield.data.splits import record_splits
 
         test = record_splits(reference, rec)["test"]
         if test.size:

@@ -17,7 +17,8 @@ import torch
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.models.protocol import has
-from deepfield.tasks.apply import progress_bar, resolve_indices
+from deepfield.progress import progress_bar
+from deepfield.tasks.apply import resolve_indices
 
 __all__ = ["evaluate_morphology", "STATISTICS"]
 

@@ -27,7 +27,7 @@ import torch
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.models.gan import GAN
-from deepfield.tasks.apply import progress_bar
+from deepfield.progress import progress_bar
 
 __all__ = ["gan_anomaly_scores", "gan_score_store"]
 
@@ -115,7 +115,7 @@ def gan_score_store(model: GAN, store, indices=None, batch_size: int = 256, prog
     ``reconstruction`` and ``residual`` (N, *input_shape) in store units.
     """
     from deepfield.tasks.encode import check_model_store
-    from deepfield.train.fit import iterate_batches
+    from deepfield.data.batches import iterate_batches
 
     _check_model(model)
     store = store if isinstance(store, Store) else open_store(store)

@@ -11,7 +11,7 @@ import torch
 
 from deepfield.data.store import Store, create_store
 from deepfield.errors import InputError
-from deepfield.tasks.apply import progress_bar
+from deepfield.progress import progress_bar
 
 __all__ = ["sample_store", "parse_condition"]
 

@@ -52,11 +52,13 @@ import pyarrow.parquet as pq
 import torch
 
 from deepfield._atomic import replace_dir
+from deepfield._version import __version__
 from deepfield.data.store import Store, is_store, open_store
 from deepfield.errors import ConfigError, InputError, StoreError
 from deepfield.models import Model
 from deepfield.models.base import config_to_dict
-from deepfield.tasks.apply import map_store, progress_bar
+from deepfield.progress import progress_bar
+from deepfield.tasks.apply import map_store
 from deepfield.tasks.encode import check_model_store
 
 __all__ = ["INDEX_FORMAT_VERSION", "KINDS", "SimilarityIndex", "embed_store", "build_index", "open_index",
@@ -413,7 +415,7 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
         "format_version": INDEX_FORMAT_VERSION, "metric": metric, "kind": kind, "dim": int(dim), "count": int(n),
         "params": settings, "recall_at_10": float(recall), "target_recall": float(target_recall),
         "build_seconds": time.perf_counter() - t0, **records,
-        "library_version": __import__("deepfield").__version__, "faiss_version": faiss.__version__,
+        "library_version": __version__, "faiss_version": faiss.__version__,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if out is not None:
@@ -676,7 +678,7 @@ class SimilarityIndex:
         if trained and store.bands and tuple(trained) != store.bands:
             raise InputError(f"store {store.path} has bands {store.bands} but {self.label}'s model was trained "
                              f"on {tuple(trained)}: query with stamps in those bands")
-        from deepfield.train.fit import iterate_batches
+        from deepfield.data.batches import iterate_batches
 
         rows = np.arange(len(store))
         parts = []
@@ -766,9 +768,9 @@ class SimilarityIndex:
         values = {name: self._query_values(name, source, len(vectors), query_values) for name in windows}
         static = None
         if where:
-            from deepfield.data.store import _eval_query
+            from deepfield.data.store import evaluate_query
 
-            static = _eval_query(where, self.column)
+            static = evaluate_query(where, self.column)
         parts = []
         with progress_bar(progress and len(vectors) > batch_size) as bar:
             task = bar.add_task("searching", total=len(vectors))

@@ -28,7 +28,8 @@ from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
 from deepfield.models.cyclegan import CycleGAN
 from deepfield.physics.resample import resample_images
-from deepfield.tasks.apply import map_store, progress_bar
+from deepfield.progress import progress_bar
+from deepfield.tasks.apply import map_store
 
 __all__ = ["translate_store", "resample_store", "deconvolution_baseline", "evaluate_translation", "BASELINES"]
 

@@ -2,6 +2,7 @@
 
 from deepfield.train.fit import (TrainingDiverged, TrainingInterrupted, TrainSettings, build_model,
                                  evaluate_mse, load_yaml_config, train, training_dir)
+from deepfield.train.gan import train_gan  # registers the adversarial trainer
 
-__all__ = ["train", "TrainSettings", "TrainingInterrupted", "TrainingDiverged", "build_model",
+__all__ = ["train", "train_gan", "TrainSettings", "TrainingInterrupted", "TrainingDiverged", "build_model",
            "evaluate_mse", "load_yaml_config", "training_dir"]

@@ -20,18 +20,22 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from deepfield.data.batches import iterate_batches, make_loader, normalisation_sample
+from deepfield.data.splits import split_record, training_splits
 from deepfield.data.store import Store, open_store
-from deepfield.errors import ConfigError, DeepfieldError, InputError, ModelFolderError
+from deepfield.errors import ConfigError, ModelFolderError, TrainingDiverged
 from deepfield.models import Model, save_model
 from deepfield.models.base import config_from_dict, family_class
 
 __all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", "build_model",
-           "load_yaml_config", "evaluate_mse", "iterate_batches", "training_dir", "record_splits", "narrow_splits"]
+           "load_yaml_config", "evaluate_mse", "training_dir", "launched_rank", "prepare_work_dir",
+           "fit_interruptibly"]
 
 
 class TrainingInterrupted(Exception):
@@ -42,10 +46,6 @@ class TrainingInterrupted(Exception):
         self.epoch = epoch
         super().__init__(f"training interrupted in epoch {epoch}; checkpoint saved at {checkpoint}. "
                          "Run the same command with --resume to continue")
-
-
-class TrainingDiverged(DeepfieldError):
-    """The loss became NaN/inf although the data are finite."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def build_model(family: str, store: Store, options: dict | None = None) -> Model
     return model
 
 
-def _launched_rank() -> bool:
+def launched_rank() -> bool:
     """True in a DDP worker process that Lightning launched (ranks >= 1)."""
     return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
 
@@ -178,71 +178,9 @@ def evaluate_mse(model: Model, store: Store, indices, batch_size: int = 256) -> 
     return total / count
 
 
-def iterate_batches(store: Store, indices: np.ndarray, model: Model, batch_size: int = 256):
-    """Batches (dicts of tensors) of the arrays and columns `model` reads, in row order."""
-    arrays = ("x", *[a for a in model.data_arrays if a != "x"])
-    columns = {c: store.column(c) for c in model.data_columns}
-    for start in range(0, indices.size, batch_size):
-        rows = indices[start:start + batch_size]
-        batch = {a: torch.from_numpy(np.ascontiguousarray(store.read(a, rows), dtype=np.float32)) for a in arrays}
-        for c, values in columns.items():
-            batch[c] = torch.from_numpy(values[rows].astype(np.float32))
-        batch["id"] = torch.from_numpy(store.ids[rows])
-        yield batch
-
-
-def _normalisation_sample(store: Store, train_idx: np.ndarray, limit: int = 20000) -> np.ndarray:
-    if train_idx.size > limit:
-        train_idx = train_idx[np.linspace(0, train_idx.size - 1, limit).astype(np.int64)]
-    return store.read("x", train_idx)
-
-
-def _store_record(store: Store, splits: dict, settings: TrainSettings) -> dict:
-    return {
-        "path": str(Path(store.path).resolve()),
-        "fingerprint": store.fingerprint,
-        "kind": store.kind,
-        "bands": list(store.bands),
-        "pixel_scale": store.pixel_scale,
-        "sample_shape": list(store.sample_shape),
-        "n_train": int(splits["train"].size),
-        "n_val": int(splits["val"].size),
-        "n_test": int(splits["test"].size),
-        "split_fractions": list(settings.split_fractions),
-        "split_seed": settings.split_seed,
-        "where": settings.where,
-    }
-
-
-def _splits(store: Store, settings: TrainSettings) -> dict[str, np.ndarray]:
-    fr = tuple(settings.split_fractions)
-    if len(fr) == 2:
-        fr = (*fr, 0.0)
-    if len(fr) != 3:
-        raise ConfigError(f"split_fractions {fr}: give train, validation and test fractions")
-    splits = store.split(fr, seed=settings.split_seed)
-    if splits["train"].size == 0:
-        raise InputError(f"store {store.path} has {len(store)} objects: too few to train on")
-    splits = narrow_splits(store, splits, settings.where)
-    if splits["train"].size == 0:
-        raise InputError(f"no training objects of {store.path} match {settings.where!r}: loosen the query")
-    return splits
-
-
-def narrow_splits(store: Store, splits: dict[str, np.ndarray], where: str | None) -> dict[str, np.ndarray]:
-    """`splits` with the train and validation rows cut to those matching the catalog query
-    `where` (None: unchanged); the test split stays whole."""
-    if not where:
-        return splits
-    chosen = store.select(where=where)
-    return {k: np.intersect1d(v, chosen) if k in ("train", "val") else v for k, v in splits.items()}
-
-
-def record_splits(store: Store, record: dict) -> dict[str, np.ndarray]:
-    """The train / val / test rows of `store` that a model folder's store record describes: the
-    same id-hash split, with train and val cut to the catalog selection it was trained on."""
-    fr = tuple(record["split_fractions"]) + ((0.0,) if len(record["split_fractions"]) == 2 else ())
-    return narrow_splits(store, store.split(fr, seed=record["split_seed"]), record.get("where"))
+#: trainers that build and fit their family themselves, by the name a family gives as ``trainer``;
+#: deepfield.train.gan adds 'adversarial' (gradient and closed-form fits are this module's own)
+TRAINERS: dict[str, Callable[..., Path | None]] = {}
 
 
 def train(family: str, store, out, *, model_options: dict | None = None,
@@ -261,7 +199,7 @@ def train(family: str, store, out, *, model_options: dict | None = None,
     out = Path(out)
     cls = family_class(family)
     # a DDP rank started by Lightning re-running this command leaves the folders to rank 0
-    if out.exists() and not overwrite and not resume and not _launched_rank():
+    if out.exists() and not overwrite and not resume and not launched_rank():
         raise ModelFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if cls.trainer == "latent-prior":
         raise ConfigError(f"{family} is a latent prior fitted on a trained VAE's codes: call "
@@ -271,19 +209,17 @@ def train(family: str, store, out, *, model_options: dict | None = None,
         raise ConfigError(f"{family} learns between two stores: call deepfield.train.gan.train_gan({family!r}, "
                           "store_a, out, store_b=store_b) (the CLI: deepfield train cyclegan --store A --set "
                           "store_b=B)")
-    if cls.trainer == "adversarial":  # the two-player loop
-        from deepfield.train.gan import train_gan
-
-        return train_gan(family, store, out, model_options=model_options, settings=settings, resume=resume,
-                         overwrite=overwrite, callbacks=callbacks)
+    if cls.trainer in TRAINERS:  # a trainer of its own, e.g. the two-player loop of deepfield.train.gan
+        return TRAINERS[cls.trainer](family, store, out, model_options=model_options, settings=settings,
+                                     resume=resume, overwrite=overwrite, callbacks=callbacks)
     torch.manual_seed(settings.seed)  # before building: the initial weights are part of the seed's promise
     model = build_model(family, store, model_options)
-    splits = _splits(store, settings)
-    model.fit_normalisation(_normalisation_sample(store, splits["train"]))
+    splits = training_splits(store, settings.split_fractions, settings.split_seed, settings.where)
+    model.fit_normalisation(normalisation_sample(store, splits["train"]))
     if model.data_columns and hasattr(model, "fit_conditions"):
         model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
     model.check_store(store, family)
-    record = _store_record(store, splits, settings)
+    record = split_record(store, splits, settings.split_fractions, settings.split_seed, settings.where)
     if cls.trainer == "closed-form":
         return _fit_closed_form(model, store, splits, out, record, settings, overwrite)
     return _fit_lightning(model, store, splits, out, record, settings, resume, overwrite, callbacks or [])
@@ -315,7 +251,9 @@ def _fit_closed_form(model, store, splits, out, record, settings, overwrite) -> 
     return save_model(model, out, metrics=metrics, store=record, training=training, overwrite=overwrite)
 
 
-def _prepare_work_dir(work: Path, last: Path, store: Store, model: Model, resume: bool, overwrite: bool) -> None:
+def prepare_work_dir(work: Path, last: Path, store: Store, model: Model, resume: bool, overwrite: bool) -> None:
+    """Make the hidden work folder `work` of a run: checked against `store` when resuming from
+    checkpoint `last`, else new (an unfinished one is replaced only with `overwrite`)."""
     if resume:
         if not last.is_file():
             raise ModelFolderError(f"nothing to resume: no checkpoint at {last}. Start without --resume")
@@ -338,14 +276,13 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from deepfield.train.module import (HistoryCallback, InterruptCheckpoint, ModelModule,
-                                        ThroughputCallback, make_loader)
+    from deepfield.train.module import HistoryCallback, InterruptCheckpoint, ModelModule, ThroughputCallback
 
     work = training_dir(out)
     ckpt_dir = work / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if not _launched_rank():  # rank 0 (or the only process) checks and prepares the work folder
-        _prepare_work_dir(work, last, store, model, resume, overwrite)
+    if not launched_rank():  # rank 0 (or the only process) checks and prepares the work folder
+        prepare_work_dir(work, last, store, model, resume, overwrite)
 
     import logging
 
@@ -362,9 +299,11 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     module = ModelModule(model, lr=settings.lr, weight_decay=settings.weight_decay, channels_last=channels_last)
-    train_loader = make_loader(store, splits["train"], settings, shuffle=True, model=model)
+    train_loader = make_loader(store, splits["train"], batch_size=settings.batch_size, shuffle=True,
+                               num_workers=settings.num_workers, model=model)
     val_idx = splits["val"] if splits["val"].size else splits["train"][: max(1, settings.batch_size)]
-    val_loader = make_loader(store, val_idx, settings, shuffle=False, model=model)
+    val_loader = make_loader(store, val_idx, batch_size=settings.batch_size, shuffle=False,
+                             num_workers=settings.num_workers, model=model)
 
     history = HistoryCallback()
     interrupt = InterruptCheckpoint(last)
@@ -459,17 +398,3 @@ def fit_interruptibly(trainer, module, loaders, last: Path, interrupt, resume: b
     finally:
         signal.signal(signal.SIGINT, old_handler)
     return time.perf_counter() - t0
-
-
-def check_finite_batch(batch: dict, loss: torch.Tensor) -> None:
-    """Stop with the offending ids when a loss is NaN/inf: bad data, or a diverging run."""
-    if bool(torch.isfinite(loss)):
-        return
-    x = batch["x"]
-    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-    if bool(bad.any()):
-        ids = batch["id"][bad].tolist()[:10] if "id" in batch else bad.nonzero().flatten().tolist()
-        raise InputError(f"NaN/inf pixels in training objects with ids {ids}: clean or mask them in the store")
-    raise TrainingDiverged(f"the loss became {float(loss)} on finite data (ids "
-                           f"{batch['id'][:5].tolist() if 'id' in batch else '?'} ...): lower --lr; the last good "
-                           "checkpoint is kept for --resume")

@@ -30,18 +30,18 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from deepfield.data.batches import UnpairedDataset, batch_loader, iterate_batches, model_arrays, normalisation_sample
+from deepfield.data.splits import split_record, training_splits
 from deepfield.data.store import Store, open_store
-from deepfield.errors import ConfigError, InputError, ModelFolderError
+from deepfield.errors import ConfigError, InputError, ModelFolderError, TrainingDiverged
 from deepfield.models import save_model
 from deepfield.models.base import FAMILIES, family_class
 from deepfield.models.cyclegan import CycleGAN
 from deepfield.models.gan import GAN
 from deepfield.physics.resample import resample_images
-from deepfield.train.fit import (TrainingDiverged, TrainSettings, _launched_rank, fit_interruptibly,
-                                 _normalisation_sample, _prepare_work_dir, _splits, _store_record, build_model,
-                                 iterate_batches, training_dir)
+from deepfield.train.fit import (TRAINERS, TrainSettings, build_model, fit_interruptibly, launched_rank, prepare_work_dir,
+                                 training_dir)
 
 __all__ = ["train_gan", "GANModule", "check_cycle_stores"]
 
@@ -74,23 +74,6 @@ def check_cycle_stores(store_a: Store, store_b: Store, resample: bool = False) -
         raise InputError(f"cannot resample: a pixel scale is unknown ({store_a.path}: {pa}, {store_b.path}: {pb}); "
                          "give both stores a pixel scale in arcsec")
     return float(pb), float(pa)
-
-
-class _Unpaired(Dataset):
-    """Items of domain A, each with a domain-B image (``x_b``) drawn by an independent permutation,
-    so the pairs carry no correspondence even when both stores hold the same objects."""
-
-    def __init__(self, a, b, seed: int):
-        self.a, self.b = a, b
-        self.perm = np.random.default_rng(seed).permutation(len(b))
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.a[i])
-        item["x_b"] = self.b[int(self.perm[i % len(self.perm)])]["x"]
-        return item
 
 
 @contextlib.contextmanager
@@ -323,13 +306,6 @@ def _write_grid(rows: list[torch.Tensor], path: Path) -> Path:
     return path
 
 
-def _loader(dataset, settings: TrainSettings, shuffle: bool) -> DataLoader:
-    # drop the last short batch: batch norm cannot normalise a batch of one
-    drop_last = len(dataset) > settings.batch_size
-    return DataLoader(dataset, batch_size=settings.batch_size, shuffle=shuffle, num_workers=settings.num_workers,
-                      persistent_workers=settings.num_workers > 0, drop_last=drop_last)
-
-
 @torch.no_grad()
 def _gan_metrics(model: GAN, store: Store, rows: np.ndarray, seed: int) -> dict:
     """Held-out numbers: the encoder's izi errors (working units) and the mean total flux of
@@ -401,7 +377,7 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
     settings = settings or TrainSettings()
     store = store if isinstance(store, Store) else open_store(store)
     out = Path(out)
-    if out.exists() and not overwrite and not resume and not _launched_rank():
+    if out.exists() and not overwrite and not resume and not launched_rank():
         raise ModelFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     options = dict(model_options or {})
     resample_b = None
@@ -416,19 +392,20 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
         raise ConfigError("--resample applies to translation between two stores (cyclegan) only")
     torch.manual_seed(settings.seed)  # before the networks are built: the seed fixes their initialisation
     model = build_model(family, store, options)
-    splits = _splits(store, settings)
-    model.fit_normalisation(_normalisation_sample(store, splits["train"]))
+    splits = training_splits(store, settings.split_fractions, settings.split_seed, settings.where)
+    model.fit_normalisation(normalisation_sample(store, splits["train"]))
     if model.data_columns:
         model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
-    record = _store_record(store, splits, settings)
+    record = split_record(store, splits, settings.split_fractions, settings.split_seed, settings.where)
     splits_b = None
     if two_stores:
-        splits_b = _splits(store_b, settings)
-        sample_b = _normalisation_sample(store_b, splits_b["train"])
+        splits_b = training_splits(store_b, settings.split_fractions, settings.split_seed, settings.where)
+        sample_b = normalisation_sample(store_b, splits_b["train"])
         if resample_b is not None:
             sample_b = resample_images(torch.from_numpy(sample_b), *resample_b, model.input_shape[-1]).numpy()
-        model.fit_domains(_normalisation_sample(store, splits["train"]), sample_b)
-        record["b"] = {**_store_record(store_b, splits_b, settings), "resampled_to_a": resample_b is not None}
+        model.fit_domains(normalisation_sample(store, splits["train"]), sample_b)
+        record["b"] = {**split_record(store_b, splits_b, settings.split_fractions, settings.split_seed, settings.where),
+                       "resampled_to_a": resample_b is not None}
     return _fit(model, store, splits, out, record, settings, resume, overwrite, callbacks or [],
                 store_b=store_b, splits_b=splits_b, resample_b=resample_b)
 
@@ -443,11 +420,11 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
 
     work = training_dir(out)
     last = work / "checkpoints" / "last.ckpt"
-    if not _launched_rank():
+    if not launched_rank():
         previous_b = None
         if resume and (work / "run.json").is_file():
             previous_b = json.loads((work / "run.json").read_text()).get("store_b_fingerprint")
-        _prepare_work_dir(work, last, store, model, resume, overwrite)
+        prepare_work_dir(work, last, store, model, resume, overwrite)
         if store_b is not None:
             if resume and previous_b not in (None, store_b.fingerprint):
                 raise ModelFolderError(f"the interrupted run at {work} trained on a domain-B store with fingerprint "
@@ -470,11 +447,10 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
     total_epochs = gan_epochs + (model.config.encoder_epochs if is_gan else 0)
     module = GANModule(model, gan_epochs, last, channels_last=channels_last, resample_b=resample_b)
 
-    arrays = ("x", *[a for a in model.data_arrays if a != "x"])
-    train_a = store.dataset(splits["train"], arrays=arrays, columns=model.data_columns)
+    train_a = store.dataset(splits["train"], arrays=model_arrays(model, store), columns=model.data_columns)
     val_rows = splits["val"] if splits["val"].size else splits["train"][: max(1, settings.batch_size)]
     if store_b is not None:
-        dataset = _Unpaired(train_a, store_b.dataset(splits_b["train"]), settings.seed)
+        dataset = UnpairedDataset(train_a, store_b.dataset(splits_b["train"]), settings.seed)
         val_b = splits_b["val"] if splits_b["val"].size else splits_b["train"]
         ex_b = torch.from_numpy(store_b.read("x", val_b[:8]))
         if resample_b is not None:
@@ -483,7 +459,9 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
     else:
         dataset = train_a
         examples = {c: torch.from_numpy(store.column(c)[val_rows[:16]].astype(np.float32)) for c in model.data_columns}
-    train_loader = _loader(dataset, settings, shuffle=True)
+    # drop the last short batch: batch norm cannot normalise a batch of one
+    train_loader = batch_loader(dataset, batch_size=settings.batch_size, shuffle=True,
+                                num_workers=settings.num_workers, drop_last=len(dataset) > settings.batch_size)
 
     history = _History()
     throughput = ThroughputCallback()
@@ -531,3 +509,6 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
                       overwrite=overwrite or resume)
     shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+TRAINERS["adversarial"] = train_gan

@@ -12,11 +12,24 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from deepfield.data.store import Store
+from deepfield.errors import InputError, TrainingDiverged
 
-__all__ = ["ModelModule", "make_loader", "HistoryCallback", "InterruptCheckpoint", "ThroughputCallback"]
+__all__ = ["ModelModule", "HistoryCallback", "InterruptCheckpoint", "ThroughputCallback", "check_finite_batch"]
+
+
+def check_finite_batch(batch: dict, loss: torch.Tensor) -> None:
+    """Stop with the offending ids when a loss is NaN/inf: bad data, or a diverging run."""
+    if bool(torch.isfinite(loss)):
+        return
+    x = batch["x"]
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        ids = batch["id"][bad].tolist()[:10] if "id" in batch else bad.nonzero().flatten().tolist()
+        raise InputError(f"NaN/inf pixels in training objects with ids {ids}: clean or mask them in the store")
+    raise TrainingDiverged(f"the loss became {float(loss)} on finite data (ids "
+                           f"{batch['id'][:5].tolist() if 'id' in batch else '?'} ...): lower --lr; the last good "
+                           "checkpoint is kept for --resume")
 
 
 class ModelModule(L.LightningModule):
@@ -46,8 +59,6 @@ class ModelModule(L.LightningModule):
         return batch
 
     def training_step(self, batch, batch_idx):
-        from deepfield.train.fit import check_finite_batch
-
         batch = self._prepare(batch)
         out = self.model.loss(batch)
         check_finite_batch(batch, out.loss)
@@ -103,16 +114,6 @@ class ModelModule(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.lr * 0.01)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-
-def make_loader(store: Store, indices: np.ndarray, settings, shuffle: bool, model=None) -> DataLoader:
-    """A DataLoader over store rows (in memory for stores that fit), yielding dicts of tensors
-    with 'x' and whatever else `model` reads (PSF, ivar, condition columns)."""
-    arrays = ("x", *[a for a in getattr(model, "data_arrays", ()) if a != "x"])
-    dataset = store.dataset(indices, arrays=arrays, columns=tuple(getattr(model, "data_columns", ())))
-    return DataLoader(dataset, batch_size=settings.batch_size, shuffle=shuffle,
-                      num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0,
-                      drop_last=False)
 
 
 class HistoryCallback(L.Callback):

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepfield.data.batches import iterate_batches
+from deepfield.data.splits import narrow_splits, record_splits
 from deepfield.data.store import Store, open_store
 from deepfield.errors import ConfigError, InputError, ModelFolderError
 from deepfield.models import load_model, save_model
 from deepfield.models.prior import GaussianMixturePrior, LatentFlow, LatentPriorConfig, gaussian_log_prob
-from deepfield.train.fit import iterate_batches, narrow_splits, record_splits
 
 __all__ = ["train_prior", "posterior_codes"]
 
@@ -29,7 +30,7 @@ def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256,
     """Posterior means and standard deviations (N, D) of the objects `rows`; with `refine` > 0
     the means are refined object by object in that many steps (``VAE.refine_codes``, with
     `refine_prior_weight` its ``prior_weight``)."""
-    from deepfield.tasks.apply import progress_bar
+    from deepfield.progress import progress_bar
 
     means, stds = [], []
     with progress_bar(progress and refine > 0) as bar:
@@ -196,7 +197,7 @@ def _columns(values: np.ndarray | None, names: tuple[str, ...]) -> dict[str, tor
 def _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, c_val, condition, epochs, batch_size, lr, rng, progress):
     """Fit on fresh posterior draws each epoch; keep the epoch with the best mean log p of
     `z_val` (fixed validation draws, a tensor) given `c_val` (their conditions, or None)."""
-    from deepfield.tasks.apply import progress_bar
+    from deepfield.progress import progress_bar
 
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr * 0.01)
@@ -215,7 +216,7 @@ def _fit_flow(prior, mean_tr, std_tr, cond_tr, z_val, c_val, condition, epochs, 
                 batch = {"x": torch.from_numpy(draws[idx])}
                 if condition:
                     batch.update(_columns(cond_tr[idx], condition))
-                loss = prior.loss(batch)["loss"]
+                loss = prior.loss(batch).loss
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -1,0 +1,101 @@
+"""Batches of store rows as a model reads them: one way for training, tasks and reports.
+
+A batch is a dict of float32 tensors: ``"x"`` (N, *sample_shape) in store units, the other
+arrays the model reads (e.g. ``"psf"``, ``"ivar"``; a shared array is repeated per object),
+the catalog columns it reads (N,) (e.g. the conditions of a conditional model) and ``"id"``
+(N,) int64. Which arrays a model reads is :func:`model_arrays`: those its ``data_arrays``
+requires, plus those of its ``optional_data_arrays`` that the store has (a stored noise
+power spectrum or bad-pixel mask is used when there is one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset
+
+    from deepfield.data.store import Store
+
+__all__ = ["model_arrays", "model_columns", "iterate_batches", "normalisation_sample", "make_loader",
+           "batch_loader", "UnpairedDataset"]
+
+
+def model_arrays(model, store: Store | None = None) -> tuple[str, ...]:
+    """The store arrays `model` reads, 'x' first: its required ``data_arrays``, then those of its
+    ``optional_data_arrays`` that `store` has (none without a store)."""
+    required = tuple(getattr(model, "data_arrays", ()) or ())
+    optional = tuple(getattr(model, "optional_data_arrays", ()) or ())
+    names = ["x", *(a for a in required if a != "x")]
+    if store is not None:
+        names += [a for a in optional if a not in names and store.has(a)]
+    return tuple(names)
+
+
+def model_columns(model) -> tuple[str, ...]:
+    """The catalog columns `model` reads (its conditions), in its order."""
+    return tuple(getattr(model, "data_columns", ()) or ())
+
+
+def iterate_batches(store: Store, indices: np.ndarray, model, batch_size: int = 256) -> Iterator[dict]:
+    """Batches (dicts of tensors, see the module docstring) of the arrays and columns `model`
+    reads, for rows `indices` of `store` in the given order, `batch_size` rows at a time."""
+    indices = np.asarray(indices, dtype=np.int64)
+    arrays = model_arrays(model, store)
+    columns = {c: store.column(c) for c in model_columns(model)}
+    for start in range(0, indices.size, batch_size):
+        rows = indices[start:start + batch_size]
+        batch = {a: torch.from_numpy(np.ascontiguousarray(store.read(a, rows), dtype=np.float32)) for a in arrays}
+        for c, values in columns.items():
+            batch[c] = torch.from_numpy(values[rows].astype(np.float32))
+        batch["id"] = torch.from_numpy(store.ids[rows])
+        yield batch
+
+
+def normalisation_sample(store: Store, rows: np.ndarray, limit: int = 20000) -> np.ndarray:
+    """`x` of at most `limit` of `rows` (evenly spaced), (n, *sample_shape): what a model fits
+    its normalisation on."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size > limit:
+        rows = rows[np.linspace(0, rows.size - 1, limit).astype(np.int64)]
+    return store.read("x", rows)
+
+
+def batch_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int = 0,
+                 drop_last: bool = False) -> DataLoader:
+    """A DataLoader over `dataset` (worker processes kept between epochs when there are any)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, drop_last=drop_last)
+
+
+def make_loader(store: Store, indices: np.ndarray, *, batch_size: int, shuffle: bool, num_workers: int = 0,
+                model=None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader over rows `indices` of `store` (in memory for selections that fit), yielding
+    dicts of tensors with 'x' and whatever else `model` reads (PSF, ivar, condition columns)."""
+    dataset = store.dataset(indices, arrays=model_arrays(model, store), columns=model_columns(model))
+    return batch_loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                        drop_last=drop_last)
+
+
+class UnpairedDataset:
+    """Items of dataset `a`, each with an image of dataset `b` (``"x_b"``) drawn by a seeded
+    permutation, so the pairs carry no correspondence even when both hold the same objects
+    (the two domains of a CycleGAN)."""
+
+    def __init__(self, a: Sequence, b: Sequence, seed: int):
+        self.a, self.b = a, b
+        self.perm = np.random.default_rng(seed).permutation(len(b))
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.a[i])
+        item["x_b"] = self.b[int(self.perm[i % len(self.perm)])]["x"]
+        return item
