@@ -18,7 +18,8 @@ N(0, I) on every W1; Spearman >= 0.9 for size and magnitude.
 The trained VAE and prior are cached in benchmarks/.cache/models/ (benchmarks/denoise.py reuses
 them); --retrain trains again.
 
-Variants (benchmarks/morphology_summary.py tabulates every results file): --family cvae gives the
+Variants (docs/benchmarks.md says what the explored ones showed; their results files are in git
+history, before the commit that removed them): --family cvae gives the
 decoder the conditions; --flux-condition magnitude scales a flux-free decoded profile by the
 catalog flux; --size-condition half_light_radius dilates it to the catalog radius;
 --decoder-condition '' hides the conditions from the decoder (the encoder still
