@@ -39,24 +39,24 @@ often shared with other work (load averages are in the JSON files); no GPU was u
 VARIANTS = """\
 ## What the morphology variants taught
 
-Before the recipe, 29 variants of `benchmarks/morphology.py` (KL weights 1, 0.3 and 0.1; plain and
+29 variants of `benchmarks/morphology.py` (KL weights 1, 0.3 and 0.1; plain and
 conditional VAEs; decoders that read the conditions or the code alone; flux and size applied as
 physics; training and prior selections; flows on refined codes) were run on the same 5,190 held-out
-galaxies; their result files are in git history (`git log -- benchmarks/results`). They showed that
+galaxies before the recipe of the sampling guide was found; their result files are in git history (`git log -- benchmarks/results`). They showed that
 what lets the decoder recognise a faint galaxy (its magnitude, size or redshift as a decoder input)
 makes faint samples round, because the decoder learns a region of latent space that only noisy
 faint galaxies train and decodes it to mean blobs; that a lighter KL term (beta 0.1) keeps more
 shape but lets mean size drift (+3.9 sigma for the plain VAE); that applying flux as a scale and
-size as a dilation of a flux-free profile (`--flux-condition magnitude --size-condition
-half_light_radius --decoder-condition ''`) makes size exact (noiseless rho 0.99) but collapses the
+size as a dilation of a flux-free profile drawn from the code alone (`flux_condition`,
+`size_condition`, an empty `decoder_condition`) makes size exact (noiseless rho 0.99) but collapses the
 posterior when trained on every galaxy with beta 1, and does not when trained on snr > 20 galaxies
 with beta 0.1; that flux-scaled training needs a spike guard and a 1,000-step learning-rate warm-up;
 that the encoder's own codes of small galaxies decode rounder than their truth whatever their
 noise, so the flow must be fitted on codes refined galaxy by galaxy at maximum likelihood
-(`--refine-steps 30 --refine-prior-weight 0`, which brought mean |e| from -7.5 to -0.6 sigma, while
+(30 refinement steps, prior weight 0, which brought mean |e| from -7.5 to -0.6 sigma, while
 refining the plain VAE's codes hurts: sizes +12 to +17 sigma); that fitting the flow on brighter or
 fewer galaxies, or with a smaller flow, leaves the bright samples round, so the flow wants more
-well-measured codes (hence `--extra-store`, below); and that refitting the flow with another seed
+well-measured codes (hence the second store of the recipe, above); and that refitting the flow with another seed
 moves |e| by up to 0.7 sigma and size by 0.6, the scale of any difference between these runs.
 """
 
@@ -81,7 +81,7 @@ SECTIONS = [
      "arithmetic column says how close each loop runs to the rate at which this CPU multiplies large matrices, "
      "which bounds what any fp32 loop can gain; bf16 autocast is the way past it. The observation-model "
      "likelihood (PSF convolution by FFT, per-pixel inverse variance) costs a few per cent over the Gaussian one."),
-    ("prior_more_codes", "Morphology of the quickstart recipe's samples (held-out galaxies vs samples observed the same way)",
+    ("prior_more_codes", "Morphology of the recipe's samples (held-out galaxies vs samples observed the same way)",
      "python benchmarks/prior_more_codes.py  # the cached dilc_snr20_b0.1_e200 model; simulates a second store",
      "The same VAE and held-out galaxies; only the flow's training codes change: the VAE's own snr > 20 training "
      "galaxies, then those plus every snr > 20 galaxy of a second 12,000-galaxy store from the same simulator "
