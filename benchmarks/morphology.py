@@ -31,7 +31,7 @@ file.
     python benchmarks/morphology.py [--n 12000] [--size 32] [--epochs 25] [--threads 2]
     python benchmarks/morphology.py --family cvae --flux-condition magnitude --decoder-condition '' \
         --epochs 50 --name encall_b1_e50
-    # the recipe of the README (dilc_snr20_b0.1_e200_ref30_ml: copy the cached dilc_snr20_b0.1_e200
+    # the recipe of docs/sampling.md (dilc_snr20_b0.1_e200_ref30_ml: copy the cached dilc_snr20_b0.1_e200
     # model folder to that name first to refit its flow only, or add --retrain)
     python benchmarks/morphology.py --family cvae --flux-condition magnitude --size-condition half_light_radius \
         --decoder-condition '' --train-where 'snr > 20' --prior-condition half_light_radius,redshift \
