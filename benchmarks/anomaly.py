@@ -16,7 +16,7 @@ Each anomaly type is scored against the normal objects only (other anomalies lef
 is ~0.12 per type (0.5 for a pooled group of ~50). Targets: AUROC >= 0.95 on artefacts and
 >= 0.85 on oddities, for the best single score and for the ensemble.
 
-    python benchmarks/anomaly.py --pixelcnn --gan   # the README numbers, all scores
+    python benchmarks/anomaly.py --pixelcnn --gan   # the numbers of docs/benchmarks.md, all scores
     python benchmarks/anomaly.py                    # PCA, conv-AE, VAE and flow only (~12 CPU-min)
     python benchmarks/anomaly.py --quick            # a smaller, faster run
 

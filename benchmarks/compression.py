@@ -7,7 +7,7 @@ the training set ('normalised MSE': 1 = predicting zero flux everywhere). For ga
 error is also measured against the noiseless truth, which shows how much of the residual is
 noise that no compressor should keep.
 
-    python benchmarks/compression.py                  # the README numbers (~40 min on 2 cores)
+    python benchmarks/compression.py                  # the numbers of docs/benchmarks.md (~40 min on 2 cores)
     python benchmarks/compression.py --quick          # a few minutes, smaller sets
 """
 

@@ -20,7 +20,7 @@
    (30 iterations) deconvolution of the ground PSF followed by the space PSF, and the
    untranslated ground image.
 
-    python benchmarks/gan.py            # the README numbers (~15 min on 2 cores)
+    python benchmarks/gan.py            # the numbers of docs/benchmarks.md (~15 min on 2 cores)
     python benchmarks/gan.py --quick    # a few minutes: smaller sets, fewer epochs
 """
 

@@ -18,7 +18,8 @@ N(0, I) on every W1; Spearman >= 0.9 for size and magnitude.
 The trained VAE and prior are cached in benchmarks/.cache/models/ (benchmarks/denoise.py reuses
 them); --retrain trains again.
 
-Variants (benchmarks/morphology_summary.py tabulates every results file): --family cvae gives the
+Variants (docs/benchmarks.md says what the explored ones showed; their results files are in git
+history, before the commit that removed them): --family cvae gives the
 decoder the conditions; --flux-condition magnitude scales a flux-free decoded profile by the
 catalog flux; --size-condition half_light_radius dilates it to the catalog radius;
 --decoder-condition '' hides the conditions from the decoder (the encoder still
@@ -30,7 +31,7 @@ file.
     python benchmarks/morphology.py [--n 12000] [--size 32] [--epochs 25] [--threads 2]
     python benchmarks/morphology.py --family cvae --flux-condition magnitude --decoder-condition '' \
         --epochs 50 --name encall_b1_e50
-    # the recipe of the README (dilc_snr20_b0.1_e200_ref30_ml: copy the cached dilc_snr20_b0.1_e200
+    # the recipe of docs/sampling.md (dilc_snr20_b0.1_e200_ref30_ml: copy the cached dilc_snr20_b0.1_e200
     # model folder to that name first to refit its flow only, or add --retrain)
     python benchmarks/morphology.py --family cvae --flux-condition magnitude --size-condition half_light_radius \
         --decoder-condition '' --train-where 'snr > 20' --prior-condition half_light_radius,redshift \

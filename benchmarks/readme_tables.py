@@ -1,124 +1,112 @@
-"""Print the README's benchmark section from benchmarks/results/*.md (the numbers are never typed by hand).
+"""Write docs/benchmarks.md and the README's headline table from benchmarks/results/*.md, so that
+no benchmark number is ever typed by hand.
 
-    python benchmarks/readme_tables.py > /tmp/tables.md
+    python benchmarks/readme_tables.py                              # print docs/benchmarks.md
+    python benchmarks/readme_tables.py --write docs/benchmarks.md --readme README.md
+    python benchmarks/readme_tables.py --check docs/benchmarks.md --readme README.md   # exit 1 if stale
+
+The README's table sits between the two `<!-- benchmarks:headline -->` marker lines; everything
+else in the README is left as it is. tests/test_docs.py runs the --check form.
 """
 
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the one morphology run kept in results/: the README recipe's VAE with its flow on refined codes
+RECIPE_MORPHOLOGY = "morphology_dilc_snr20_b0.1_e200_ref30_ml"
+HEADLINE_BEGIN = "<!-- benchmarks:headline -->"
+HEADLINE_END = "<!-- /benchmarks:headline -->"
+
+INTRO = """\
+# Benchmarks
+
+Each script in `benchmarks/` writes `benchmarks/results/NAME.json` (every number, the machine and
+its load) and `NAME.md` (the table below). This page is generated from those files by
+`python benchmarks/readme_tables.py --write docs/benchmarks.md --readme README.md`; a test fails
+when it is stale, so do not edit it by hand. The runs were made on a 2-core CPU development machine,
+often shared with other work (load averages are in the JSON files); no GPU was used.
+"""
+
+#: what the 29 explored morphology variants taught; their result files were removed from
+#: benchmarks/results (git history keeps them) once this recipe was found
+VARIANTS = """\
+## What the morphology variants taught
+
+29 variants of `benchmarks/morphology.py` (KL weights 1, 0.3 and 0.1; plain and
+conditional VAEs; decoders that read the conditions or the code alone; flux and size applied as
+physics; training and prior selections; flows on refined codes) were run on the same 5,190 held-out
+galaxies before the recipe of the sampling guide was found; their result files are in git history (`git log -- benchmarks/results`). They showed that
+what lets the decoder recognise a faint galaxy (its magnitude, size or redshift as a decoder input)
+makes faint samples round, because the decoder learns a region of latent space that only noisy
+faint galaxies train and decodes it to mean blobs; that a lighter KL term (beta 0.1) keeps more
+shape but lets mean size drift (+3.9 sigma for the plain VAE); that applying flux as a scale and
+size as a dilation of a flux-free profile drawn from the code alone (`flux_condition`,
+`size_condition`, an empty `decoder_condition`) makes size exact (noiseless rho 0.99) but collapses the
+posterior when trained on every galaxy with beta 1, and does not when trained on snr > 20 galaxies
+with beta 0.1; that flux-scaled training needs a spike guard and a 1,000-step learning-rate warm-up;
+that the encoder's own codes of small galaxies decode rounder than their truth whatever their
+noise, so the flow must be fitted on codes refined galaxy by galaxy at maximum likelihood
+(30 refinement steps, prior weight 0, which brought mean |e| from -7.5 to -0.6 sigma, while
+refining the plain VAE's codes hurts: sizes +12 to +17 sigma); that fitting the flow on brighter or
+fewer galaxies, or with a smaller flow, leaves the bright samples round, so the flow wants more
+well-measured codes (hence the second store of the recipe, above); and that refitting the flow with another seed
+moves |e| by up to 0.7 sigma and size by 0.6, the scale of any difference between these runs.
+"""
+
+#: (results file, title, command, note); the notes say what the numbers mean, not what they are
 SECTIONS = [
     ("compression", "Compression: held-out MSE (PCA vs dense AE vs conv AE)",
      "python benchmarks/compression.py --galaxy-epochs 10  # then --only iris digits spectra",
      "MSE in units of the training set's per-band pixel variance, on the held-out split. 'vs truth': "
      "reconstructions of the noisy input against the simulator's noiseless truth; 'noise floor': the noisy "
-     "input itself against the truth."),
+     "input itself against the truth. On the simulated galaxies most of the MSE is noise that no code can "
+     "predict, so PCA's variance-maximising directions win; on digits the conv AE wins."),
     ("simulate", "Simulator throughput (64x64 stamps)", "python benchmarks/simulate.py --n 5000 --size 64 --repeat 2",
      "deepfield's rows also draw the truth and PSF stamps and write the store; the plain loops draw only the "
      "noisy image and write nothing."),
     ("train_throughput", "Conv AE training throughput (64x64, batch 64, 2.1M parameters)",
-     "python benchmarks/train_throughput.py --steps 20", "No GPU was lent to this development machine."),
+     "python benchmarks/train_throughput.py --steps 20", ""),
     ("vae_throughput", "VAE training: deepfield vs pythae 0.1.2 (same network, data, batch); flow-VAE sampling",
      "pip install pythae==0.1.2 && python benchmarks/vae_throughput.py",
      "Training loop wall time per epoch after the first (data loading + steps), 2,048 simulated 64x64 galaxies, "
      "2 threads; the four training rows take turns over three rounds, and each ratio is a round's. pythae runs "
-     "the same layers in PyTorch's default NCHW layout and, its mixed precision being CUDA-only, in fp32. The >= "
-     "1.3x target is met with bf16 autocast (1.9x, validation loss within 0.7% of fp32) but not in fp32 (1.15x), "
-     "and the arithmetic column says why: deepfield's fp32 loop already does its arithmetic at 89% of the rate "
-     "this CPU multiplies large fp32 matrices (pythae's at 75%), and 1.3x pythae would need 97% for the whole "
-     "loop, data loading and optimiser included (torch.compile did not help). The observation-model likelihood "
-     "(PSF convolution by FFT, per-pixel inverse variance) costs about 5% over the Gaussian one. Sampling "
-     "(conditional flow draw + 64x64 decode) meets the 1,000 galaxies/s target with bf16 decoding; in fp32 it "
-     "would need the decoder at 119% of the fp32 rate, and stays near 550-610/s (287/s in the first version, "
-     "before coupling-spline flows and channels-last convolutions)."),
-    ("prior_more_codes", "Morphology validation of the quickstart recipe (5,190 held-out galaxies vs samples observed the same way)",
+     "the same layers in PyTorch's default NCHW layout and, its mixed precision being CUDA-only, in fp32. The "
+     "arithmetic column says how close each loop runs to the rate at which this CPU multiplies large matrices, "
+     "which bounds what any fp32 loop can gain; bf16 autocast is the way past it. The observation-model "
+     "likelihood (PSF convolution by FFT, per-pixel inverse variance) costs a few per cent over the Gaussian one."),
+    ("prior_more_codes", "Morphology of the recipe's samples (held-out galaxies vs samples observed the same way)",
      "python benchmarks/prior_more_codes.py  # the cached dilc_snr20_b0.1_e200 model; simulates a second store",
      "The same VAE and held-out galaxies; only the flow's training codes change: the VAE's own snr > 20 training "
      "galaxies, then those plus every snr > 20 galaxy of a second 12,000-galaxy store from the same simulator "
-     "(seed 8), through `train_prior(..., extra_stores=...)` (`deepfield train flow --extra-store`). With three "
-     "times the codes the recipe meets the morphology targets: mean |e| (-0.7 sigma) and mean size (+0.5 sigma) "
-     "within 1 sigma of the held-out galaxies, the flow beats N(0, I) on all eight W1 (size's, 0.018, is below "
-     "the 0.037 that two halves of the held-out set give each other), and the Spearman rho of asked with measured "
-     "is 0.96 for magnitude (1.00 noiseless) and 0.96 for size on the noiseless samples. The observed size rho "
-     "(0.67) is bounded by the data: "
-     "the held-out galaxies' own HSM sizes, through the same PSFs and noise, give 0.65 with their true radii."),
-    ("morphology", "Earlier: the plain flow-VAE's morphology validation (the runs from here on led to the recipe)",
-     "python benchmarks/morphology.py", "Measured with GalSim HSM and statmorph-style statistics "
-     "(deepfield.metrics); the histograms are in benchmarks/results/morphology_histograms.png. Met: magnitude "
-     "conditioning (0.92 observed, 0.94 noiseless). Missed: mean size (+1.2 sigma), the flow ties or loses to "
-     "N(0, I) on the W1 of e, rho4 and concentration, size conditioning (rho 0.41: the unconditional VAE's codes "
-     "carry little size information for PSF-sized galaxies), and roundness: |e| 0.156 vs 0.187. The last table "
-     "says where the roundness comes from: bright galaxies' samples match the truth (0.176 vs 0.180, since the "
-     "flow reaches their far-out codes), but faint galaxies' own posterior draws decode to round blobs (0.043 vs "
-     "0.110), and the flow faithfully reproduces them."),
-    ("morphology_beta0.3", "The same VAE with the KL term weighted 0.3",
-     "python benchmarks/morphology.py --beta 0.3", "A lighter KL term lets faint galaxies keep more of their "
-     "shape in the code (decoded posterior draws |e| 0.058 vs 0.043 at r > 23.5): the flow now beats N(0, I) on "
-     "all eight W1 and mean size is within 1 sigma, but the samples are still rounder than the data (-9.9 sigma)."),
-    ("morphology_beta0.1", "The same VAE with the KL term weighted 0.1",
-     "python benchmarks/morphology.py --beta 0.1", "Lighter still: faint galaxies' draws reach |e| 0.069 (truth "
-     "0.110) and the samples' mean |e| is -7.6 sigma from the data's (0.169 vs 0.187), the closest yet, but mean "
-     "size is now +3.9 sigma. (A conditional VAE with beta 0.3, benchmarks/results/morphology_cvae_beta0.3.md, "
-     "loses size conditioning: rho 0.81 on noiseless samples.)"),
-    ("morphology_cvae", "The same with a conditional VAE (the decoder also takes size, magnitude, redshift)",
-     "python benchmarks/morphology.py --family cvae", "Giving the decoder the conditions makes them work: the flow "
-     "beats N(0, I) on all eight W1, mean size is within 1 sigma, magnitude rho 0.95 observed and 0.99 noiseless, "
-     "size rho 0.885 on the noiseless samples (target 0.9; 0.41 without conditions; the observed 0.58 is against a "
-     "ceiling of 0.65 that noise and the PSF set for the real galaxies themselves). The samples are as round as the "
-     "unconditional VAE's (|e| 0.157 vs 0.187)."),
-    ("morphology_summary", "Every morphology variant: what the decoder sees trades roundness against size",
-     "python benchmarks/morphology_summary.py  # reads every benchmarks/results/morphology*.json",
-     "Each row is one benchmarks/morphology.py run (its flags are in its JSON; the named rows used --family cvae "
-     "--flux-condition magnitude with the conditions in the variant column). Whatever lets the decoder recognise a "
-     "faint galaxy (its magnitude, size or redshift) makes faint samples round: the decoder learns a region of "
-     "latent space that only faint galaxies train, whose noisy data cannot pin their shapes, and decodes it to "
-     "mean blobs. With the flux applied as a physical scale and a decoder that reads the code only, faint draws "
-     "keep more shape, and with training long enough mean |e| comes to -3.6 sigma (100 epochs; -7.1 at 50, -10.1 "
-     "at 25) and the flow beats N(0, I) on all eight W1; but size must then travel through the code and the flow "
-     "(+6 to +15 sigma, rho 0.43-0.79). Flux-scaled training is touchier than the plain decoder's: loss spikes on "
-     "bright galaxies wrecked runs until flux-scaled VAEs got a spike guard (skip a batch 20x above the recent "
-     "median loss) and a 1,000-step learning-rate warm-up; encall_b1_e100 and fluxonly_b1 are the runs those "
-     "rescued. Retraining a configuration moves these numbers by a few sigma (cvae_flux gave -16.0 sigma, +0.8 "
-     "sigma and size rho 0.91 in a run before its output-bias initialisation changed). All flux rows but "
-     "encall_b1_e100 were trained before the warm-up, and all but it, encall_b1_e50 and fluxonly_b1 before the "
-     "guard; their histories show no spike after the first epoch that the guard did not catch. The dilc_ rows add "
-     "--size-condition half_light_radius: the flux-free profile is drawn at one reference size and dilated to the "
-     "catalog radius (deepfield.physics.dilate), so size is exact (rho 0.99 on noiseless samples) and the code holds "
-     "the shape alone. Trained on every galaxy with beta 1 the posterior collapsed (dilc_e100: all samples alike, "
-     "|e| 0.02-0.03); trained on snr > 20 galaxies it does not, and with beta 0.1 mean size is within 1 sigma (+0.4) "
-     "and the flow beats N(0, I) on all eight W1, but the samples stay round (-7.5 sigma). Each run's own table "
-     "shows why: even snr > 40 galaxies of a faint galaxy's size decode rounder than their truth (0.070-0.079 vs "
-     "0.103), so the VAE shrinks the shapes of small galaxies whatever their noise, and the prior cannot undo it. "
-     "The shortfall is the encoder's: codes refined galaxy by galaxy (VAE.refine_codes) decode those twins to "
-     "0.100, and a flow fitted on the refined, maximum-likelihood codes of the snr > 20 training galaxies (the "
-     "_ml rows: `deepfield train flow --refine-steps 30 --refine-prior-weight 0`) brings the samples' mean |e| "
-     "to -0.6 sigma with size +1.6 sigma (30 steps; the flow fitted with seeds 1 and 2: +0.1 and +2.2, -0.8 and "
-     "+1.6) or -1.3 and +0.9 (10 steps), beats N(0, I) on all eight W1 "
-     "and keeps noiseless size rho at 0.96-0.97. Fitting the flow on brighter galaxies only trades ellipticity "
-     "for size (snr > 40: -3.6 and +0.0; its bright samples come out round, 0.154 vs 0.180, and a smaller flow, "
-     "4 transforms of 64, does no better: -4.3 and +0.4). That is the number of codes, not their brightness: "
-     "fitted on either random half of the snr > 20 codes (psf_g1 > 0 or <= 0, the _halfA/_halfB rows), bright "
-     "samples come out as round (0.161 and 0.151), so the flow wants more well-measured galaxies than this "
-     "store's 2,023; with three times as many (benchmarks/prior_more_codes.py, below) size comes to +0.5 sigma "
-     "and |e| stays at -0.7. Part of the size excess is noise in the codes: a non-negative model fitted to noisy "
-     "data spreads light into the wings, and the same galaxies' ML codes decode 1.2% larger than the truth at snr "
-     "20-40, 0.6% at snr > 40, but to the truth's size when fitted to the noiseless observation (table below). "
-     "On the plain VAE trained on every galaxy (vae_e25_ref30 rows) refining hurts: its codes carry size and "
-     "flux, and faint galaxies' codes fitted to noise give sizes +12 to +17 sigma off. The steps and selections "
-     "were compared on these same held-out galaxies; refitting the flow with another seed moves |e| by up to 0.7 "
-     "sigma and size by 0.6."),
+     "(seed 8), through `train_prior(..., extra_stores=...)`. The observed size rho is bounded "
+     "by the data: the held-out galaxies' own HSM sizes, through the same PSFs and noise, correlate no better "
+     "with their true radii."),
+    (RECIPE_MORPHOLOGY, "The recipe's full morphology validation (flow on the VAE's own refined codes)",
+     "python benchmarks/morphology.py --family cvae --flux-condition magnitude --size-condition half_light_radius "
+     "--decoder-condition '' --train-where 'snr > 20' --prior-condition half_light_radius,redshift --beta 0.1 "
+     "--epochs 200 --refine-steps 30 --refine-prior-weight 0 --name dilc_snr20_b0.1_e200_ref30_ml",
+     "Measured with GalSim HSM and statmorph-style statistics (`deepfield.metrics`); histograms in "
+     f"`benchmarks/results/{RECIPE_MORPHOLOGY}_histograms.png`. 'W1 half vs half' is what two random halves of "
+     "the held-out set give each other: the floor a perfect model reaches. The last table says where roundness "
+     "comes from: per magnitude bin, the truth, the VAE's decoded posterior draws and the flow's samples, and for "
+     "faint galaxies' bright (snr > 40) twins of the same size, the encoder's code against a refined one."),
     ("refine_codes", "Refined codes against the encoder's: decoded size and |e| of training galaxies",
      "python benchmarks/refine_codes.py  # the cached dilc_snr20_b0.1_e200 model of benchmarks/morphology.py",
-     "The encoder's means are rounder than the truth (|e| 0.095 vs 0.128 at snr 20-40); the prior's pull "
-     "(beta-MAP) leaves them larger; maximum likelihood comes closest in both, and on noiseless data reaches the "
-     "truth's size, so what is left is the noise."),
+     "The encoder's means are rounder than the truth; the prior's pull (beta-MAP) leaves them larger; maximum "
+     "likelihood comes closest in both, and on noiseless data reaches the truth's size, so what is left is "
+     "the noise."),
     ("denoise", "Denoising + deconvolution against the simulator's truth", "python benchmarks/denoise.py",
-     "Richardson-Lucy's iteration count and Wiener's balance were tuned on validation galaxies first. Wiener "
-     "has the lowest MSE and the most accurate bright-galaxy sizes (+1.8% vs the VAE's +2.8%); the VAE's flux "
-     "runs high (+4.6% for bright galaxies, +10% for all; +8.7% and +14% before its output layer ran in fp32) "
-     "from a faint diffuse sky its non-negative decoder leaves across the stamp. Refining each code first "
-     "(`deepfield denoise --refine-steps 30`) lowers the MSE a little (16.7 vs 17.2; bright 49.1 vs 50.5) and "
-     "narrows bright galaxies' size errors ([-0.01, +0.27] vs [-0.09, +0.41]), but fitting faint galaxies' noise "
-     "pushes their flux and size higher (all: +12% and +18%)."),
+     "Richardson-Lucy's iteration count and Wiener's balance were tuned on validation galaxies first. The VAE's "
+     "flux runs high from a faint diffuse sky its non-negative decoder leaves across the stamp. Refining each "
+     "code first (`deepfield denoise --refine-steps 30`) lowers the MSE a little and narrows bright galaxies' "
+     "size errors, but fitting faint galaxies' noise pushes their flux and size higher."),
     ("gan", "GANs: speed, sample quality vs a VAE, CycleGAN ground-to-space translation", "python benchmarks/gan.py",
      "One torch thread on a shared machine (the load average is in the JSON). The CycleGAN, after 4 CPU epochs, "
      "is still the identity map and loses to Wiener deconvolution."),
@@ -126,20 +114,144 @@ SECTIONS = [
      "Only the depth difference is detected; at 16x16 the bits/dim are dominated by noise pixels."),
     ("anomaly", "Anomaly detection: AUROC per anomaly type and score",
      "python benchmarks/anomaly.py --pixelcnn --gan", "AUPR and precision@100 per type are in "
-     "benchmarks/results/anomaly.md. Best single scores meet both targets (artefacts >= 0.95, oddities >= 0.85); "
-     "the ensembles, whose members were fixed before the run and weighted equally, miss them: the latent "
-     "density, the 3-epoch PixelCNN, the likelihood ratio and the GAN score are near chance and drag the rank "
-     "average down. 'calibrated': scores as robust z-scores among galaxies of similar magnitude."),
+     "`benchmarks/results/anomaly.md`. The ensembles' members were fixed before the run and weighted equally; "
+     "the members near chance (latent density, the short-trained PixelCNN, the likelihood ratio, the GAN score) "
+     "drag the rank average down. 'calibrated': scores as robust z-scores among galaxies of similar magnitude."),
     ("search", "Similarity search: FAISS indexes on 1M codes; what neighbours share", "python benchmarks/search.py",
      ""),
 ]
 
-for name, title, command, note in SECTIONS:
-    table = RESULTS / f"{name}.md"
-    if not table.is_file():
-        continue
-    body = table.read_text().strip()
-    if name == "anomaly":  # the AUROC table and the verdict; AUPR and precision@100 stay in the file
-        lines = body.splitlines()
-        body = body.split("\nAUPR")[0].strip() + "\n\n" + lines[-1]
-    print(f"### {title}\n\n`{command}`\n\n{body}\n" + (f"\n{note}\n" if note else ""))
+
+def tables(name: str) -> list[list[dict[str, str]]]:
+    """The markdown tables of results/NAME.md, each a list of rows keyed by column header."""
+    found, block = [], []
+    for line in [*(RESULTS / f"{name}.md").read_text().splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])])
+        elif block:
+            header, *rows = block
+            found.append([dict(zip(header, r)) for r in rows if not set("".join(r)) <= set("-:")])
+            block = []
+    return found
+
+
+def cell(name: str, first: str, column: str, table: int = 0) -> str:
+    """The value in `column` of the row whose first cell is `first`, in the table-th table of NAME.md."""
+    rows = tables(name)[table]
+    key = next(iter(rows[0]))
+    for r in rows:
+        if r[key] == first:
+            return r[column]
+    raise KeyError(f"benchmarks/results/{name}.md table {table} has no row {first!r}")
+
+
+def sigma(value: str) -> str:
+    """'0.2476 (+19.3σ)' -> '+19.3σ'."""
+    return re.search(r"\(([^)]*σ)\)", value).group(1)
+
+
+def headline() -> str:
+    """The README's short table: each headline number beside its baseline."""
+    sim = "simulate"
+    vae = "vae_throughput"
+    recipe = "own + extra store's codes"
+    e_column = "mean \\|e\\| (σ)"
+    e_n, size_n = (sigma(cell(RECIPE_MORPHOLOGY, s, "N(0, I) mean")) for s in ("e", "sigma_arcsec"))
+    ano = "anomaly"
+    rows = [
+        ("Simulated 64x64 galaxies per second (2 workers, truth and PSF stamps written too)",
+         cell(sim, "deepfield workers=2", "stamps/s"), cell(sim, "plain GalSim loop, PSF reused", "stamps/s") +
+         " (plain GalSim loop, image only)"),
+        ("VAE training, images/s (same network as pythae, CPU)",
+         f"{cell(vae, 'deepfield fp32', 'images/s (median round)')} fp32, "
+         f"{cell(vae, 'deepfield bf16', 'images/s (median round)')} bf16",
+         f"{cell(vae, 'pythae fp32', 'images/s (median round)')} (pythae 0.1.2, fp32)"),
+        ("Samples vs 5,190 held-out galaxies (the sampling guide's recipe): mean \\|e\\|, mean size (bootstrap σ)",
+         f"{cell('prior_more_codes', recipe, e_column)}σ, {cell('prior_more_codes', recipe, 'mean size (σ)')}σ",
+         f"{e_n}, {size_n} (same VAE, N(0, I) prior)"),
+        ("Held-out MSE at 16-D codes, digits / simulated galaxies (variance units)",
+         f"{_compression('digits', 'conv AE')} / {_compression('galaxies', 'conv AE')} (conv AE)",
+         f"{_compression('digits', 'PCA')} / {_compression('galaxies', 'PCA')} (PCA)"),
+        ("Denoised + deconvolved galaxies: MSE vs truth / noise variance",
+         f"{cell('denoise', 'deepfield flow-VAE (posterior mean)', 'MSE vs truth / noise variance')} (flow-VAE)",
+         f"{_denoise('Wiener')} (Wiener), {_denoise('Richardson-Lucy')} (Richardson-Lucy)"),
+        ("Anomaly AUROC, oddities (rings, tidal features, blends, colours)",
+         f"{cell(ano, 'VAE reconstruction L2, calibrated', 'oddities')} (VAE reconstruction, calibrated)",
+         f"{cell(ano, 'PCA reconstruction L2', 'oddities')} (PCA reconstruction)"),
+        ("Search on 1M codes: recall@10, queries/s",
+         f"{cell('search', 'ivf', 'recall@10')}, {cell('search', 'ivf', 'queries/s')} (FAISS IVF)",
+         f"{cell('search', 'flat', 'recall@10')}, {cell('search', 'flat', 'queries/s')} (exact)"),
+    ]
+    lines = ["| measure | deepfield | baseline |", "|---|---|---|"]
+    lines += [f"| {m} | {d} | {b} |" for m, d, b in rows]
+    return "\n".join(lines)
+
+
+def _compression(data: str, column: str, d: str = "16") -> str:
+    return next(r[column] for r in tables("compression")[0] if r["data"] == data and r["d"] == d)
+
+
+def _denoise(prefix: str) -> str:
+    return next(r["MSE vs truth / noise variance"] for r in tables("denoise")[0]
+                if r["method"].startswith(prefix) and r["galaxies"] == "all")
+
+
+def benchmarks_page() -> str:
+    """The whole of docs/benchmarks.md."""
+    parts = [INTRO, "## Headline numbers\n\n" + headline() + "\n"]
+    for name, title, command, note in SECTIONS:
+        body = (RESULTS / f"{name}.md").read_text().strip()
+        if name == "anomaly":  # the AUROC table and the verdict; AUPR and precision@100 stay in the file
+            body = body.split("\nAUPR")[0].strip() + "\n\n" + body.splitlines()[-1]
+        parts.append(f"## {title}\n\n`{command}`\n\n{body}\n" + (f"\n{note}\n" if note else ""))
+        if name == RECIPE_MORPHOLOGY:
+            parts.append(VARIANTS)
+    return "\n".join(parts)
+
+
+def readme_with_headline(readme: str) -> str:
+    """The README text with the table between its headline markers regenerated."""
+    if HEADLINE_BEGIN not in readme or HEADLINE_END not in readme:
+        raise SystemExit(f"the README has no {HEADLINE_BEGIN} ... {HEADLINE_END} lines to fill")
+    head, rest = readme.split(HEADLINE_BEGIN, 1)
+    _, tail = rest.split(HEADLINE_END, 1)
+    return f"{head}{HEADLINE_BEGIN}\n{headline()}\n{HEADLINE_END}{tail}"
+
+
+def _write(path: Path, text: str) -> None:
+    # a temporary name, then rename: an interrupted run never leaves half a page
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--write", type=Path, help="write the benchmarks page here (docs/benchmarks.md)")
+    mode.add_argument("--check", type=Path, help="exit 1 if this page (and --readme) differ from a regeneration")
+    ap.add_argument("--readme", type=Path, help="also fill (or check) this README's headline table")
+    args = ap.parse_args(argv)
+    outputs = {}
+    target = args.write or args.check
+    if target is None:
+        print(benchmarks_page(), end="")
+        return 0
+    outputs[target] = benchmarks_page()
+    if args.readme:
+        outputs[args.readme] = readme_with_headline(args.readme.read_text())
+    stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
+    if args.check:
+        for p in stale:
+            print(f"{p} is stale: run python benchmarks/readme_tables.py --write docs/benchmarks.md "
+                  "--readme README.md", file=sys.stderr)
+        return 1 if stale else 0
+    for p in stale:
+        _write(p, outputs[p])
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ codes. For every galaxy (excluding itself) the fraction of its 10 nearest neighb
 same type (bulge-dominated: bulge_fraction > 0.5, else disk) and the same 1-mag magnitude bin,
 against the fraction expected for random neighbours.
 
-    python benchmarks/search.py           # the README numbers (~15 min on 2 cores)
+    python benchmarks/search.py           # the numbers of docs/benchmarks.md (~15 min on 2 cores)
     python benchmarks/search.py --quick   # 100,000 codes and 1,000 galaxies, a few minutes
 """
 
