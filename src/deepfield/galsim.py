@@ -115,7 +115,7 @@ class GenerativeGalaxyModel:
         images = []
         for start in range(0, count, self.batch_size):
             m = min(self.batch_size, count - start)
-            cond = {c: torch.as_tensor(v[start:start + m], dtype=torch.float32) for c, v in columns.items()} or None
+            cond = {c: torch.tensor(v[start:start + m], dtype=torch.float32) for c, v in columns.items()} or None
             images.append(self.model.sample(m, condition=cond, generator=generator, prior=self.prior).numpy())
         stack = np.concatenate(images).astype(np.float64)
         fluxes = None

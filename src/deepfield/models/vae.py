@@ -88,7 +88,7 @@ class VAEConfig:
         galaxy of the benchmark store, the posterior collapsed in two runs of three (training
         warns). Train on well-measured galaxies (TrainSettings.where, e.g. 'snr > 20') or with a
         lower beta. The samples are still rounder than the data: the VAE shrinks the shapes of
-        small galaxies, bright ones included (benchmarks/results/morphology_summary.md).
+        small galaxies, bright ones included (docs/benchmarks.md, the morphology paragraph).
     decoder_condition: the condition columns the decoder reads (default: all but
         flux_condition and size_condition); the encoder reads them all. () with flux_condition:
         the decoder sees the code alone, so it cannot tell faint galaxies from bright ones of the
