@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepfield._atomic import replace_dir
+from deepfield._atomic import replace_dir, write_json_atomic, write_parquet_atomic
 from deepfield._version import __version__
 from deepfield.data.splits import split_fractions
 from deepfield.errors import DeepfieldError, InputError, StoreError
@@ -72,25 +72,6 @@ _PER_ROW_ARRAYS = ("x", "psf", "ivar", "mask", "truth", "noise_ps")
 _DIGEST = "_digest"
 _PROGRESS_DIR = "_progress"
 _CHUNK_BYTES = 2 * 1024**2
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def _partial_path(path: Path) -> Path:
@@ -742,7 +723,7 @@ class StoreWriter:
         d[start:stop] = digest
         pq.write_table(table, self._progress_dir / f"part-{start:012d}.parquet")
         self.n_written = stop
-        _atomic_write_json(self._progress_dir / "progress.json", {"n": stop})
+        write_json_atomic(self._progress_dir / "progress.json", {"n": stop}, indent=2, sort_keys=True)
 
     def commit(self) -> Store:
         """Merge the catalog, write meta.json with the fingerprint, and make the store visible."""
@@ -775,8 +756,8 @@ class StoreWriter:
         meta = dict(self.meta)
         meta.update(n=n, fingerprint=h.hexdigest(), columns=catalog.column_names,
                     written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        _atomic_write_table(self.root / "catalog.parquet", catalog)
-        _atomic_write_json(self.root / "meta.json", meta)
+        write_parquet_atomic(self.root / "catalog.parquet", catalog)
+        write_json_atomic(self.root / "meta.json", meta, indent=2, sort_keys=True)
         if self.new_store:
             replace_dir(self.root, self.final)
         # the progress record goes last: a crash before this leaves a complete store whose
@@ -944,7 +925,7 @@ def _new_store_writer(final: Path, meta: dict, arrays: dict, shared: dict, units
         a[...] = value
     group.create_array(_DIGEST, shape=(0, 16), chunks=(65536, 16), dtype="uint8")
     (root / _PROGRESS_DIR).mkdir()
-    _atomic_write_json(root / _PROGRESS_DIR / "meta.json", meta)
+    write_json_atomic(root / _PROGRESS_DIR / "meta.json", meta, indent=2, sort_keys=True)
     return StoreWriter(final, root, meta, dict(units or {}), 0, new_store=True,
                        overwrite=overwrite, allow_nonfinite=allow_nonfinite, lock=lock)
 

@@ -18,15 +18,13 @@ complete, so a crash never leaves a half-written report.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from deepfield._atomic import check_replaceable, replace_dir
+from deepfield._atomic import check_replaceable, staged_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
 from deepfield.progress import progress_bar
@@ -194,16 +192,6 @@ def _reference_band(bands: tuple[str, ...], channels: int) -> tuple[int, list[in
     return band, rgb
 
 
-def _prepare_out(out: Path) -> Path:
-    check_replaceable(out, _MARKER, "report")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
 def _spread_examples(store, rows: np.ndarray, n: int, rng) -> np.ndarray:
     """`n` objects spanning the magnitude range (bright to faint) where the catalog has one.
 
@@ -301,15 +289,11 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
         for m in members:
             _evaluate(m, store, rows, batch_size, codes=m is main, bar=bar, task=task)
 
-    tmp = _prepare_out(out)
-    try:
+    check_replaceable(out, _MARKER, "report")
+    with staged_dir(out) as tmp:
         page = _build_page(main, members, store, rows, n_selected, split, colour, n_examples, rng, notes, tmp,
                            n_morphology=samples)
         (tmp / "index.html").write_text(page)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "index.html"
 
 

@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -51,12 +50,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from deepfield._atomic import replace_dir
+from deepfield._atomic import staged_dir
 from deepfield._version import __version__
 from deepfield.data.store import Store, is_store, open_store
 from deepfield.errors import ConfigError, InputError, StoreError
 from deepfield.models import Model
 from deepfield.models.base import config_to_dict
+from deepfield.models.folder import as_model
 from deepfield.progress import progress_bar
 from deepfield.tasks.apply import map_store
 from deepfield.tasks.encode import check_model_store
@@ -113,12 +113,9 @@ def _describe_store(record: dict | None) -> str:
     return f"{record.get('path')} (fingerprint {record['fingerprint'][:12]})"
 
 
-def _load_model(model) -> tuple[Model, Path | None]:
-    if isinstance(model, Model):
-        return model, None
-    from deepfield.models.folder import load_model
-
-    return load_model(model), Path(model)
+def _model_and_folder(model) -> tuple[Model, Path | None]:
+    """The model, and its folder when it was given as one."""
+    return as_model(model), None if isinstance(model, torch.nn.Module) else Path(model)
 
 
 def _ids_of(store_ids: np.ndarray, rows: np.ndarray, limit: int = 10) -> str:
@@ -147,7 +144,7 @@ def embed_store(model: Model | str | os.PathLike, store: Store | str | os.PathLi
         out: the codes store to write (atomically).
         indices: rows of `store` to embed (default: all).
     """
-    model, path = _load_model(model)
+    model, path = _model_and_folder(model)
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
     model.eval()
@@ -424,19 +421,11 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
 def _write_index_folder(final: Path, index, ids: np.ndarray, catalog: pa.Table, meta: dict) -> None:
     import faiss
 
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(final) as tmp:
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "ids.npy", np.asarray(ids, dtype=np.int64))
         pq.write_table(catalog, tmp / "catalog.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -553,7 +542,7 @@ class SimilarityIndex:
     # -- provenance checks
     def use_model(self, model: Model | str | os.PathLike) -> Model:
         """Encode image queries with `model`, refused unless it is the model the index was built for."""
-        model, path = _load_model(model)
+        model, path = _model_and_folder(model)
         recorded = self.meta.get("model")
         if not recorded:
             raise InputError(f"{self.label} was built from codes with no recorded model (not made by "
