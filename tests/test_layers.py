@@ -195,13 +195,21 @@ PENDING_CYCLES = {
     ("deepfield.models", "deepfield.models.folder"),
 }
 
+#: cycles kept on purpose, each with why
+ACCEPTED_CYCLES = {
+    # Store.copy_to writes a new store through the writer, and a writer hands back the Store it
+    # committed: one round trip of one concept, the writer imported inside copy_to when used
+    ("deepfield.data.store.reader", "deepfield.data.store.writer"),
+}
+
 
 def test_no_import_cycles():
     graph = {m: _edges(m) for m in MODULES}
     cycles = {tuple(c) for c in _cycles(graph)}
     described = []
-    for component in sorted(cycles - PENDING_CYCLES):
+    for component in sorted(cycles - PENDING_CYCLES - ACCEPTED_CYCLES):
         inside = set(component)
         described.append("; ".join(f"{m} -> {', '.join(sorted(graph[m] & inside))}" for m in component))
     assert not described, "import cycles:\n" + "\n".join(described)
-    assert cycles == PENDING_CYCLES, f"no longer cycles: delete {sorted(PENDING_CYCLES - cycles)} from PENDING_CYCLES"
+    gone = (PENDING_CYCLES | ACCEPTED_CYCLES) - cycles
+    assert not gone, f"no longer cycles: delete {sorted(gone)} from PENDING_CYCLES / ACCEPTED_CYCLES"
