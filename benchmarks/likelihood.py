@@ -63,11 +63,11 @@ def simulations(args) -> dict:
 
 def subset(store, rows, name):
     """Rows of `store` as a (cached) store of their own."""
-    from deepfield.data.store import is_store, open_store
+    from deepfield.data.store import copy_store, is_store, open_store
 
     path = CACHE / f"{store.path.name}-{name}"
     if not is_store(path):
-        store.copy_to(path, rows)
+        copy_store(store, path, rows)
     return open_store(path)
 
 

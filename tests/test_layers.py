@@ -2,6 +2,8 @@
 
 - tasks/ and report/ import nothing from deepfield.train: inference reads data through the
   data layer (deepfield.data.batches, deepfield.data.splits), never through the trainer.
+- report/ only draws: it imports neither torch nor the data layer's batches; what it shows is
+  measured by tasks/ functions (deepfield.tasks.evaluate) it calls.
 - No module reaches into another's private names: no ``from deepfield.x import _name``, no
   ``module._name`` on an imported deepfield module, and no ``obj._name`` on an object of a
   class defined in another module (the store's ``_group`` stays inside the store).
@@ -89,6 +91,22 @@ def test_tasks_and_report_import_nothing_from_train():
                 if target == "deepfield.train" or target.startswith("deepfield.train.") or (
                         target == "deepfield" and "train" in names):
                     found.append(f"{module}:{node.lineno} imports {target}")
+    assert not found, "\n".join(found)
+
+
+def test_report_only_draws():
+    found = []
+    for module in MODULES:
+        if module.startswith("deepfield.report"):
+            for node in _walk_runtime(TREES[module]):
+                if isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    targets = [_resolve(module, node)]
+                else:
+                    continue
+                found += [f"{module}:{node.lineno} imports {t}" for t in targets
+                          if t.split(".")[0] == "torch" or t.startswith("deepfield.data.batches")]
     assert not found, "\n".join(found)
 
 
@@ -184,8 +202,6 @@ def test_cycle_finder_finds_a_known_cycle():
     assert _cycles(graph) == [["a", "b", "c"]]
 
 
-#: cycles the model protocol's work (issue 15, section 1) removes, each with why it is still here.
-#: The test fails when one of them is gone, so that its entry is deleted with it.
 def test_no_import_cycles():
     graph = {m: _edges(m) for m in MODULES}
     cycles = {tuple(c) for c in _cycles(graph)}

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from deepfield.data.store import create_store, is_store, open_store, split_fractions
+from deepfield.data.store import copy_store, create_store, is_store, open_store, split_fractions
 from deepfield.errors import InputError, StoreError
 
 
@@ -254,7 +254,7 @@ def test_shared_psf_broadcasts_and_copy_keeps_everything(tmp_path):
         w.append(x=np.ones((6, 1, 4, 4), "f4"), catalog={"z": np.arange(6) / 10})
     s = open_store(tmp_path / "s")
     assert s.read("psf", [0, 3]).shape == (2, 1, 5, 5)
-    sub = s.copy_to(tmp_path / "sub", indices=s.select(where="z > 0.25"))
+    sub = copy_store(s, tmp_path / "sub", indices=s.select(where="z > 0.25"))
     assert sub.ids.tolist() == [3, 4, 5] and sub.has("psf")
     assert sub.meta["provenance"]["source_fingerprint"] == s.fingerprint
 

@@ -1,12 +1,27 @@
-"""Putting a completely written folder in place in one step (stores, model folders, indexes, reports)."""
+"""Atomic writes: a file or folder appears complete under its name, or not at all.
+
+Everything is written under a hidden temporary name beside its destination (same file system)
+and renamed into place in one step; a write that fails or is killed leaves the old file or
+folder (if any) as it was, and never a half-written one under the real name. Stores, model
+folders, indexes, reports and score tables are all written through these functions.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["replace_dir", "check_replaceable"]
+__all__ = ["replace_dir", "check_replaceable", "staged_dir", "write_atomic", "write_bytes_atomic",
+           "write_json_atomic", "write_parquet_atomic"]
+
+
+def _temporary_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -24,6 +39,56 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(final, trash)
     os.replace(tmp, final)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """A fresh, empty hidden folder beside `final` to write a folder's files into; when the
+    block ends cleanly it replaces `final` (:func:`replace_dir`), on any error it is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(final)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed writer of the same process id
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any], *, fsync: bool = False) -> Path:
+    """Write the file `path` by calling ``write(tmp)`` on a hidden temporary path beside it,
+    then renaming; with `fsync` the data reach the disk before the rename (commit records)."""
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """Write `data` to the file `path` atomically (by default synced to disk first)."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data), fsync=fsync)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, fsync: bool = True, **dumps: Any) -> Path:
+    """Write `obj` as JSON (``json.dumps(obj, **dumps)`` plus a newline) to `path` atomically."""
+    return write_bytes_atomic(path, (json.dumps(obj, **dumps) + "\n").encode(), fsync=fsync)
+
+
+def write_parquet_atomic(path: str | os.PathLike, table) -> Path:
+    """Write the pyarrow Table `table` as Parquet to `path` atomically."""
+    import pyarrow.parquet as pq
+
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def check_replaceable(out: Path, marker: str, what: str) -> None:

@@ -105,10 +105,7 @@ def search(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Nearest neighbours by id, image or a whole store; a table per query, or Parquet with --out."""
-    import os
-
-    import pyarrow.parquet as pq
-
+    from deepfield._atomic import write_parquet_atomic
     from deepfield.errors import InputError
     from deepfield.tasks.search import open_index
 
@@ -128,9 +125,7 @@ def search(
     table = idx.search(queries, k=k, filters=windows, where=where, query_values=_pairs(query_value, "--query-value"),
                        columns=extra, exclude_self=exclude_self, progress=progress)
     if out is not None:
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        tmp.replace(out)
+        write_parquet_atomic(out, table)
     n_queries = len(set(table.column("query_id").to_pylist()))
     if catalog is None and n_queries <= 20:
         _print_tables(table, idx.metric, "id" if id else "image")

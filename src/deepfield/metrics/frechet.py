@@ -98,10 +98,9 @@ def encoder_features(encoder, data, *, indices=None, batch_size: int = 256) -> n
 
     from deepfield.data.store import Store, open_store
 
-    if not isinstance(encoder, torch.nn.Module):
-        from deepfield.models.folder import load_model
+    from deepfield.models.folder import as_model
 
-        encoder = load_model(encoder)
+    encoder = as_model(encoder)
     if not hasattr(encoder, "encode"):
         raise InputError(f"a {type(encoder).__name__} has no encoder: give an ae, conv-ae or vae model folder")
     reads_psf = bool(getattr(encoder.config, "psf_to_encoder", False))
@@ -131,12 +130,9 @@ def encoder_features(encoder, data, *, indices=None, batch_size: int = 256) -> n
 def encoder_frechet_distance(encoder, a, b, *, indices_a=None, indices_b=None, batch_size: int = 256) -> float:
     """Frechet distance between two image sets (stores or (N, C, H, W) arrays, store units) on the
     codes of `encoder` (a model folder or a loaded AE/VAE trained on the survey)."""
-    import torch
+    from deepfield.models.folder import as_model
 
-    if not isinstance(encoder, torch.nn.Module):
-        from deepfield.models.folder import load_model
-
-        encoder = load_model(encoder)
+    encoder = as_model(encoder)
     fa = encoder_features(encoder, a, indices=indices_a, batch_size=batch_size)
     fb = encoder_features(encoder, b, indices=indices_b, batch_size=batch_size)
     return frechet_distance(fa, fb)

@@ -17,7 +17,6 @@ never leaves a folder that loads as a good model.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -25,12 +24,12 @@ from typing import Any
 
 import torch
 
-from deepfield._atomic import replace_dir
+from deepfield._atomic import staged_dir
 from deepfield._version import __version__
 from deepfield.errors import ConfigError, ModelFolderError
 from deepfield.models.base import MODEL_REGISTRY, Model, config_from_dict, config_to_dict
 
-__all__ = ["MODEL_FORMAT_VERSION", "save_model", "load_model", "read_model_config", "is_model_folder"]
+__all__ = ["MODEL_FORMAT_VERSION", "save_model", "load_model", "as_model", "read_model_config", "is_model_folder"]
 
 MODEL_FORMAT_VERSION = 1
 
@@ -119,11 +118,7 @@ def save_model(model: Model, path, *, metrics: dict | None = None, store: dict |
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(final) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "weights.safetensors"), metadata={"class": record["class"]})
         (tmp / "config.json").write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
@@ -131,10 +126,6 @@ def save_model(model: Model, path, *, metrics: dict | None = None, store: dict |
         (tmp / "README.md").write_text(_model_card(model, record, metrics or {}))
         if logs_dir is not None and Path(logs_dir).is_dir():
             shutil.copytree(logs_dir, tmp / "logs")
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -161,6 +152,15 @@ def read_model_config(path) -> dict:
         raise ModelFolderError(f"{cfg_path}: unknown model class {record.get('class')!r}; known: "
                                f"{sorted(MODEL_REGISTRY)}")
     return record
+
+
+def as_model(model, map_location: str | torch.device = "cpu"):
+    """`model` itself when it is already a model (a ``torch.nn.Module``) or None, else the model
+    folder at that path loaded by :func:`load_model` (eval mode): what every task taking "a model
+    or its folder" calls."""
+    if model is None or isinstance(model, torch.nn.Module):
+        return model
+    return load_model(model, map_location)
 
 
 def load_model(path, map_location: str | torch.device = "cpu") -> Model:

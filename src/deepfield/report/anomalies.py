@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from deepfield._atomic import check_replaceable, replace_dir
+from deepfield._atomic import check_replaceable, staged_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
+from deepfield.models.folder import as_model
 from deepfield.report import html as H
 from deepfield.report import plots
 from deepfield.report.plots import (asinh_rgb, asinh_width, new_figure, robust_noise_sigma, save_figure, scale_bar,
@@ -147,10 +146,7 @@ def anomaly_gallery(store: Store | str | os.PathLike, table: pa.Table, out: str 
         raise InputError(f"the anomaly gallery shows images; {store.path} holds {store.kind} data")
     if top < 1 or per_image < 1:
         raise InputError(f"top={top}, per_image={per_image}: show at least one object")
-    if model is not None and not isinstance(model, torch.nn.Module):
-        import deepfield
-
-        model = deepfield.load(model)
+    model = as_model(model)
     out = Path(out)
     check_replaceable(out, _MARKER, "anomaly gallery")
     meta = score_metadata(table)
@@ -171,11 +167,7 @@ def anomaly_gallery(store: Store | str | os.PathLike, table: pa.Table, out: str 
     if store.sample_shape[0] >= 3:
         rgb = [bands.index(b) for b in "gri"] if all(b in bands for b in "gri") else [0, 1, 2]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(out) as tmp:
         page = H.Page(f"deepfield anomalies: {meta.get('method', 'score')} on {Path(store.path).name}")
         body = page.section("Summary")
         body.append(H.definition_list([
@@ -227,8 +219,4 @@ def anomaly_gallery(store: Store | str | os.PathLike, table: pa.Table, out: str 
         (tmp / "index.html").write_text(page.render(footer="written by deepfield.report.anomalies"))
         (tmp / _MARKER).write_text(json.dumps({"method": meta.get("method"), "store": str(store.path),
                                                "top_ids": [int(i) for i in ids[order]]}, indent=2) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "index.html"

@@ -18,20 +18,19 @@ complete, so a crash never leaves a half-written report.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from deepfield._atomic import check_replaceable, replace_dir
+from deepfield._atomic import check_replaceable, staged_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
+from deepfield.models import Model
 from deepfield.progress import progress_bar
 from deepfield.report import html as H
 from deepfield.report import plots
+from deepfield.tasks.evaluate import reconstruct_rows, reconstruction_errors
 
 __all__ = ["make_report", "COLOUR_COLUMNS"]
 
@@ -50,7 +49,7 @@ class _Member:
 
     name: str
     path: Path
-    model: torch.nn.Module
+    model: Model
     metrics: dict
     mse: np.ndarray | None = None          # per-object MSE over the report rows
     codes: np.ndarray | None = None        # (n, d), main model only
@@ -142,35 +141,6 @@ def _report_rows(store: Store, member: _Member, split: str, notes: list[str]) ->
     return resolve_indices(store, None, split, member.record)
 
 
-@torch.no_grad()
-def _evaluate(member: _Member, store: Store, rows: np.ndarray, batch_size: int, codes: bool, bar, task) -> None:
-    """Per-object MSE in normalised units (and the codes) of `member` over `rows`."""
-    from deepfield.data.batches import iterate_batches
-
-    model = member.model
-    model.eval()
-    errs, zs = [], []
-    for batch in iterate_batches(store, rows, model, batch_size):
-        x = model.check_input(batch["x"])
-        # the model's own reconstruction in the data space (through the PSF for observation-model
-        # VAEs, with conditions for conditional ones): the number evaluate_mse wrote to metrics.json
-        err = (model.normalise(model.reconstruct_batch(batch)) - model.normalise(x)) ** 2
-        errs.append(err.reshape(err.shape[0], -1).double().mean(dim=1).numpy())
-        if codes:
-            zs.append(model.encode_batch(batch).double().numpy())
-        bar.advance(task, x.shape[0])
-    member.mse = np.concatenate(errs)
-    member.codes = np.concatenate(zs) if codes else None
-
-
-@torch.no_grad()
-def _reconstruct(member: _Member, store: Store, rows: np.ndarray) -> np.ndarray:
-    from deepfield.data.batches import iterate_batches
-
-    batch = next(iterate_batches(store, np.asarray(rows, dtype=np.int64), member.model, len(rows)))
-    return member.model.reconstruct_batch(batch).double().numpy()
-
-
 def _row_label(store: Store, row: int) -> str:
     parts = [f"id {int(store.ids[row])}"]
     units = store.units
@@ -192,16 +162,6 @@ def _reference_band(bands: tuple[str, ...], channels: int) -> tuple[int, list[in
     if channels >= 3:
         rgb = [bands.index(b) for b in "gri"] if all(b in bands for b in "gri") else [0, 1, 2]
     return band, rgb
-
-
-def _prepare_out(out: Path) -> Path:
-    check_replaceable(out, _MARKER, "report")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
 
 
 def _spread_examples(store, rows: np.ndarray, n: int, rng) -> np.ndarray:
@@ -299,17 +259,14 @@ def make_report(model_dir, store, out=None, *, compare=(), color_by: str | None 
     with progress_bar(progress, stderr=True, transient=True, time_remaining=False) as bar:
         task = bar.add_task("evaluating", total=rows.size * len(members))
         for m in members:
-            _evaluate(m, store, rows, batch_size, codes=m is main, bar=bar, task=task)
+            m.mse, m.codes = reconstruction_errors(m.model, store, rows, batch_size=batch_size, codes=m is main,
+                                                   advance=lambda k: bar.advance(task, k))
 
-    tmp = _prepare_out(out)
-    try:
+    check_replaceable(out, _MARKER, "report")
+    with staged_dir(out) as tmp:
         page = _build_page(main, members, store, rows, n_selected, split, colour, n_examples, rng, notes, tmp,
                            n_morphology=samples)
         (tmp / "index.html").write_text(page)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "index.html"
 
 
@@ -391,7 +348,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
     labels = [_row_label(store, int(r)) for r in examples]
     if examples.size and store.kind in ("image", "spectrum"):
         x = store.read("x", examples)
-        recon = {main.name if len(members) > 1 else "reconstruction": _reconstruct(main, store, examples)}
+        recon = {main.name if len(members) > 1 else "reconstruction": reconstruct_rows(main.model, store, examples)}
         mse = {k: main.mse[position] for k in recon}
         band, rgb = _reference_band(store.bands, x.shape[1]) if store.kind == "image" else (0, None)
         order = "ordered from bright to faint, " if "magnitude" in store.columns else ""
@@ -424,7 +381,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
                            "each example's features as input → reconstruction."))
         if examples.size:
             x = store.read("x", examples)
-            r = _reconstruct(main, store, examples)
+            r = reconstruct_rows(main.model, store, examples)
             names = (store.meta.get("extra") or {}).get("feature_names") or [f"x{j}" for j in range(x.shape[1])]
             trs = [(int(store.ids[e]), *[f"{a:.3g} → {b:.3g}" for a, b in zip(x[i], r[i])], float(main.mse[position[i]]))
                    for i, e in enumerate(examples)]
@@ -476,7 +433,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
             plots.plot_validation_curves(curves, tmp / "comparison_val_curves.png", mse_label=mse_label)
         if examples.size and store.kind in ("image", "spectrum"):
             x = store.read("x", examples)
-            recon = {m.name: _reconstruct(m, store, examples) for m in members}
+            recon = {m.name: reconstruct_rows(m.model, store, examples) for m in members}
             mse = {m.name: m.mse[position] for m in members}
             if store.kind == "image":
                 band, _ = _reference_band(store.bands, x.shape[1])

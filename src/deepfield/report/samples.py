@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deepfield.data.store import Store
 from deepfield.models.protocol import has
@@ -30,48 +29,16 @@ def is_generative(model, store: Store) -> bool:
             and store.has("psf") and store.has("ivar"))
 
 
-def _conditions(model) -> list[str]:
-    names = list(getattr(model.config, "condition", ()) or ())
-    for c in getattr(getattr(model, "prior", None), "data_columns", ()) or ():
-        if c not in names:
-            names.append(c)
-    return names
-
-
-def _priors(model) -> list[tuple[str, str]]:
-    """(argument, label) of the priors to show: the fitted prior first when there is one."""
-    out = []
-    if getattr(model, "prior", None) is not None:
-        name = type(model.prior).__name__
-        out.append(("auto", {"LatentFlow": "flow", "GaussianMixturePrior": "GMM"}.get(name, name)))
-    out.append(("gaussian", "N(0, I)"))
-    return out
-
-
-@torch.no_grad()
 def sample_section(page, model, store: Store, rows: np.ndarray, examples: np.ndarray, tmp: Path, add_figure,
                    *, seed: int = 0, n_morphology: int = 1000, summary: dict | None = None) -> None:
     """Append the 'Samples' section: grids, sweeps, histograms and the morphology table."""
-    from deepfield.physics import ObservationModel
-    from deepfield.tasks.evaluate import evaluate_morphology
+    from deepfield.tasks.evaluate import condition_names, conditional_sweep, evaluate_morphology, samples_beside
 
     body = page.section("Samples")
-    names = _conditions(model)
-    priors = _priors(model)
-    generator = torch.Generator().manual_seed(seed)
+    names = condition_names(model)
     examples = examples[:8]
     if examples.size:
-        psf = torch.from_numpy(store.read("psf", examples))
-        ivar = torch.from_numpy(store.read("ivar", examples))
-        cond = {c: torch.from_numpy(store.column(c)[examples].astype(np.float32)) for c in names} or None
-        panels = {"held-out": store.read("x", examples)}
-        observation = ObservationModel("pixel")
-        noiseless = None
-        for arg, label in priors:
-            sky = model.sample(examples.size, condition=cond, generator=generator, prior=arg)
-            noiseless = sky.numpy() if noiseless is None else noiseless
-            panels[f"{label}, observed"] = observation.observe(sky, psf, ivar=ivar, generator=generator).numpy()
-        panels[f"{priors[0][1]}, no PSF/noise"] = noiseless
+        panels = samples_beside(model, store, examples, seed=seed)
         cols = [f"id {int(store.ids[r])}" for r in examples]
         which = (f" with each held-out galaxy's {', '.join(names)}" if names else "")
         add_figure(body, "samples.png",
@@ -81,24 +48,14 @@ def sample_section(page, model, store: Store, rows: np.ndarray, examples: np.nda
                    "prior). One asinh stretch per column.")
         plots.plot_sample_grid(panels, tmp / "samples.png", pixel_scale=store.pixel_scale, column_labels=cols,
                                stretch="column")
-    swept = [c for c in SWEEP if c in names]
-    if swept:
-        catalog = {c: store.column(c)[rows].astype(np.float64) for c in names}
-        base = {c: float(np.median(v)) for c, v in catalog.items()}
-        n_cols = 6
-        for c in swept:
-            values = np.percentile(catalog[c], (5, 27.5, 50, 72.5, 95))
-            panels = {}
-            for v in values:
-                g = torch.Generator().manual_seed(seed + 1)  # the same latent draws in every row
-                cond = {k: torch.full((n_cols,), float(v if k == c else base[k])) for k in names}
-                panels[f"{c} = {v:.3g}"] = model.sample(n_cols, condition=cond, generator=g).numpy()
-            others = ", ".join(f"{k} = {base[k]:.3g}" for k in names if k != c)
-            add_figure(body, f"sweep_{c}.png",
-                       f"Conditional sweep: {c} from the 5th to the 95th percentile of the held-out galaxies (rows), "
-                       f"{others or 'no other condition'}; each column keeps its random draw, so only the condition "
-                       "changes down a column. Noiseless, PSF-free samples; one stretch for the whole figure.")
-            plots.plot_sample_grid(panels, tmp / f"sweep_{c}.png", pixel_scale=store.pixel_scale, stretch="figure")
+    for c in (c for c in SWEEP if c in names):
+        panels, base = conditional_sweep(model, store, rows, c, n_columns=6, seed=seed + 1)
+        others = ", ".join(f"{k} = {base[k]:.3g}" for k in names if k != c)
+        add_figure(body, f"sweep_{c}.png",
+                   f"Conditional sweep: {c} from the 5th to the 95th percentile of the held-out galaxies (rows), "
+                   f"{others or 'no other condition'}; each column keeps its random draw, so only the condition "
+                   "changes down a column. Noiseless, PSF-free samples; one stretch for the whole figure.")
+        plots.plot_sample_grid(panels, tmp / f"sweep_{c}.png", pixel_scale=store.pixel_scale, stretch="figure")
     if n_morphology and rows.size >= 20:
         result = evaluate_morphology(model, store, split="all", n=None, seed=seed, measurements=True,
                                      rows=rows[:n_morphology])

@@ -43,11 +43,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from deepfield._atomic import write_parquet_atomic
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
+from deepfield.models.folder import as_model
 from deepfield.models.protocol import has
 
 __all__ = ["METHODS", "score_store", "ensemble_scores", "calibrate_scores", "calibrate_table", "detection_metrics",
@@ -58,12 +59,6 @@ METHODS = ("reconstruction", "elbo", "density", "pixelcnn", "ratio", "gan")
 _LABEL_COLUMNS = ("anomaly_type", "anomaly_strength")
 
 
-def _load(model):
-    if model is None or isinstance(model, torch.nn.Module):
-        return model
-    import deepfield
-
-    return deepfield.load(model)
 
 
 def reconstructs(model) -> bool:
@@ -291,7 +286,7 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
                          "rank average)")
     store = store if isinstance(store, Store) else open_store(store)
     model_path = "" if model is None or isinstance(model, torch.nn.Module) else str(model)
-    model, background = _load(model), _load(background)
+    model, background = as_model(model), as_model(background)
     if model is None:
         raise InputError(f"the {method} score needs a model (--model DIR)")
     model.eval()
@@ -540,10 +535,5 @@ def write_scores(table: pa.Table, path: str | os.PathLike, overwrite: bool = Fal
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; pass --overwrite to replace it or choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_parquet_atomic(path, table)
     return path

@@ -22,15 +22,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from deepfield._atomic import staged_dir
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
+from deepfield.models.folder import as_model
 from deepfield.progress import progress_bar
 from deepfield.tasks.encode import check_model_store
 
@@ -51,14 +52,6 @@ def likelihood_kind(model) -> str:
 def bits_per_dim(log_likelihood: np.ndarray, shape) -> np.ndarray:
     """-log p / (n ln 2): bits per pixel value for images of `shape` (C, H, W); log p in nats."""
     return -np.asarray(log_likelihood, dtype=np.float64) / (float(np.prod(shape)) * math.log(2.0))
-
-
-def _load(model):
-    if isinstance(model, (str, os.PathLike)):
-        import deepfield
-
-        return deepfield.load(model)
-    return model
 
 
 def _score(model, store: Store, indices, batch_size: int, progress: bool, skip_nonfinite: bool, seed: int,
@@ -114,7 +107,7 @@ def log_likelihood_store(model, store, indices=None, batch_size: int = 256, prog
     Returns:
         (ids, values): catalog ids and log p (or ELBO) in nats, float64, in row order.
     """
-    model = _load(model)
+    model = as_model(model)
     store = store if isinstance(store, Store) else open_store(store)
     return _score(model, store, indices, batch_size, progress, skip_nonfinite, seed, "log-likelihood")
 
@@ -146,7 +139,7 @@ def likelihood_ratio_store(model, background, store, indices=None, batch_size: i
     Returns:
         (ids, log_ratio) in row order.
     """
-    model, background = _load(model), _load(background)
+    model, background = as_model(model), as_model(background)
     store = store if isinstance(store, Store) else open_store(store)
     _check_pair(model, background)
     ids, lp = _score(model, store, indices, batch_size, progress, skip_nonfinite, seed, "log-likelihood")
@@ -312,8 +305,8 @@ def compare_stores(model, reference, store, out, *, background=None, reference_s
     model_path = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     background_path = (str(background) if isinstance(background, (str, os.PathLike))
                        else type(background).__name__ if background is not None else None)
-    model = _load(model)
-    background = _load(background) if background is not None else None
+    model = as_model(model)
+    background = as_model(background) if background is not None else None
     reference = reference if isinstance(reference, Store) else open_store(reference)
     store = store if isinstance(store, Store) else open_store(store)
     out = Path(out)
@@ -361,10 +354,7 @@ def compare_stores(model, reference, store, out, *, background=None, reference_s
         "reference_rows": ref_words, "n_reference": int(ids_r.size), "n_simulation": int(ids_s.size),
         "image_shape": list(shape), "statistics": statistics,
     }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out) as tmp:
         n_r, n_s = ids_r.size, ids_s.size
         columns = {"dataset": np.array(["reference"] * n_r + ["simulation"] * n_s)}
         for key in tables["reference"]:
@@ -381,10 +371,4 @@ def compare_stores(model, reference, store, out, *, background=None, reference_s
                        "Ren et al. (2019) ratio: higher is more like the observations")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "summary.md").write_text(_markdown(summary))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from deepfield._atomic import write_parquet_atomic
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.models.protocol import capabilities, has
@@ -129,7 +129,4 @@ def codes_to_parquet(codes: Store, path, overwrite: bool = False) -> Path:
     for name in codes.columns:
         if name != "id":
             table = table.append_column(codes.catalog.schema.field(name), codes.catalog.column(name))
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
+    return write_parquet_atomic(path, table)

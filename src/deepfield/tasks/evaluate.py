@@ -20,7 +20,8 @@ from deepfield.models.protocol import has
 from deepfield.progress import progress_bar
 from deepfield.tasks.apply import resolve_indices
 
-__all__ = ["evaluate_morphology", "STATISTICS"]
+__all__ = ["evaluate_morphology", "STATISTICS", "reconstruction_errors", "reconstruct_rows", "condition_names",
+           "prior_choices", "samples_beside", "conditional_sweep"]
 
 #: the statistics compared (flux as a magnitude: counts have a tail that dominates W1)
 STATISTICS = ("magnitude", "sigma_arcsec", "e", "rho4", "gini", "m20", "concentration", "asymmetry")
@@ -144,3 +145,113 @@ def _spearman(catalog: dict, measured: dict, spearman, size: str = "sigma_arcsec
     if "magnitude" in catalog:
         rho["magnitude"] = spearman(catalog["magnitude"], measured["magnitude"]).rho
     return rho
+
+
+# --------------------------------------------------------------------------------------
+# what a report shows, measured here so that the report only draws
+
+
+@torch.no_grad()
+def reconstruction_errors(model, store: Store, rows, *, batch_size: int = 256, codes: bool = False,
+                          advance=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-object reconstruction MSE of `model` over rows `rows` of `store`, and their codes.
+
+    The error is the mean over pixels (and bands) of the squared difference in normalised units
+    (data / the training set's per-band pixel std, per feature for tables), between the data
+    and the model's own reconstruction in the data space (through the PSF for observation-model
+    VAEs, with conditions for conditional ones): the number training's evaluate_mse records.
+
+    Returns ((N,) float64 MSE, (N, latent_dim) float64 posterior-mean codes or None without
+    `codes`). `advance` (optional) is called with the number of objects after each batch.
+    """
+    from deepfield.data.batches import iterate_batches
+
+    model.eval()
+    errs, zs = [], []
+    for batch in iterate_batches(store, np.asarray(rows, dtype=np.int64), model, batch_size):
+        x = model.check_input(batch["x"])
+        err = (model.normalise(model.reconstruct_batch(batch)) - model.normalise(x)) ** 2
+        errs.append(err.reshape(err.shape[0], -1).double().mean(dim=1).numpy())
+        if codes:
+            zs.append(model.encode_batch(batch).double().numpy())
+        if advance is not None:
+            advance(x.shape[0])
+    return np.concatenate(errs), np.concatenate(zs) if codes else None
+
+
+@torch.no_grad()
+def reconstruct_rows(model, store: Store, rows) -> np.ndarray:
+    """The model's reconstructions of rows `rows` of `store` as observed (store units, float64,
+    (len(rows), *sample_shape)), in one batch."""
+    from deepfield.data.batches import iterate_batches
+
+    batch = next(iterate_batches(store, np.asarray(rows, dtype=np.int64), model, len(rows)))
+    return model.reconstruct_batch(batch).double().numpy()
+
+
+def condition_names(model) -> list[str]:
+    """The catalog columns a generative model's samples are conditioned on: the model's own,
+    then its latent prior's."""
+    names = list(getattr(model.config, "condition", ()) or ())
+    for c in getattr(getattr(model, "prior", None), "data_columns", ()) or ():
+        if c not in names:
+            names.append(c)
+    return names
+
+
+def prior_choices(model) -> list[tuple[str, str]]:
+    """(``sample``'s prior argument, label) of the latent priors to sample: the fitted prior
+    first when there is one ('flow', 'GMM'), then N(0, I)."""
+    out = []
+    if getattr(model, "prior", None) is not None:
+        name = type(model.prior).__name__
+        out.append(("auto", {"LatentFlow": "flow", "GaussianMixturePrior": "GMM"}.get(name, name)))
+    out.append(("gaussian", "N(0, I)"))
+    return out
+
+
+@torch.no_grad()
+def samples_beside(model, store: Store, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Samples drawn for the held-out objects `rows` of an image store (with their conditions),
+    observed through each object's own PSF and noise, for each prior of :func:`prior_choices`.
+
+    Returns {"held-out": the objects' images, "LABEL, observed": the samples as observed, one
+    entry per prior, "LABEL, no PSF/noise": the first prior's noiseless, PSF-free samples}, each
+    (len(rows), C, H, W) in store units. One seeded generator draws the samples and the noise.
+    """
+    from deepfield.physics import ObservationModel
+
+    rows = np.asarray(rows, dtype=np.int64)
+    names = condition_names(model)
+    priors = prior_choices(model)
+    generator = torch.Generator().manual_seed(seed)
+    psf = torch.from_numpy(store.read("psf", rows))
+    ivar = torch.from_numpy(store.read("ivar", rows))
+    cond = {c: torch.from_numpy(store.column(c)[rows].astype(np.float32)) for c in names} or None
+    panels = {"held-out": store.read("x", rows)}
+    observation = ObservationModel("pixel")
+    noiseless = None
+    for arg, label in priors:
+        sky = model.sample(rows.size, condition=cond, generator=generator, prior=arg)
+        noiseless = sky.numpy() if noiseless is None else noiseless
+        panels[f"{label}, observed"] = observation.observe(sky, psf, ivar=ivar, generator=generator).numpy()
+    panels[f"{priors[0][1]}, no PSF/noise"] = noiseless
+    return panels
+
+
+@torch.no_grad()
+def conditional_sweep(model, store: Store, rows, column: str, *, n_columns: int = 6, seed: int = 0,
+                      percentiles=(5, 27.5, 50, 72.5, 95)) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Noiseless, PSF-free samples with condition `column` at `percentiles` of its values over
+    `rows` (one entry "column = value" each, (n_columns, C, H, W) in store units) and the other
+    conditions at their medians (returned as the second value, {column: median}). Every entry
+    reuses the same latent draws (seed), so only the condition changes between them."""
+    names = condition_names(model)
+    catalog = {c: store.column(c)[np.asarray(rows, dtype=np.int64)].astype(np.float64) for c in names}
+    base = {c: float(np.median(v)) for c, v in catalog.items()}
+    panels = {}
+    for v in np.percentile(catalog[column], percentiles):
+        g = torch.Generator().manual_seed(seed)
+        cond = {k: torch.full((n_columns,), float(v if k == column else base[k])) for k in names}
+        panels[f"{column} = {v:.3g}"] = model.sample(n_columns, condition=cond, generator=g).numpy()
+    return panels, base
