@@ -239,3 +239,13 @@ def test_model_folder_errors_name_the_problem(blob_store, tmp_path):
         build_model("ae", blob_store, {"latent_dims": 3})
     with pytest.raises(ConfigError, match="square"):
         ConvAutoencoder(ConvAutoencoderConfig(input_shape=(100,)))
+
+
+def test_help_config_reads_every_field_doc_of_the_family_configs():
+    """--help-config's meanings come from each config's Arguments block, 'a, b: ...' lines included."""
+    from deepfield.models.base import config_docs
+
+    for family, cls in FAMILIES.items():
+        docs = config_docs(cls.config_class)
+        undocumented = [k for k, (_, _, doc) in docs.items() if not doc]
+        assert not undocumented, f"{family}: {cls.config_class.__name__} documents no {undocumented}"

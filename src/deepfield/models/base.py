@@ -61,29 +61,42 @@ def family_class(family: str) -> type["Model"]:
     return FAMILIES[family]
 
 
-def config_docs(config_class) -> dict[str, tuple[str, str, str]]:
-    """{field: (type, default, doc)} of a config dataclass, the doc read from its docstring's
-    ``Arguments:`` block (``name: text`` lines, continued by deeper-indented lines)."""
+def _argument_docs(docstring: str) -> dict[str, str]:
+    """{name: text} of the ``Arguments:`` block of a docstring."""
     docs: dict[str, str] = {}
-    lines = (config_class.__doc__ or "").splitlines()
-    current, indent = None, None
+    current: list[str] = []
+    indent = None
     in_args = False
-    for line in lines:
+    for line in docstring.splitlines():
         stripped = line.strip()
         if stripped in ("Arguments:", "Args:", "Attributes:"):
-            in_args, current, indent = True, None, None
+            in_args, current, indent = True, [], None
             continue
         if not in_args or not stripped:
             continue
         depth = len(line) - len(line.lstrip())
-        name, sep, text = stripped.partition(":")
-        if sep and name.isidentifier() and (indent is None or depth <= indent):
-            current, indent = name, depth
-            docs[name] = text.strip()
-        elif current is not None and indent is not None and depth > indent:
-            docs[current] += " " + stripped
+        names, sep, text = stripped.partition(":")
+        names = [n.strip() for n in names.split(",")]  # 'channels, blocks: ...' documents both
+        if sep and all(n.isidentifier() for n in names) and (indent is None or depth <= indent):
+            current, indent = names, depth
+            for name in names:
+                docs[name] = text.strip()
+        elif current and indent is not None and depth > indent:
+            for name in current:
+                docs[name] += " " + stripped
         else:
             in_args = False
+    return docs
+
+
+def config_docs(config_class) -> dict[str, tuple[str, str, str]]:
+    """{field: (type, default, doc)} of a config dataclass, the doc read from the ``Arguments:``
+    blocks of its docstring and its parents' (``name: text`` or ``a, b: text`` lines, continued
+    by deeper-indented lines; a subclass's text wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(config_class.__mro__):
+        if "__doc__" in vars(klass) and dataclasses.is_dataclass(klass):
+            docs.update(_argument_docs(klass.__doc__ or ""))
     hints = typing.get_type_hints(config_class)
     out = {}
     for f in dataclasses.fields(config_class):

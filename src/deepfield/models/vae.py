@@ -65,6 +65,9 @@ class VAEConfig:
     condition: catalog columns given to encoder and decoder (conditional VAE), e.g.
         ('half_light_radius', 'magnitude', 'redshift').
     psf_to_encoder: also show the encoder each object's PSF stamp (pixel/fourier).
+    psf_shape: (h, w) of the PSF stamps the encoder reads (taken from the training store).
+    flux_zeropoint: AB zeropoint of the store's pixel units, when flux_condition is a magnitude
+        (taken from the training store's meta; see flux_condition).
     flux_condition: one of the condition columns holding each object's total flux in the
         reference band (pixel/fourier). The decoder then draws a flux-free profile, in units
         of that flux, and does not see the column: a faint galaxy's shape is drawn from the
