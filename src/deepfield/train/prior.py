@@ -45,10 +45,10 @@ def posterior_codes(vae, store: Store, rows: np.ndarray, batch_size: int = 256,
     return np.concatenate(means), np.concatenate(stds)
 
 
-def train_prior(model_dir, store=None, *, kind: str = "nsf", condition=(), epochs: int = 100,
-                batch_size: int = 256, lr: float = 1e-3, transforms: int = 6, hidden=(128, 128),
+def train_prior(model_dir, store=None, *, kind: str = "nsf", condition: tuple[str, ...] = (), epochs: int = 100,
+                batch_size: int = 256, lr: float = 1e-3, transforms: int = 6, hidden: tuple[int, ...] = (128, 128),
                 components: int = 10, seed: int = 0, threads: int | None = 1, where: str | None = None,
-                refine_steps: int = 0, refine_prior_weight: float | None = None, extra_stores=(),
+                refine_steps: int = 0, refine_prior_weight: float | None = None, extra_stores: tuple = (),
                 progress: bool = True) -> Path:
     """Fit a prior on the codes of the VAE in `model_dir` (train split of its store); returns prior/.
 
