@@ -259,6 +259,25 @@ def test_shared_psf_broadcasts_and_copy_keeps_everything(tmp_path):
     assert sub.meta["provenance"]["source_fingerprint"] == s.fingerprint
 
 
+def test_public_readers_of_shared_arrays_and_chunks(tmp_path):
+    psf = np.zeros((1, 5, 5), "f4")
+    psf[0, 2, 2] = 1
+    with create_store(tmp_path / "s", (1, 4, 4), arrays={"ivar": (1, 4, 4)}, shared={"psf": psf}) as w:
+        w.append(x=np.arange(6, dtype="f4")[:, None, None, None] * np.ones((1, 1, 4, 4), "f4"),
+                 ivar=np.ones((6, 1, 4, 4), "f4"))
+    s = open_store(tmp_path / "s")
+    assert np.array_equal(s.read_shared("psf"), psf)  # the one PSF itself, no N axis
+    with pytest.raises(InputError, match="no shared array 'ivar'.*psf"):
+        s.read_shared("ivar")
+    # 16 float32 pixels a row: a 2 MiB chunk holds 4096 rows (the cap), so the 6 rows share one
+    assert s.chunk_rows("x") == 4096 == s.chunk_rows("ivar")
+    with pytest.raises(InputError, match="no per-object array 'psf'"):
+        s.chunk_rows("psf")
+    streamed = s.dataset(indices=[4, 1], arrays=("x", "psf"), in_memory=False)
+    assert float(streamed[0]["x"][0, 0, 0]) == 4.0 and float(streamed[1]["x"][0, 0, 0]) == 1.0
+    assert np.array_equal(streamed[1]["psf"].numpy(), psf)
+
+
 def test_summary_reports_band_stats(blob_store):
     summary = blob_store.summary()
     assert summary["n"] == 240 and summary["bands"] == ["r"]

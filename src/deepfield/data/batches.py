@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from deepfield.errors import InputError
+
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader, Dataset
 
     from deepfield.data.store import Store
 
-__all__ = ["model_arrays", "model_columns", "iterate_batches", "normalisation_sample", "make_loader",
+__all__ = ["model_arrays", "model_columns", "check_model_store", "iterate_batches", "normalisation_sample", "make_loader",
            "batch_loader", "UnpairedDataset"]
 
 
@@ -39,6 +41,37 @@ def model_arrays(model, store: Store | None = None) -> tuple[str, ...]:
 def model_columns(model) -> tuple[str, ...]:
     """The catalog columns `model` reads (its conditions), in its order."""
     return tuple(getattr(model, "data_columns", ()) or ())
+
+
+def check_model_store(model, store: Store) -> None:
+    """Refuse a store whose objects `model` cannot read (other shape or bands, PSF stamps of another size,
+    a missing array it requires, another pixel scale), saying what differs and the fix."""
+    record = getattr(model, "record", {}) or {}
+    rec = record.get("store", {})
+    if tuple(store.sample_shape) != model.input_shape:
+        trained = rec.get("bands") or []
+        if store.kind == "image" and len(store.sample_shape) == 3 and store.sample_shape[0] != model.input_shape[0]:
+            raise InputError(f"store {store.path} has {store.sample_shape[0]} band(s) "
+                             f"{tuple(store.bands)} but the model was trained on {model.input_shape[0]} "
+                             f"{tuple(trained)}: select matching bands or retrain")
+        raise InputError(f"store {store.path} holds objects of shape {store.sample_shape} but the model "
+                         f"was trained on {model.input_shape}: use a store of that shape or retrain")
+    psf_shape = tuple(getattr(getattr(model, "config", None), "psf_shape", ()) or ())
+    if getattr(getattr(model, "config", None), "psf_to_encoder", False) and store.has("psf") \
+            and store.array_shape("psf") != psf_shape:
+        raise InputError(f"store {store.path} has PSF stamps of shape {store.array_shape('psf')} but the model's "
+                         f"encoder reads {psf_shape} stamps: crop or pad them symmetrically about their centre to "
+                         "that size (or retrain on this store)")
+    for array in getattr(model, "data_arrays", ()):
+        if array != "x" and not store.has(array):
+            raise InputError(f"the model reads {array!r} for each object but store {store.path} has no such array "
+                             f"(it has {', '.join(store.array_names)}); "
+                             + ("give the PSF stamps when importing (deepfield import --psf)" if array == "psf" else
+                                "give the inverse variance when importing (deepfield import --ivar)" if array == "ivar"
+                                else "add it to the store"))
+    if rec.get("pixel_scale") and store.pixel_scale and not np.isclose(rec["pixel_scale"], store.pixel_scale):
+        raise InputError(f"store {store.path} has pixel scale {store.pixel_scale} arcsec but the model was "
+                         f"trained at {rec['pixel_scale']} arcsec: resample the images or retrain")
 
 
 def iterate_batches(store: Store, indices: np.ndarray, model, batch_size: int = 256) -> Iterator[dict]:

@@ -279,7 +279,7 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
         metadata records the method, options, model and store fingerprint, and skipped ids.
     """
     from deepfield.progress import progress_bar
-    from deepfield.tasks.encode import check_model_store
+    from deepfield.data.batches import check_model_store
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)} (or ensemble_scores for a "

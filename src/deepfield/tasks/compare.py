@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from deepfield._atomic import staged_dir
+from deepfield.data.batches import check_model_store
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError, ModelFolderError
 from deepfield.models.folder import as_model
 from deepfield.progress import progress_bar
-from deepfield.tasks.encode import check_model_store
 
 __all__ = ["likelihood_kind", "log_likelihood_store", "likelihood_ratio_store", "compare_stores", "auroc",
            "bits_per_dim"]

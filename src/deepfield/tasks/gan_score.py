@@ -114,7 +114,7 @@ def gan_score_store(model: GAN, store, indices=None, batch_size: int = 256, prog
     ``feature_score`` (N,), ``code`` (N, latent_dim) and, with `reconstructions`,
     ``reconstruction`` and ``residual`` (N, *input_shape) in store units.
     """
-    from deepfield.tasks.encode import check_model_store
+    from deepfield.data.batches import check_model_store
     from deepfield.data.batches import iterate_batches
 
     _check_model(model)

@@ -109,7 +109,7 @@ def train_prior(model_dir, store=None, *, kind: str = "nsf", condition: tuple[st
                           "give refine_steps > 0 too (--refine-steps N)")
     condition = tuple(condition)
     # the training objects: the VAE's own, then those of any extra store (checked before any work)
-    from deepfield.tasks.encode import check_model_store
+    from deepfield.data.batches import check_model_store
 
     sources = [(store, splits["train"])]
     for extra in ([extra_stores] if isinstance(extra_stores, (str, Path, Store)) else extra_stores):

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
+from deepfield.data.batches import check_model_store
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.models import Model
 from deepfield.models.base import config_to_dict
 from deepfield.models.folder import as_model
 from deepfield.tasks.apply import map_store
-from deepfield.tasks.encode import check_model_store
 
 __all__ = ["embed_store", "model_identity"]
 

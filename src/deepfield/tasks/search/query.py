@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from deepfield.data.batches import check_model_store
 from deepfield.data.store import Store, is_store, open_store
 from deepfield.errors import InputError, StoreError
 from deepfield.models import Model
 from deepfield.progress import progress_bar
-from deepfield.tasks.encode import check_model_store
 from deepfield.tasks.search.embed import describe_model, describe_store, model_and_folder, model_identity
 from deepfield.tasks.search.engine import prepare_vectors, raw_search
 
