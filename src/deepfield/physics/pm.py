@@ -194,37 +194,52 @@ def grid_positions(mesh_shape, *, dtype: torch.dtype = torch.float32, device=Non
 
 # ----------------------------------------------------------------------------- mass assignment
 
-def _cic_stencil(positions: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat mesh indices (N, 8) and CIC weights (N, 8) of each particle's eight cells.
+def _cic_stencil(positions: torch.Tensor, shape: Sequence[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Flat mesh indices and CIC weights of each particle's eight cells: two lists of eight (N,).
 
-    Built axis by axis ((N, 2) per axis, then broadcast) so that the integer work is on (N, 3),
-    not (N, 8, 3), elements: painting is the PM step's bottleneck.
+    Kept as (N,) vectors, axis by axis, and never stacked: broadcast (N, 2, 2, 2) integer
+    arithmetic and (N, 8) copies cost several times more on CPU, and this is the PM step's
+    bottleneck. Wrapping is done in floating point (exact for cell indices below 2^24).
     """
-    base = torch.floor(positions.detach())
-    frac = positions - base  # carries the gradient with respect to the positions
-    cell = base.to(torch.long)
-    index, weight = [], []
-    for axis, n in enumerate(shape):
-        lower = torch.remainder(cell[:, axis], n)
-        upper = torch.where(lower == n - 1, torch.zeros_like(lower), lower + 1)
-        index.append(torch.stack([lower, upper], -1))
-        f = frac[:, axis]
-        weight.append(torch.stack([1 - f, f], -1))
-    flat = ((index[0][:, :, None, None] * shape[1] + index[1][:, None, :, None]) * shape[2]
-            + index[2][:, None, None, :])
-    w = weight[0][:, :, None, None] * weight[1][:, None, :, None] * weight[2][:, None, None, :]
-    return flat.reshape(-1, 8), w.reshape(-1, 8)
+    if math.prod(shape) >= 2 ** 31:
+        raise InputError(f"mesh {tuple(shape)} has 2^31 cells or more: split it across processes "
+                         "(deepfield.physics.pm_distributed)")
+    xt = positions.t().contiguous()
+    base = torch.floor(xt.detach())
+    frac = xt - base  # carries the gradient with respect to the positions
+    sizes = torch.tensor(shape, dtype=base.dtype, device=base.device)[:, None]
+    # int32 indices: int64 arithmetic costs three times more, and index_select/index_add take both
+    lower = (base - sizes * torch.floor(base / sizes)).to(torch.int32)
+    upper = lower + 1
+    upper = torch.where(upper == sizes.to(torch.int32), torch.zeros_like(upper), upper)
+    strides = torch.tensor([shape[1] * shape[2], shape[2], 1], dtype=torch.int32, device=base.device)[:, None]
+    lower, upper = lower * strides, upper * strides
+    index = [(lower[a], upper[a]) for a in range(3)]
+    weight = [(1 - frac[a], frac[a]) for a in range(3)]
+    pair_index = [[index[0][i] + index[1][j] for j in (0, 1)] for i in (0, 1)]
+    pair_weight = [[weight[0][i] * weight[1][j] for j in (0, 1)] for i in (0, 1)]
+    corners = [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    return ([pair_index[i][j] + index[2][k] for i, j, k in corners],
+            [pair_weight[i][j] * weight[2][k] for i, j, k in corners])
 
 
-def _paint_stencil(mesh: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return mesh.reshape(-1).index_add(0, flat.reshape(-1), w.reshape(-1).to(mesh.dtype)).reshape(mesh.shape)
+def _paint_stencil(mesh: torch.Tensor, flat: list[torch.Tensor], w: list[torch.Tensor]) -> torch.Tensor:
+    out = mesh.reshape(-1)
+    for index, weight in zip(flat, w):
+        out = out.index_add(0, index, weight.to(mesh.dtype))
+    return out.reshape(mesh.shape)
 
 
-def _read_stencil(mesh: torch.Tensor | Sequence[torch.Tensor], flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _read_stencil(mesh: torch.Tensor | Sequence[torch.Tensor], flat: list[torch.Tensor],
+                  w: list[torch.Tensor]) -> torch.Tensor:
     """(N,) values of a 3-D mesh, or (N, C) of a list of C meshes or an (n0, n1, n2, C) mesh."""
     if isinstance(mesh, torch.Tensor) and mesh.ndim == 3:
-        # torch.take is several times faster than advanced indexing here
-        return (torch.take(mesh, flat) * w.to(mesh.dtype)).sum(-1)
+        # index_select on int32 is several times faster than advanced indexing here
+        values = mesh.reshape(-1)
+        out = values.index_select(0, flat[0]) * w[0].to(mesh.dtype)
+        for index, weight in zip(flat[1:], w[1:]):
+            out = out + values.index_select(0, index) * weight.to(mesh.dtype)
+        return out
     components = mesh.unbind(-1) if isinstance(mesh, torch.Tensor) else mesh
     return torch.stack([_read_stencil(c.contiguous(), flat, w) for c in components], -1)
 
@@ -248,8 +263,8 @@ def cic_paint(mesh: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor 
     _check_positions(positions)
     flat, w = _cic_stencil(positions, mesh.shape)
     if weight is not None:
-        weight = torch.as_tensor(weight, dtype=w.dtype, device=w.device)
-        w = w * (weight[:, None] if weight.ndim == 1 else weight)
+        weight = torch.as_tensor(weight, dtype=w[0].dtype, device=w[0].device)
+        w = [wc * weight for wc in w]
     painted = _paint_stencil(mesh, flat, w)
     return cic_compensate(painted) if compensate else painted
 
@@ -320,7 +335,7 @@ def pm_forces(positions: torch.Tensor, mesh_shape, *, delta: torch.Tensor | None
     if delta is None:
         mass = math.prod(shape) / positions.shape[0]
         density = _paint_stencil(torch.zeros(shape, dtype=positions.dtype, device=positions.device),
-                                 stencil[0], stencil[1] * mass)
+                                 stencil[0], [w * mass for w in stencil[1]])
         delta = density - 1
     elif tuple(delta.shape) != shape:
         raise InputError(f"delta has shape {tuple(delta.shape)} but mesh_shape is {shape}: pass one or the other")
