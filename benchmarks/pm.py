@@ -16,7 +16,7 @@ For each mesh (32^3 and 64^3 by default, box 4 Mpc/h per cell, Planck 2018):
 - speed: wall time of one simulation after warm-up, median of `--rounds` interleaved rounds
   (deepfield, JaxPM, deepfield, ...; target <= 1.0x JaxPM's); time to first result in a fresh
   process (imports excluded, JaxPM's compile and deepfield's growth-ODE solve included); peak
-  resident memory of that fresh process over its state after imports and field creation.
+  resident memory of that fresh process over its size after imports and field creation.
 
 Both engines use every core: torch.set_num_threads(os.cpu_count()) and XLA's default pool.
 The machine may be shared: the load average is recorded with the result.
@@ -166,7 +166,8 @@ def fresh_process(engine: str, n: int) -> dict:
 def child(engine: str, n: int) -> None:
     field = initial_field(n)
     runner = deepfield_runner(n) if engine == "deepfield" else jaxpm_runner(n)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the resident set now (not its high-water mark, which imports may have raised above it)
+    base = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
     t0 = time.perf_counter()
     runner(field)
     first = time.perf_counter() - t0
@@ -221,8 +222,8 @@ def main() -> None:
     load = os.getloadavg()
     note = (f"\n\n2LPT (a=0.1) + {N_STEPS} FastPM KDK steps to a=1, {CELL:g} Mpc/h cells, the same initial field "
             f"for both, float32, B=1. Date {time.strftime('%Y-%m-%d')}, load average {load[0]:.2f} on "
-            f"{os.cpu_count()} cores (a shared machine: times are indicative). Peak MiB: growth of the resident "
-            "set of a fresh process during its first simulation.")
+            f"{os.cpu_count()} cores (a shared machine: times are indicative). Peak MiB: the resident set's high-water "
+            "mark in a fresh process during its first simulation, above its size after imports and field creation.")
     payload = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_average": load, "jax": jax.__version__,
                "jaxpm": getattr(jaxpm, "__version__", "?"), "torch_threads": torch.get_num_threads(),
                "a_start": A_START, "a_end": A_END, "n_steps": N_STEPS, "cell_mpc_h": CELL, "seed": SEED,
