@@ -300,6 +300,6 @@ def simulate_distributed(cosmo: Cosmology, mesh_shape, initial_slab: torch.Tenso
         x, p = state[:, :3], state[:, 3:]
         f = _particle_forces(x, layout, force_resolution, gradient)
         p = p + f * coeff["kick2"][i]
-    n_total = math.prod(layout.shape)
-    density = _paint_slab(_local_positions(x, layout), layout, 1.0) * (math.prod(layout.shape) / n_total)
+    # one particle per cell of the particle grid: unit mass gives 1 + delta
+    density = _paint_slab(_local_positions(x, layout), layout, 1.0)
     return DistributedSimulation(x, p, density)
