@@ -31,7 +31,7 @@ def model_arrays(model, store: Store | None = None) -> tuple[str, ...]:
     """The store arrays `model` reads, 'x' first: its required ``data_arrays``, then those of its
     ``optional_data_arrays`` that `store` has (none without a store)."""
     required = tuple(getattr(model, "data_arrays", ()) or ())
-    optional = tuple(getattr(model, "optional_data_arrays", ()) or ())
+    optional = tuple(model.optional_data_arrays)
     names = ["x", *(a for a in required if a != "x")]
     if store is not None:
         names += [a for a in optional if a not in names and store.has(a)]

@@ -348,6 +348,11 @@ class Model(nn.Module):
         return ()
 
     @property
+    def optional_data_arrays(self) -> tuple[str, ...]:
+        """Store arrays the model reads when the store has them (e.g. a recorded 'noise_ps')."""
+        return ()
+
+    @property
     def data_columns(self) -> tuple[str, ...]:
         """Catalog columns each batch needs (e.g. the conditions of a conditional model)."""
         return ()

@@ -25,6 +25,7 @@ from deepfield.physics.likelihood import (ObservationModel, estimate_noise_ps, f
 from deepfield.physics.psf import (as_psf, convolve_psf, gaussian_psf, moffat_psf, oversample_psf,
                                    psf_band_limit_mask)
 from deepfield.physics.resample import dilate, resample_images
+from deepfield.physics import cosmology, pm, statistics  # noqa: F401,E402  (particle mesh; see each module)
 
 __all__ = [
     "ObservationModel",
