@@ -1,5 +1,6 @@
-"""The worker pool that draws batches of galaxies: spawned processes, each with its own renderer,
-batches returned in order so the store is the same for any worker count."""
+"""The worker pool that makes batches of stamps (simulated galaxies, imported real ones): spawned
+processes, each with its own batch maker, batches returned in order so the store is the same for
+any worker count."""
 
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ class _BatchMaker:
         return catalog, arrays
 
 
-_WORKER: _BatchMaker | None = None
+_WORKER = None  # this worker process's batch maker
 
 
-def _init_worker(survey: dict, render: dict) -> None:
+def _init_worker(make: type, args: tuple) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     global _WORKER
-    _WORKER = _BatchMaker(survey, render)
+    _WORKER = make(*args)
 
 
 def _make_in_worker(lo: int, hi: int):
@@ -61,11 +62,16 @@ def _single_threaded_children():
             os.environ["OMP_NUM_THREADS"] = old
 
 
-def _made_batches(batches, survey: dict, render: dict, workers: int) -> Iterator:
-    """Yield (catalog, arrays) for each (lo, hi) batch, in order. With workers > 1 a spawn pool
-    makes up to 2 batches per worker ahead of the writer."""
+def ordered_batches(make: type, args: tuple, batches, workers: int) -> Iterator:
+    """Yield ``make(*args)(lo, hi)`` for each (lo, hi) in `batches`, in order.
+
+    `make` is a picklable class (module level) whose instances turn a row range into a batch;
+    each worker process builds one. With workers > 1 a spawn pool makes up to 2 batches per
+    worker ahead of the caller, so a writer consuming them in order writes the same store for
+    any worker count.
+    """
     if workers == 1:
-        maker = _BatchMaker(survey, render)
+        maker = make(*args)
         for lo, hi in batches:
             yield maker(lo, hi)
         return
@@ -74,7 +80,7 @@ def _made_batches(batches, survey: dict, render: dict, workers: int) -> Iterator
     # spawn, never fork: GalSim's bundled OpenMP runtime deadlocks in forked children
     ctx = mp.get_context("spawn")
     with _single_threaded_children():
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(survey, render))
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(make, args))
     try:
         todo = iter(batches)
         pending: deque = deque()
@@ -94,3 +100,8 @@ def _made_batches(batches, survey: dict, render: dict, workers: int) -> Iterator
     finally:
         pool.terminate()
         pool.join()
+
+
+def _made_batches(batches, survey: dict, render: dict, workers: int) -> Iterator:
+    """Yield (catalog, arrays) of simulated galaxies for each (lo, hi) batch, in order."""
+    return ordered_batches(_BatchMaker, (survey, render), batches, workers)
