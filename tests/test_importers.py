@@ -448,3 +448,295 @@ def test_cli_import_success_and_bad_input(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "no HDU 'NOPE'" in capsys.readouterr().err.replace("\n", "")
     assert nothing_at(bad)
+
+
+# --------------------------------------------------------------------------------------
+# GalSim RealGalaxyCatalogs (deepfield import cosmos): 5 real AEGIS galaxies in two HST bands
+
+from pathlib import Path  # noqa: E402
+
+from conftest import cli  # noqa: E402
+
+REAL = Path(__file__).parent / "data" / "galsim-real"
+F606, F814 = REAL / "AEGIS_F606w_catalog.fits", REAL / "AEGIS_F814w_catalog.fits"
+
+
+def real_copy(tmp_path, edit=None, catalog="AEGIS_F814w_catalog.fits"):
+    """The real test files copied to tmp_path; `edit(columns)` changes the catalog's columns."""
+    import shutil
+
+    folder = tmp_path / "real"
+    shutil.copytree(REAL, folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    if edit is not None:
+        with fits.open(folder / catalog, mode="update") as hdul:
+            edit(hdul[1].data)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def aegis(tmp_path_factory):
+    from deepfield.data.importers import import_cosmos
+
+    out = tmp_path_factory.mktemp("cosmos") / "aegis"
+    return import_cosmos([F606, F814], out, size=64, progress=False)
+
+
+def source_stamp(catalog: Path, row: int, what="GAL"):
+    table = fits.getdata(catalog, 1)
+    name = table[f"{what}_FILENAME"][row].strip()
+    return fits.getdata(catalog.parent / name, int(table[f"{what}_HDU"][row])).astype(np.float64)
+
+
+def test_cosmos_stamps_keep_the_flux_and_record_the_cut(aegis):
+    table = fits.getdata(F814, 1)
+    assert aegis.bands == ("F606W", "F814W") and aegis.pixel_scale == 0.03
+    assert aegis.ids.tolist() == table["IDENT"].tolist()
+    x, mask = aegis.read("x").astype(np.float64), aegis.read("mask")
+    for c, (band, catalog) in enumerate((("F606W", F606), ("F814W", F814))):
+        for i in range(len(aegis)):
+            src = source_stamp(catalog, int(aegis.column(f"catalog_row_{band}")[i]))
+            h, w = src.shape
+            assert (aegis.column(f"source_height_{band}")[i], aegis.column(f"source_width_{band}")[i]) == (h, w)
+            # no pixel rescaled: kept flux + recorded cut = the source stamp's flux
+            kept = x[i, c].sum()
+            assert kept + aegis.column(f"cut_flux_{band}")[i] == pytest.approx(src.sum(), rel=1e-6)
+            assert x[i, c, 32, 32] == pytest.approx(src[h // 2, w // 2], rel=1e-6)
+            # a source smaller than the stamp is padded: exactly the padding is masked, all flux kept
+            padded = (64 - min(h, 64)) * 64 + (64 - min(w, 64)) * 64 - (64 - min(h, 64)) * (64 - min(w, 64))
+            assert mask[i, c].sum() == padded
+            if h <= 64 and w <= 64:
+                assert aegis.column(f"cut_flux_{band}")[i] == pytest.approx(0.0, abs=1e-6 * src.sum())
+    # the big galaxy (156 x 142 pixels) loses flux to a 64-pixel stamp, and says how much
+    big = int(np.argmax(aegis.column("source_height_F814W")))
+    assert aegis.column("cut_flux_F814W")[big] > 0.1 * aegis.column("flux_F814W")[big]
+
+
+def test_cosmos_bands_are_matched_by_ident(aegis):
+    t606, t814 = fits.getdata(F606, 1), fits.getdata(F814, 1)
+    for i, ident in enumerate(aegis.ids):
+        r606 = int(aegis.column("catalog_row_F606W")[i])
+        r814 = int(aegis.column("catalog_row_F814W")[i])
+        assert t606["IDENT"][r606] == ident and t814["IDENT"][r814] == ident
+        assert aegis.column("mag_F606W")[i] == t606["MAG"][r606]
+        assert aegis.column("mag_F814W")[i] == t814["MAG"][r814]
+        # the same galaxy on the sky in both bands (to 0.01 arcsec)
+        assert abs(t606["RA"][r606] - t814["RA"][r814]) * 3600 < 0.01
+    assert aegis.units["ra"] == "deg" and aegis.units["mag_F814W"] == "mag"
+
+
+def test_cosmos_bands_join_by_ident_whatever_the_row_order(tmp_path):
+    from deepfield.data.importers import import_cosmos
+
+    # the F814W catalog reversed, its last galaxy dropped: the join follows IDENT, not rows
+    folder = real_copy(tmp_path)
+    from astropy.table import Table
+
+    data = Table.read(F814)[::-1][:4]
+    data.write(folder / "AEGIS_F814w_catalog.fits", overwrite=True)
+    store = import_cosmos([folder / "AEGIS_F606w_catalog.fits", folder / "AEGIS_F814w_catalog.fits"],
+                          tmp_path / "s", size=32, progress=False)
+    first = fits.getdata(F606, 1)["IDENT"]
+    missing = data["IDENT"].tolist()
+    assert store.ids.tolist() == [i for i in first if i in missing] and len(store) == 4
+    assert store.meta["provenance"]["dropped_missing_band"] == {"F814W": 1}
+    ref = fits.getdata(F814, 1)
+    for i, ident in enumerate(store.ids):
+        row = int(np.flatnonzero(ref["IDENT"] == ident)[0])
+        assert store.column("mag_F814W")[i] == ref["MAG"][row]
+
+
+def test_cosmos_psf_is_the_catalog_psf_on_an_odd_unit_sum_stamp(aegis):
+    psf = aegis.read("psf").astype(np.float64)
+    assert psf.shape == (5, 2, 25, 25)
+    assert np.allclose(psf.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    for i in range(len(aegis)):
+        for c, catalog in enumerate((F606, F814)):
+            stamp = psf[i, c]
+            assert np.unravel_index(stamp.argmax(), stamp.shape) == (12, 12)
+            # the resampled PSF keeps the source PSF's second moments (pixels^2), to 5%
+            src = source_stamp(catalog, int(aegis.column(f"catalog_row_{aegis.bands[c]}")[i]), "PSF")
+
+            def width(img):
+                yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+                img = img / img.sum()
+                my, mx = (img * yy).sum(), (img * xx).sum()
+                return (img * ((yy - my) ** 2 + (xx - mx) ** 2)).sum()
+
+            core = src[src.shape[0] // 2 - 8:src.shape[0] // 2 + 8, src.shape[1] // 2 - 8:src.shape[1] // 2 + 8]
+            mine = stamp[12 - 8:12 + 8, 12 - 8:12 + 8]
+            assert width(mine) == pytest.approx(width(core), rel=0.05)
+
+
+def test_cosmos_noise_ps_matches_the_catalog_variance_and_ivar(aegis):
+    ps, ivar, mask = aegis.read("noise_ps").astype(np.float64), aegis.read("ivar"), aegis.read("mask")
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(64), np.fft.fftfreq(64), indexing="ij"))
+    for c, band in enumerate(aegis.bands):
+        variance = aegis.column(f"noise_variance_{band}")
+        # the mean over modes of a power spectrum is the pixel variance (Parseval)
+        assert np.allclose(ps[:, c].mean(axis=(1, 2)), variance, rtol=0.01)
+        # ACS noise is correlated (drizzled): far more power at low than at high frequency
+        assert (ps[:, c][:, k < 0.1].mean(axis=1) > 10 * ps[:, c][:, k > 0.5].mean(axis=1)).all()
+        assert np.allclose(ivar[:, c][~mask[:, c]], np.repeat(1 / variance, (~mask[:, c]).sum(axis=(1, 2))),
+                           rtol=1e-6)
+        assert (ivar[:, c][mask[:, c]] == 0).all()
+
+
+def test_noise_ps_from_the_cosmos_correlation_function_matches_galsims_noise():
+    """GalSim's own COSMOS noise (getCOSMOSNoise on the 81x81 F814W correlation function) has the
+    power spectrum we build, in every ring of |k|, to ~2% (300 stamps)."""
+    import galsim
+
+    from deepfield.data.importers.cosmos import noise_power_spectrum_from_cf
+
+    cf_file = REAL / "acs_I_unrot_sci_20_cf.fits"
+    size, variance = 48, 7e-6
+    ps = noise_power_spectrum_from_cf(fits.getdata(cf_file), variance, size)
+    noise = galsim.getCOSMOSNoise(file_name=str(cf_file), variance=variance, cosmos_scale=0.03,
+                                  rng=galsim.BaseDeviate(5))
+    power = np.zeros((size, size))
+    for _ in range(300):
+        image = galsim.ImageD(size, size, scale=0.03)
+        image.addNoise(noise)
+        power += np.abs(np.fft.fft2(image.array, norm="ortho")) ** 2 / 300
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij"))
+    assert ps.mean() == pytest.approx(variance, rel=1e-3)
+    for lo in np.arange(0.0, 0.7, 0.1):
+        ring = (k >= lo) & (k < lo + 0.1)
+        assert power[ring].mean() == pytest.approx(ps[ring].mean(), rel=0.03), lo
+
+
+def test_cosmos_older_layout_without_noise_files(tmp_path):
+    from deepfield.data.importers import import_cosmos
+
+    store = import_cosmos(REAL / "test_catalog.fits", tmp_path / "old", size=32, progress=False)
+    # both rows share IDENT 100533: ids number the rows, the IDENT stays in its column
+    assert store.ids.tolist() == [0, 1] and store.column("ident").tolist() == [100533, 100533]
+    assert "ra" not in store.columns and store.bands == ("F814W",)
+    ps = store.read("noise_ps")
+    variance = store.column("noise_variance_F814W")
+    assert np.allclose(ps, variance[:, None, None, None], rtol=1e-6)  # white: no noise file
+
+
+def test_cosmos_magnitude_cut_and_parametric_companion(tmp_path):
+    from astropy.table import Table
+
+    from deepfield.data.importers import import_cosmos
+
+    folder = real_copy(tmp_path)
+    table = fits.getdata(F814, 1)
+    # a parametric catalog in COSMOSCatalog's layout, rows in another order, one galaxy missing
+    order = [3, 0, 2, 1]  # galaxy 4 (IDENT 24216, MAG 22.8) has no fit
+    rng = np.random.default_rng(0)
+    hlr = rng.uniform(0.1, 1.0, (4, 3))
+    flux = rng.uniform(1.0, 5.0, (4, 3))
+    sersic = rng.uniform(0.5, 4.0, (4, 8))
+    fit = Table({"IDENT": table["IDENT"][order], "hlr": hlr, "flux": flux, "sersicfit": sersic,
+                 "zphot": rng.uniform(0.1, 2.0, 4), "mag_auto": table["MAG"][order]})
+    fit["hlr"].unit = "arcsec"
+    fit.write(folder / "AEGIS_F814w_catalog_fits.fits")
+    store = import_cosmos(folder / "AEGIS_F814w_catalog.fits", tmp_path / "s", size=32, max_mag=24.72,
+                          progress=False)
+    keep = table["MAG"] <= 24.72
+    assert 0 < keep.sum() < 5 and store.ids.tolist() == table["IDENT"][keep].tolist()
+    assert (store.column("magnitude") <= 24.72).all()
+    assert store.units["half_light_radius"] == "arcsec" and store.units["fit_hlr_0"] == "arcsec"
+    assert np.isnan(store.column("half_light_radius")).sum() == 1
+    for i, ident in enumerate(store.ids):
+        j = [int(table["IDENT"][o]) for o in order].index(ident) if ident in table["IDENT"][order] else None
+        if j is None:
+            assert np.isnan(store.column("half_light_radius")[i])
+            continue
+        assert store.column("half_light_radius")[i] == pytest.approx(hlr[j, 0])
+        assert store.column("sersic_n")[i] == pytest.approx(sersic[j, 2])
+        assert store.column("bulge_fraction")[i] == pytest.approx(flux[j, 1] / (flux[j, 1] + flux[j, 2]))
+        assert store.column("mag_auto")[i] == pytest.approx(store.column("magnitude")[i])
+
+
+def test_cosmos_resume_after_a_crash_and_workers_give_the_same_store(tmp_path, monkeypatch, aegis):
+    from deepfield.data import store as store_module
+    from deepfield.data.importers import import_cosmos
+
+    calls = {"n": 0}
+    append = store_module.StoreWriter.append
+
+    def crashing_append(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return append(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.StoreWriter, "append", crashing_append)
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        import_cosmos([F606, F814], out, size=64, batch=2, progress=False)
+    monkeypatch.undo()
+    resumed = import_cosmos([F606, F814], out, size=64, batch=2, resume=True, progress=False)
+    assert resumed.fingerprint == aegis.fingerprint
+    parallel = import_cosmos([F606, F814], tmp_path / "p", size=64, batch=2, workers=2, progress=False)
+    assert parallel.fingerprint == aegis.fingerprint
+
+
+# bad input: named, exit code 2, nothing at OUT
+
+
+def test_cosmos_missing_image_file_names_the_file_and_row(tmp_path, capsys):
+    out = tmp_path / "s"
+    code, text = cli(capsys, "import", "cosmos", REAL / "real_galaxy_catalog_23.5_example.fits", out,
+                     "--no-progress")
+    text = text.replace("\n", "")
+    assert code == 2 and "real_galaxy_images.fits" in text and "row 0 (IDENT 100027)" in text
+    assert "--dir" in text and nothing_at(out)
+
+
+def test_cosmos_missing_psf_file(tmp_path):
+    from deepfield.data.importers import import_cosmos
+
+    folder = real_copy(tmp_path)
+    (folder / "AEGIS_F814w_PSF_images_02.fits").unlink()
+    rows = np.flatnonzero(np.char.strip(fits.getdata(F814, 1)["PSF_FILENAME"]) == "AEGIS_F814w_PSF_images_02.fits")
+    ident = fits.getdata(F814, 1)["IDENT"][rows[0]]
+    with pytest.raises(InputError, match=rf"PSF image .*AEGIS_F814w_PSF_images_02.fits.*row {rows[0]} \(IDENT {ident}\)"):
+        import_cosmos(folder / "AEGIS_F814w_catalog.fits", tmp_path / "s", progress=False)
+    assert nothing_at(tmp_path / "s")
+
+
+@pytest.mark.parametrize("column,value,message", [
+    ("GAL_HDU", 7, r"GAL_HDU 7 in row 1 \(IDENT 14886\) .* is out of range: .*has HDUs 0\.\.2"),
+    ("PSF_HDU", -1, r"PSF_HDU -1 in row 1 \(IDENT 14886\) .* is out of range"),
+    ("PIXEL_SCALE", 0.0, r"PIXEL_SCALE = 0\.0 in row 1 \(IDENT 14886\).*positive"),
+    ("PIXEL_SCALE", -0.03, r"PIXEL_SCALE = -0\.03 in row 1 \(IDENT 14886\)"),
+])
+def test_cosmos_bad_catalog_rows_are_named(tmp_path, capsys, column, value, message):
+    def edit(data):
+        data[column][1] = value
+
+    folder = real_copy(tmp_path, edit)
+    out = tmp_path / "s"
+    code, text = cli(capsys, "import", "cosmos", folder / "AEGIS_F814w_catalog.fits", out, "--no-progress")
+    import re
+
+    assert code == 2 and re.search(message, text.replace("\n", "")), text
+    assert nothing_at(out)
+
+
+def test_cosmos_nan_pixels_refused_or_masked(tmp_path, capsys):
+    from deepfield.data.importers import import_cosmos
+
+    folder = real_copy(tmp_path)
+    table = fits.getdata(F814, 1)
+    name, hdu = table["GAL_FILENAME"][2].strip(), int(table["GAL_HDU"][2])
+    with fits.open(folder / name, mode="update") as hdul:
+        h, w = hdul[hdu].data.shape
+        hdul[hdu].data[h // 2, w // 2 - 3:w // 2] = np.nan
+    out = tmp_path / "s"
+    code, text = cli(capsys, "import", "cosmos", folder / "AEGIS_F814w_catalog.fits", out, "--no-progress")
+    text = text.replace("\n", "")
+    assert code == 2 and "row 2 (IDENT 9024)" in text and "3 NaN or inf pixels" in text and name in text
+    assert nothing_at(out)
+    store = import_cosmos(folder / "AEGIS_F814w_catalog.fits", out, nan_policy="zero", progress=False)
+    mask, ivar, x = store.read("mask")[2, 0], store.read("ivar")[2, 0], store.read("x")[2, 0]
+    assert store.column("nan_pixels_F814W").tolist() == [0, 0, 3, 0, 0]
+    assert mask[32, 29:32].all() and (ivar[32, 29:32] == 0).all() and (x[32, 29:32] == 0).all()
+    assert not mask[32, 32] and np.isfinite(store.read("x")).all()

@@ -180,13 +180,13 @@ def _check_band(band: _Band) -> None:
     bad = np.flatnonzero(~(band.pixel_scale > 0))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"PIXEL_SCALE = {band.pixel_scale[i]!r} in {band.row_name(i)}"
+        raise InputError(f"PIXEL_SCALE = {float(band.pixel_scale[i])!r} in {band.row_name(i)}"
                          f"{f' and {bad.size - 1} other rows' if bad.size > 1 else ''}; a pixel scale "
                          "is a positive number of arcsec per pixel: fix or drop those rows")
     bad = np.flatnonzero(~(band.variance > 0))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"NOISE_VARIANCE = {band.variance[i]!r} in {band.row_name(i)}; the noise "
+        raise InputError(f"NOISE_VARIANCE = {float(band.variance[i])!r} in {band.row_name(i)}; the noise "
                          "variance per pixel must be positive: fix or drop that row")
     for what, files, hdus, column in (("galaxy image", band.gal_file, band.gal_hdu, "GAL_HDU"),
                                       ("PSF image", band.psf_file, band.psf_hdu, "PSF_HDU"),
