@@ -740,3 +740,177 @@ def test_cosmos_nan_pixels_refused_or_masked(tmp_path, capsys):
     assert store.column("nan_pixels_F814W").tolist() == [0, 0, 3, 0, 0]
     assert mask[32, 29:32].all() and (ivar[32, 29:32] == 0).all() and (x[32, 29:32] == 0).all()
     assert not mask[32, 32] and np.isfinite(store.read("x")).all()
+
+
+# --------------------------------------------------------------------------------------
+# survey cutouts (deepfield import cutouts): a mosaic with a rotated, non-square-pixel WCS
+
+SKY_SIGMA = 0.5
+
+
+def mosaic_wcs(nx=240, ny=200, rotation_deg=30.0, scales=(0.2, 0.25)):
+    """A TAN WCS rotated by `rotation_deg`, pixels `scales` arcsec along x and y."""
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [nx / 2, ny / 2]
+    t = np.radians(rotation_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    wcs.wcs.cd = rot @ np.diag([-scales[0], scales[1]]) / 3600.0
+    return wcs
+
+
+def gaussian_blob(nx, ny, x0, y0, flux, sigma=2.0):
+    """A Gaussian integrated over each pixel (pixel i covers [i - 0.5, i + 0.5])."""
+    from scipy.special import erf
+
+    def axis(n, c):
+        edges = np.arange(n + 1) - 0.5
+        return 0.5 * np.diff(erf((edges - c) / (np.sqrt(2) * sigma)))
+
+    return flux * np.outer(axis(ny, y0), axis(nx, x0))
+
+
+def mosaic_files(folder, positions, fluxes, *, wcs=True, nx=240, ny=200, seed=0):
+    """Mosaic (with noise SKY_SIGMA), weight map and catalog (ID, RA, Dec) of objects at pixel
+    `positions` (x, y, 0-based); returns the paths and the WCS."""
+    from astropy.table import Table
+
+    w = mosaic_wcs(nx, ny)
+    image = np.random.default_rng(seed).normal(0.0, SKY_SIGMA, (ny, nx))
+    for (x0, y0), f in zip(positions, fluxes):
+        image += gaussian_blob(nx, ny, x0, y0, f)
+    header = w.to_header() if wcs else fits.Header()
+    header["FILTER"] = "r"
+    header["BUNIT"] = "nanomaggy"
+    fits.PrimaryHDU(image.astype(np.float32), header=header).writeto(folder / "mosaic.fits")
+    weight = np.full((ny, nx), 1 / SKY_SIGMA**2, np.float32)
+    fits.PrimaryHDU(weight, header=header).writeto(folder / "weight.fits")
+    ra, dec = w.all_pix2world(np.array(positions)[:, 0], np.array(positions)[:, 1], 0)
+    table = Table({"ID": np.arange(100, 100 + len(positions)), "RA": ra, "Dec": dec, "flux_true": fluxes})
+    table["RA"].unit = table["Dec"].unit = "deg"
+    table.write(folder / "catalog.fits")
+    return folder / "mosaic.fits", folder / "weight.fits", folder / "catalog.fits", w
+
+
+POSITIONS = [(60.3, 50.7), (120.0, 100.0), (180.8, 140.2), (90.6, 150.45), (200.2, 60.9), (4.2, 100.3)]
+FLUXES = [800.0, 1500.0, 600.0, 1000.0, 1200.0, 900.0]
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    return mosaic_files(tmp_path_factory.mktemp("mosaic"), POSITIONS, FLUXES)
+
+
+def test_cutouts_land_each_object_on_the_centre_pixel_and_keep_its_flux(mosaic, tmp_path):
+    from deepfield.data.importers import import_cutouts
+
+    image, weight, catalog, _ = mosaic
+    store = import_cutouts(image, tmp_path / "s", catalog=catalog, size=32, weight=weight, progress=False)
+    assert store.ids.tolist() == list(range(100, 106)) and store.bands == ("r",)
+    assert store.pixel_scale == pytest.approx(np.sqrt(0.2 * 0.25), rel=1e-9)
+    assert store.meta["extra"]["pixel_scales_xy"] == pytest.approx([0.2, 0.25], rel=1e-9)
+    x, ivar, mask = store.read("x").astype(np.float64), store.read("ivar"), store.read("mask")
+    yy, xx = np.mgrid[:32, :32]
+    for i, ((x0, y0), flux) in enumerate(zip(POSITIONS, FLUXES)):
+        # the WCS round trip finds the pixel the object was put on
+        assert store.column("x_pixel")[i] == pytest.approx(x0, abs=1e-6)
+        assert store.column("y_pixel")[i] == pytest.approx(y0, abs=1e-6)
+        dx, dy = store.column("offset_x")[i], store.column("offset_y")[i]
+        assert abs(dx) <= 0.5 and abs(dy) <= 0.5
+        aperture = (np.hypot(xx - 16 - dx, yy - 16 - dy) < 8) & ~mask[i, 0]
+        stamp = x[i, 0] * aperture
+        # centroid on the middle pixel plus the recorded sub-pixel offset
+        cy, cx = (stamp * yy).sum() / stamp.sum(), (stamp * xx).sum() / stamp.sum()
+        if i != 5:  # the last object sits 4 pixels from the mosaic's edge: half its stamp is off
+            assert cx == pytest.approx(16 + dx, abs=0.06) and cy == pytest.approx(16 + dy, abs=0.06)
+            # flux in an 8-pixel aperture (99.97% of a sigma = 2 px Gaussian), noise ~7 counts
+            assert stamp.sum() == pytest.approx(flux, abs=4 * SKY_SIGMA * np.sqrt(aperture.sum()) + 0.001 * flux)
+            assert not mask[i].any() and np.allclose(ivar[i], 1 / SKY_SIGMA**2)
+    # the edge object: the 16 - 4 = 12 columns left of the mosaic are masked, ivar 0, x 0
+    assert mask[5, 0, :, :12].all() and not mask[5, 0, :, 12:].any()
+    assert (ivar[5, 0, :, :12] == 0).all() and (x[5, 0, :, :12] == 0).all()
+    assert store.column("masked_fraction")[5] == pytest.approx(12 / 32)
+    assert store.column("flux_true").tolist() == FLUXES and store.units["RA"] == "deg"
+
+
+def test_cutouts_drop_edge_objects_and_estimate_the_sky_noise(mosaic, tmp_path):
+    from deepfield.data.importers import import_cutouts
+
+    image, _, catalog, _ = mosaic
+    store = import_cutouts(image, tmp_path / "s", catalog=catalog, size=32, edge="drop", progress=False)
+    assert store.ids.tolist() == list(range(100, 105))
+    assert store.meta["provenance"]["dropped_at_edge"] == 1
+    # no weight map: ivar from the sigma-clipped sky noise, the objects clipped away
+    assert store.meta["extra"]["sky_sigma"] == pytest.approx(SKY_SIGMA, rel=0.02)
+    assert np.allclose(store.read("ivar"), 1 / store.meta["extra"]["sky_sigma"] ** 2)
+
+
+def test_cutouts_psf_shared_or_one_per_catalog_row(mosaic, tmp_path):
+    from deepfield.data.importers import import_cutouts
+
+    image, weight, catalog, _ = mosaic
+    shared = gaussian_blob(15, 15, 7, 7, 3.0, sigma=1.5)
+    fits.PrimaryHDU(shared).writeto(tmp_path / "psf.fits")
+    store = import_cutouts(image, tmp_path / "a", catalog=catalog, size=32, psf=tmp_path / "psf.fits",
+                           progress=False)
+    assert store.shared_arrays == ("psf",)
+    psf = store.read("psf")  # (N, 1, 15, 15), the one PSF broadcast
+    assert psf.shape == (6, 1, 15, 15) and psf[0, 0].sum() == pytest.approx(1.0, rel=1e-6)
+    assert np.allclose(psf[0, 0], shared / shared.sum(), rtol=1e-5)
+    # one even (16 x 16) PSF per catalog row, each of another width: resampled to odd 17 x 17 stamps
+    widths = np.linspace(1.0, 2.0, len(POSITIONS))
+    cube = np.stack([gaussian_blob(16, 16, 7.5, 7.5, 1.0, sigma=s) for s in widths])
+    fits.PrimaryHDU(cube).writeto(tmp_path / "psfs.fits")
+    store = import_cutouts(image, tmp_path / "b", catalog=catalog, size=32, psf=tmp_path / "psfs.fits",
+                           edge="drop", progress=False)
+    psfs = store.read("psf")[:, 0].astype(np.float64)
+    assert psfs.shape == (5, 17, 17) and np.allclose(psfs.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    yy, xx = np.mgrid[:17, :17]
+    for p, s in zip(psfs, widths[:5]):  # the edge object (row 5) was dropped: rows follow the catalog
+        assert np.unravel_index(p.argmax(), p.shape) == (8, 8)
+        var = (p * (xx - 8) ** 2).sum()
+        assert np.sqrt(var) == pytest.approx(np.sqrt(s**2 + 1 / 12), rel=0.05)
+
+
+def test_cli_import_cutouts(mosaic, tmp_path, capsys):
+    image, weight, catalog, _ = mosaic
+    out = tmp_path / "s"
+    code, text = cli(capsys, "import", "cutouts", image, out, "--catalog", catalog, "--size", 24,
+                     "--weight", weight, "--ra-col", "ra", "--dec-col", "DEC", "--id-col", "id",
+                     "--no-progress")
+    assert code == 0 and "n=6" in text and "(1, 24, 24)" in text and "bands r" in text
+    assert open_store(out).ids.tolist() == list(range(100, 106))
+
+
+def test_cutouts_bad_input_is_named(tmp_path, capsys, mosaic):
+    image, weight, catalog, _ = mosaic
+    # a mosaic without WCS
+    folder = tmp_path / "nowcs"
+    folder.mkdir()
+    bare, _, bare_catalog, _ = mosaic_files(folder, POSITIONS[:2], FLUXES[:2], wcs=False)
+    out = tmp_path / "s"
+    code, text = cli(capsys, "import", "cutouts", bare, out, "--catalog", catalog, "--no-progress")
+    assert code == 2 and "no celestial WCS" in text.replace("\n", "") and nothing_at(out)
+    # a catalog position outside the mosaic
+    from astropy.table import Table
+
+    off = Table.read(catalog)
+    off["RA"][2] += 1.0  # a degree away
+    off.write(tmp_path / "off.fits")
+    code, text = cli(capsys, "import", "cutouts", image, out, "--catalog", tmp_path / "off.fits", "--no-progress")
+    text = text.replace("\n", "")
+    assert code == 2 and "row 2 (id 102)" in text and "outside the 240 x 200 mosaic" in text
+    assert "--edge drop" in text and nothing_at(out)
+    # a weight map of another shape
+    fits.PrimaryHDU(np.ones((100, 100), np.float32)).writeto(tmp_path / "w.fits")
+    code, text = cli(capsys, "import", "cutouts", image, out, "--catalog", catalog, "--weight",
+                     tmp_path / "w.fits", "--no-progress")
+    text = text.replace("\n", "")
+    assert code == 2 and "(100, 100)" in text and "(200, 240)" in text and nothing_at(out)
+    # a missing column
+    code, text = cli(capsys, "import", "cutouts", image, out, "--catalog", catalog, "--ra-col", "alpha",
+                     "--no-progress")
+    assert code == 2 and "no ra column 'alpha'" in text.replace("\n", "") and nothing_at(out)

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from deepfield.cli._app import app
 
-__all__ = ["import_command", "cosmos_command"]
+__all__ = ["import_command", "cosmos_command", "cutouts_command"]
 
 
 class _FileByDefault(TyperGroup):
@@ -116,4 +116,36 @@ def cosmos_command(
     store = import_cosmos(catalogs, out, dir=dir, size=size, psf_size=psf_size, max_mag=max_mag,
                           nan_policy=nan_policy, workers=workers, overwrite=overwrite, resume=resume,
                           progress=progress)
+    _summary(store)
+
+
+@import_app.command("cutouts")
+def cutouts_command(
+    mosaic: Path = typer.Argument(..., help="Survey image (FITS) with a celestial WCS."),
+    out: Path = typer.Argument(..., help="Store directory to create."),
+    catalog: Path = typer.Option(..., "--catalog", help="Objects to cut: FITS table, CSV, ECSV or Parquet "
+                                 "with RA/Dec in degrees."),
+    size: int = typer.Option(64, "--size", help="Stamp side in pixels."),
+    weight: Optional[Path] = typer.Option(None, "--weight", help="Inverse-variance map of the mosaic's "
+                                          "shape (default: a sky-noise estimate)."),
+    psf: Optional[Path] = typer.Option(None, "--psf", help="PSF image (shared), (N, h, w) cube (one "
+                                       "per catalog row) or PSFEx .psf model."),
+    ra_col: Optional[str] = typer.Option(None, "--ra-col", help="RA column (default: ra, any case)."),
+    dec_col: Optional[str] = typer.Option(None, "--dec-col", help="Dec column (default: dec, any case)."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="Integer id column (default: id if "
+                                         "present, else row numbers)."),
+    edge: str = typer.Option("mask", "--edge", help="mask: keep stamps running off the mosaic, "
+                             "masked; drop: leave them out."),
+    band: Optional[str] = typer.Option(None, "--band", help="Band name (default: header FILTER/BAND)."),
+    hdu: Optional[str] = typer.Option(None, "--hdu", help="HDU (name or index) of the mosaic."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at OUT."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted import at OUT."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Cut stamps of catalog objects out of a survey mosaic through its WCS (ivar, mask, PSF)."""
+    from deepfield.data.importers import import_cutouts
+
+    store = import_cutouts(mosaic, out, catalog=catalog, size=size, weight=weight, psf=psf,
+                           ra_col=ra_col, dec_col=dec_col, id_col=id_col, edge=edge, band=band,
+                           hdu=hdu, overwrite=overwrite, resume=resume, progress=progress)
     _summary(store)

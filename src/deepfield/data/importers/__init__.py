@@ -41,6 +41,7 @@ from typing import Any
 from deepfield.data.importers._common import (_DEFAULT_BATCH_ROWS, _EXTENSIONS, _finish_plan, _jsonable,
                                               _positive_int, _write)
 from deepfield.data.importers.cosmos import import_cosmos
+from deepfield.data.importers.cutouts import import_cutouts
 from deepfield.data.importers.fits import _plan_fits
 from deepfield.data.importers.hdf5 import _plan_hdf5
 from deepfield.data.importers.npy import _plan_numpy
@@ -48,7 +49,7 @@ from deepfield.data.importers.sklearn_sets import SKLEARN_SETS, _plan_sklearn
 from deepfield.data.store import Store
 from deepfield.errors import InputError, StoreError
 
-__all__ = ["import_data", "import_cosmos", "detect_format", "FORMATS", "SKLEARN_SETS"]
+__all__ = ["import_data", "import_cosmos", "import_cutouts", "detect_format", "FORMATS", "SKLEARN_SETS"]
 
 FORMATS = ("fits", "hdf5", "numpy", "sklearn")
 
