@@ -100,6 +100,10 @@ def simulate_galaxies(
     resume: bool = False,
     progress: bool = True,
     batch: int = 256,
+    morphology: str = "parametric",
+    cosmos: str | os.PathLike | None = None,
+    cosmos_dir: str | os.PathLike | None = None,
+    shear: tuple[float, float] | None = None,
 ):
     """Simulate `n` bulge + disk galaxy stamps with GalSim and write them to a store at `out`.
 
@@ -138,6 +142,13 @@ def simulate_galaxies(
         resume: finish an interrupted write of the same simulation at `out`.
         progress: show a progress bar (stderr).
         batch: objects per batch handed to a worker and appended to the store.
+        morphology: "parametric" (bulge + disk, above) or "cosmos": real HST galaxies from the
+            RealGalaxyCatalog `cosmos`, drawn through each object's PSF, pixel scale and noise
+            with random rotations (GalSim's RealGalaxy and noise whitening; see
+            :mod:`deepfield.data.galaxies.real` for what such a store holds: no ``truth``).
+        cosmos: the RealGalaxyCatalog FITS file (``morphology="cosmos"`` only).
+        cosmos_dir: folder of its image files (default: the catalog's folder).
+        shear: a constant reduced shear (g1, g2) applied to every real galaxy (``"cosmos"``).
 
     Returns:
         The committed :class:`~deepfield.data.store.Store`.
@@ -168,6 +179,10 @@ def simulate_galaxies(
     psf = str(psf).lower()
     if psf not in ("moffat", "kolmogorov"):
         raise InputError(f"psf={psf!r}: choose 'moffat' or 'kolmogorov'")
+    morphology = str(morphology).lower()
+    if morphology not in ("parametric", "cosmos"):
+        raise InputError(f"morphology={morphology!r}: choose 'parametric' (bulge + disk) or 'cosmos' "
+                         "(real galaxies from a RealGalaxyCatalog, --cosmos CATALOG)")
     from importlib.metadata import version
 
     from deepfield.data.store import create_store
@@ -181,6 +196,15 @@ def simulate_galaxies(
     provenance = {"simulator": "deepfield.data.galaxies.simulate_galaxies",
                   "parameters": parameters, "seed": seed, "galsim_version": galsim_version,
                   "numpy_version": np.__version__}
+    survey = {"bands": bands, "depth": float(depth), "pixel_scale": float(pixel_scale), "seed": seed}
+    render = {"size": size, "pixel_scale": float(pixel_scale), "n_bands": C, "psf": psf,
+              "correlated_noise": bool(correlated_noise)}
+    if morphology == "cosmos":
+        return _simulate_real(out, n, bands, size, pixel_scale, seed, workers, psf, correlated_noise,
+                              overwrite, resume, progress, batch, cosmos, cosmos_dir, shear, survey,
+                              render, provenance)
+    if cosmos is not None or shear is not None:
+        raise InputError("cosmos= and shear= apply to morphology='cosmos' (--morphology cosmos)")
     conventions = {
         "flux_unit": "counts", "zeropoint_ab": ZEROPOINT, "reference_band": ref,
         "centre_pixel": [size // 2, size // 2],
@@ -198,9 +222,6 @@ def simulate_galaxies(
         overwrite=overwrite, resume=resume)
     start = writer.n_written
     batches = [(lo, min(lo + batch, n)) for lo in range(start, n, batch)]
-    survey = {"bands": bands, "depth": float(depth), "pixel_scale": float(pixel_scale), "seed": seed}
-    render = {"size": size, "pixel_scale": float(pixel_scale), "n_bands": C, "psf": psf,
-              "correlated_noise": bool(correlated_noise)}
     bar, task = _progress_bar(progress, n, start, "galaxies")
     with writer, bar:
         for catalog, arrays in _made_batches(batches, survey, render,
@@ -211,5 +232,68 @@ def simulate_galaxies(
                                    arrays["x"].shape)
             writer.append(x=arrays["x"], catalog=catalog, psf=arrays["psf"], ivar=ivar,
                           truth=arrays["truth"])
+            bar.advance(task, len(catalog["id"]))
+    return writer.store
+
+
+def _simulate_real(out, n, bands, size, pixel_scale, seed, workers, psf, correlated_noise, overwrite,
+                   resume, progress, batch, cosmos, cosmos_dir, shear, survey, render, provenance):
+    """simulate_galaxies(morphology="cosmos"): real galaxies through the survey (see .real)."""
+    from pathlib import Path
+
+    from deepfield.data.galaxies.pool import ordered_batches
+    from deepfield.data.galaxies.real import RealGalaxyMaker, real_catalog_units
+    from deepfield.data.importers._common import _file_record
+    from deepfield.data.importers.cosmos import _Band, _check_band
+    from deepfield.data.store import create_store
+
+    if cosmos is None:
+        raise InputError("morphology='cosmos' draws real galaxies from a GalSim RealGalaxyCatalog: "
+                         "pass cosmos=CATALOG (--cosmos CATALOG, e.g. real_galaxy_catalog_25.2.fits)")
+    if correlated_noise:
+        raise InputError("correlated_noise applies to parametric galaxies; real galaxies get white "
+                         "noise after GalSim's noise whitening")
+    if shear is not None:
+        shear = tuple(float(g) for g in shear)
+        if len(shear) != 2 or not np.hypot(*shear) < 1:
+            raise InputError(f"shear={shear}: give a reduced shear (g1, g2) with |g| < 1")
+    path = Path(cosmos)
+    if not path.is_file():
+        raise InputError(f"no such RealGalaxyCatalog: {path}; check the path (--cosmos)")
+    cosmos_dir = None if cosmos_dir is None else str(Path(cosmos_dir))
+    band = _Band(path, cosmos_dir)  # the same named errors as `deepfield import cosmos`
+    _check_band(band)
+    provenance["parameters"].update(morphology="cosmos", cosmos=str(path.resolve()),
+                                    cosmos_dir=None if cosmos_dir is None else str(Path(cosmos_dir).resolve()),
+                                    shear=None if shear is None else list(shear))
+    provenance["cosmos_file"] = _file_record(path)
+    C = len(bands)
+    conventions = {
+        "flux_unit": "counts", "zeropoint_ab": ZEROPOINT, "reference_band": _reference_band(bands),
+        "centre_pixel": [size // 2, size // 2],
+        "morphology": f"real HST galaxies ({band.band}) from {path.name}, deconvolved by their HST PSF, "
+                      "randomly rotated; the same AB magnitude in every band (no colours)",
+        "x": "real galaxy (*) PSF (*) pixel + whitened HST noise + Gaussian noise",
+        "psf": "PSF sampled at pixel centres (method='no_pixel'), unit sum",
+        "ivar": "1 / noise_sigma**2 per pixel (the larger of the survey noise and the whitened HST noise)",
+        "noise": "white Gaussian after GalSim's noise whitening",
+    }
+    render = dict(render, shear=shear)
+    writer = create_store(
+        out, (C, size, size), kind="image", bands=bands, pixel_scale=float(pixel_scale),
+        arrays={"psf": (C, _PSF_STAMP, _PSF_STAMP), "ivar": (C, size, size)},
+        units=real_catalog_units(bands), provenance=provenance, extra_meta=conventions,
+        overwrite=overwrite, resume=resume)
+    start = writer.n_written
+    batches = [(lo, min(lo + batch, n)) for lo in range(start, n, batch)]
+    spec = {"catalog": str(path), "dir": cosmos_dir}
+    bar, task = _progress_bar(progress, n, start, "galaxies")
+    with writer, bar:
+        for catalog, arrays in ordered_batches(RealGalaxyMaker, (survey, render, spec), batches,
+                                               min(workers, max(len(batches), 1))):
+            sigma = np.stack([catalog[f"noise_sigma_{b}"] for b in bands], axis=1)
+            ivar = np.broadcast_to((1.0 / sigma**2).astype(np.float32)[:, :, None, None],
+                                   arrays["x"].shape)
+            writer.append(x=arrays["x"], catalog=catalog, psf=arrays["psf"], ivar=ivar)
             bar.advance(task, len(catalog["id"]))
     return writer.store
