@@ -914,3 +914,26 @@ def test_cutouts_bad_input_is_named(tmp_path, capsys, mosaic):
     code, text = cli(capsys, "import", "cutouts", image, out, "--catalog", catalog, "--ra-col", "alpha",
                      "--no-progress")
     assert code == 2 and "no ra column 'alpha'" in text.replace("\n", "") and nothing_at(out)
+
+
+def test_cosmos_stamp_reader_agrees_with_astropy(tmp_path):
+    """The importer finds HDUs by reading only the cards that size them; every stamp it reads
+    equals astropy's, scaled integers included, and files it does not handle go to astropy."""
+    from deepfield.data.importers.cosmos import _ImageFiles, _scan_hdus
+
+    ints = np.arange(-600, 600, dtype=np.int16).reshape(30, 40)
+    scaled = fits.PrimaryHDU(ints)
+    scaled.header["BSCALE"], scaled.header["BZERO"] = 0.5, 10.0
+    fits.HDUList([scaled, fits.ImageHDU(np.ones((3, 5), ">f8"))]).writeto(tmp_path / "scaled.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.ones((16, 16), np.float32))]).writeto(tmp_path / "comp.fits")
+    reader = _ImageFiles(keep=2)
+    files = sorted(REAL.glob("AEGIS_*images*.fits")) + [REAL / "test_images.fits", tmp_path / "scaled.fits",
+                                                        tmp_path / "comp.fits"]
+    for path in files:
+        with fits.open(path) as hdul:
+            for k, hdu in enumerate(hdul):
+                if hdu.is_image and hdu.data is not None:
+                    assert np.array_equal(reader.read(str(path), k), np.asarray(hdu.data, dtype=np.float64)), (path, k)
+    assert _scan_hdus(str(tmp_path / "comp.fits")) is None
+    assert reader.read(str(tmp_path / "scaled.fits"), 0)[0, 0] == -600 * 0.5 + 10.0
+    reader.close()

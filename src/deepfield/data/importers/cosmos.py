@@ -212,14 +212,93 @@ def _check_band(band: _Band) -> None:
 
 
 def _hdu_count(path: str) -> int:
-    from astropy.io import fits
+    return len(_hdu_index(path))
 
+
+_BLOCK = 2880  # FITS files are written in blocks of 36 cards of 80 bytes
+_BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+def _scan_hdus(path: str) -> list[tuple[int, tuple[int, ...], str, float, float]] | None:
+    """Where each HDU's data lie: (byte offset, shape, dtype, BSCALE, BZERO) per HDU, found by
+    reading only the header cards that size the data. None for a file this scan does not
+    handle (compressed, gzipped, tables); astropy reads those.
+
+    COSMOS image files hold ~1000 stamps each; astropy parses every card of every header on the
+    way to HDU k (~1 ms per HDU), this scan only the few that say how far to skip.
+    """
+    entries = []
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return None
+        offset = 0
+        while offset < size:
+            cards: dict[str, str] = {}
+            header_end = None
+            while header_end is None:
+                f.seek(offset)
+                block = f.read(_BLOCK)
+                if len(block) < _BLOCK:  # not a whole block: let astropy say what is wrong
+                    return None
+                offset += _BLOCK
+                for k in range(0, _BLOCK, 80):
+                    card = block[k:k + 80]
+                    key = card[:8].decode("ascii", "replace").strip()
+                    if key == "END":
+                        header_end = offset
+                        break
+                    if card[8:10] == b"= ":
+                        cards[key] = card[10:].split(b"/")[0].decode("ascii", "replace").strip()
+            first = not entries
+            if first and cards.get("SIMPLE") != "T":
+                return None
+            if not first and cards.get("XTENSION", "").strip("' ") != "IMAGE":
+                return None
+            if "ZIMAGE" in cards:
+                return None
+            try:
+                bitpix = int(cards["BITPIX"])
+                naxis = int(cards["NAXIS"])
+                shape = tuple(int(cards[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
+                pcount, gcount = int(cards.get("PCOUNT", 0)), int(cards.get("GCOUNT", 1))
+                bscale, bzero = float(cards.get("BSCALE", 1.0)), float(cards.get("BZERO", 0.0))
+            except (KeyError, ValueError):
+                return None
+            if bitpix not in _BITPIX:
+                return None
+            nbytes = abs(bitpix) // 8 * gcount * (pcount + (int(np.prod(shape)) if naxis else 0))
+            entries.append((header_end, shape if naxis else (), _BITPIX[bitpix], bscale, bzero))
+            offset = header_end + -(-nbytes // _BLOCK) * _BLOCK
+    return entries
+
+
+_INDEX: OrderedDict[str, Any] = OrderedDict()
+
+
+def _hdu_index(path: str) -> list:
+    """The HDUs of `path` (cached for a few files): scanned entries, or astropy's HDU list."""
+    key = os.path.abspath(path)
+    if key in _INDEX:
+        _INDEX.move_to_end(key)
+        return _INDEX[key]
     try:
-        with fits.open(path, memmap=True) as hdul:
-            return len(hdul)
-    except Exception as err:
-        raise InputError(f"{path} is not a readable FITS file ({type(err).__name__}: {err}); "
-                         f"{_READ_ERRORS_HINT}") from None
+        entries = _scan_hdus(key)
+    except OSError as err:
+        raise InputError(f"{path} cannot be read ({err}); {_READ_ERRORS_HINT}") from None
+    if entries is None:
+        from astropy.io import fits
+
+        try:
+            with fits.open(key, memmap=True) as hdul:
+                entries = [None] * len(hdul)  # None: read this file's HDUs with astropy
+        except Exception as err:
+            raise InputError(f"{path} is not a readable FITS file ({type(err).__name__}: {err}); "
+                             f"{_READ_ERRORS_HINT}") from None
+    _INDEX[key] = entries
+    while len(_INDEX) > 4 * _OPEN_FILES:
+        _INDEX.popitem(last=False)
+    return entries
 
 
 def _companion_columns(path: Path, ident: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, str], str | None]:
@@ -308,25 +387,41 @@ def _companion_columns(path: Path, ident: np.ndarray) -> tuple[dict[str, np.ndar
 
 
 class _ImageFiles:
-    """Memory-mapped FITS files, a few kept open: stamps are read one HDU at a time, so a
-    catalog of any size streams through bounded memory."""
+    """Stamps read one HDU at a time, straight from where the HDU index says its data lie, a few
+    files kept open: a catalog of any size streams through bounded memory."""
 
     def __init__(self, keep: int = _OPEN_FILES):
         self.keep = keep
         self._open: OrderedDict[str, Any] = OrderedDict()
 
-    def read(self, path: str, hdu: int) -> np.ndarray:
-        from astropy.io import fits
-
-        hdul = self._open.pop(path, None)
-        if hdul is None:
-            hdul = fits.open(path, memmap=True)
+    def _handle(self, path: str, opener):
+        handle = self._open.pop(path, None)
+        if handle is None:
+            handle = opener()
             while len(self._open) >= self.keep:
                 self._open.popitem(last=False)[1].close()
-        self._open[path] = hdul
-        data = hdul[hdu].data
-        out = np.array(data, dtype=np.float64)
-        del hdul[hdu].data  # drop astropy's cached view of the map
+        self._open[path] = handle
+        return handle
+
+    def read(self, path: str, hdu: int) -> np.ndarray:
+        entry = _hdu_index(path)[hdu]
+        if entry is None:  # a file the scan does not handle
+            from astropy.io import fits
+
+            hdul = self._handle(path, lambda: fits.open(path, memmap=True))
+            out = np.array(hdul[hdu].data, dtype=np.float64)
+            del hdul[hdu].data  # drop astropy's cached view of the map
+            return out
+        offset, shape, dtype, bscale, bzero = entry
+        f = self._handle(path, lambda: open(path, "rb"))
+        f.seek(offset)
+        count = int(np.prod(shape)) if shape else 0
+        data = np.fromfile(f, dtype=dtype, count=count)
+        if data.size != count:
+            raise InputError(f"{path} HDU {hdu} is truncated; {_READ_ERRORS_HINT}")
+        out = data.astype(np.float64).reshape(shape)
+        if bscale != 1.0 or bzero != 0.0:
+            out = out * bscale + bzero
         return out
 
     def close(self) -> None:
@@ -358,8 +453,9 @@ class _CosmosBatchMaker:
     def _psf(self, image: np.ndarray, scale: float) -> np.ndarray:
         galsim = self.galsim
         size = self.spec["psf_size"]
+        # drawn in real space (no_pixel): stepk and maxk, which only size Fourier draws, are not needed
         profile = galsim.InterpolatedImage(galsim.Image(np.ascontiguousarray(image), scale=scale),
-                                           flux=1.0)
+                                           flux=1.0, calculate_stepk=False, calculate_maxk=False)
         drawn = profile.drawImage(nx=size, ny=size, scale=scale, method="no_pixel").array
         return drawn / drawn.sum()
 
