@@ -937,3 +937,31 @@ def test_cosmos_stamp_reader_agrees_with_astropy(tmp_path):
     assert _scan_hdus(str(tmp_path / "comp.fits")) is None
     assert reader.read(str(tmp_path / "scaled.fits"), 0)[0, 0] == -600 * 0.5 + 10.0
     reader.close()
+
+
+def test_cutouts_psf_from_a_psfex_model_varies_across_the_mosaic(mosaic, tmp_path):
+    """A PSFEx model of degree 1 in (X_IMAGE, Y_IMAGE): the PSF widens from left to right."""
+    from deepfield.data.importers import import_cutouts
+
+    image, _, catalog, _ = mosaic
+    narrow = gaussian_blob(25, 25, 12, 12, 1.0, sigma=1.2)
+    wide = gaussian_blob(25, 25, 12, 12, 1.0, sigma=2.4)
+    basis = np.stack([0.5 * (narrow + wide), 0.5 * (wide - narrow), np.zeros((25, 25))])  # 1, x, y
+    column = fits.Column("PSF_MASK", format=f"{basis.size}E", dim="(25, 25, 3)", array=basis[None].astype(np.float32))
+    table = fits.BinTableHDU.from_columns([column])
+    for key, value in {"POLNAXIS": 2, "POLNAME1": "X_IMAGE", "POLNAME2": "Y_IMAGE", "POLZERO1": 121.0,
+                       "POLSCAL1": 120.0, "POLZERO2": 101.0, "POLSCAL2": 100.0, "POLNGRP": 1,
+                       "POLDEG1": 1, "PSF_SAMP": 1.0, "PSFNAXIS": 3}.items():
+        table.header[key] = value
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "model.psf")
+    store = import_cutouts(image, tmp_path / "s", catalog=catalog, size=32, psf=tmp_path / "model.psf",
+                           edge="drop", progress=False)
+    psf = store.read("psf")[:, 0].astype(np.float64)
+    assert psf.shape == (5, 25, 25) and np.allclose(psf.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    for k, x0 in enumerate(store.column("x_pixel")):
+        t = (x0 + 1 - 121.0) / 120.0  # PSFEx's 1-based pixel, normalised
+        expected = 0.5 * (narrow + wide) + t * 0.5 * (wide - narrow)
+        assert np.allclose(psf[k], expected / expected.sum(), atol=1e-6)
+    widths = [np.sqrt((p * (np.arange(25) - 12) ** 2).sum(axis=0).sum()) for p in psf]
+    order = np.argsort(store.column("x_pixel"))
+    assert np.all(np.diff(np.asarray(widths)[order]) > 0)  # wider to the right
