@@ -193,22 +193,21 @@ def _check_band(band: _Band) -> None:
                                       ("noise file", band.noise_file, None, "")):
         if files is None:
             continue
-        names, first = np.unique(files, return_index=True)
+        names, first, which = np.unique(files, return_index=True, return_inverse=True)
         for name, i in zip(names, first):
             if not os.path.isfile(name):
                 raise InputError(f"{what} {name} (named by {band.row_name(int(i))}) does not exist; "
                                  "pass --dir (dir=) with the folder holding the catalog's image files, "
                                  "or download them (galsim_download_cosmos)")
-            if hdus is None:
-                continue
-            rows = np.flatnonzero(files == name)
-            count = _hdu_count(name)
-            outside = rows[(hdus[rows] < 0) | (hdus[rows] >= count)]
-            if outside.size:
-                i = int(outside[0])
-                raise InputError(f"{column} {int(hdus[i])} in {band.row_name(i)} is out of range: "
-                                 f"{what} file {name} has HDUs 0..{count - 1}; fix the catalog "
-                                 "row or the file")
+        if hdus is None:
+            continue
+        counts = np.array([_hdu_count(name) for name in names])[which]
+        outside = np.flatnonzero((hdus < 0) | (hdus >= counts))
+        if outside.size:
+            i = int(outside[0])
+            raise InputError(f"{column} {int(hdus[i])} in {band.row_name(i)} is out of range: "
+                             f"{what} file {files[i]} has HDUs 0..{counts[i] - 1}; fix the catalog "
+                             "row or the file")
 
 
 def _hdu_count(path: str) -> int:
@@ -473,7 +472,8 @@ class _CosmosBatchMaker:
             flux, cut, height, width, masked = (np.zeros(n) for _ in range(5))
             for k in range(n):
                 j = lo + k
-                where = f"{band['row_names'][j]} ({band['gal_file'][j]} HDU {band['gal_hdu'][j]})"
+                where = (f"row {band['rows'][j]} (IDENT {band['ident'][j]}) of {band['catalog']} "
+                         f"({band['gal_file'][j]} HDU {band['gal_hdu'][j]})")
                 try:
                     image = self.files.read(band["gal_file"][j], int(band["gal_hdu"][j]))
                     psf_image = self.files.read(band["psf_file"][j], int(band["psf_hdu"][j]))
@@ -681,7 +681,7 @@ def import_cosmos(
         band_specs.append({"name": band.band, "gal_file": band.gal_file[r], "gal_hdu": band.gal_hdu[r],
                            "psf_file": band.psf_file[r], "psf_hdu": band.psf_hdu[r],
                            "variance": band.variance[r], "noise_key": keys,
-                           "row_names": [band.row_name(int(i)) for i in r]})
+                           "catalog": str(band.path), "rows": r, "ident": band.ident[r]})
 
     from importlib.metadata import version
 
