@@ -277,19 +277,24 @@ _INDEX: OrderedDict[str, Any] = OrderedDict()
 
 def _hdu_index(path: str) -> list:
     """The HDUs of `path` (cached for a few files): scanned entries, or astropy's HDU list."""
-    key = os.path.abspath(path)
+    full = os.path.abspath(path)
+    try:
+        stat = os.stat(full)
+    except OSError as err:
+        raise InputError(f"{path} cannot be read ({err}); check the path") from None
+    key = (full, stat.st_mtime_ns, stat.st_size)  # a file rewritten in place is scanned afresh
     if key in _INDEX:
         _INDEX.move_to_end(key)
         return _INDEX[key]
     try:
-        entries = _scan_hdus(key)
+        entries = _scan_hdus(full)
     except OSError as err:
         raise InputError(f"{path} cannot be read ({err}); {_READ_ERRORS_HINT}") from None
     if entries is None:
         from astropy.io import fits
 
         try:
-            with fits.open(key, memmap=True) as hdul:
+            with fits.open(full, memmap=True) as hdul:
                 entries = [None] * len(hdul)  # None: read this file's HDUs with astropy
         except Exception as err:
             raise InputError(f"{path} is not a readable FITS file ({type(err).__name__}: {err}); "
