@@ -965,3 +965,37 @@ def test_cutouts_psf_from_a_psfex_model_varies_across_the_mosaic(mosaic, tmp_pat
     widths = [np.sqrt((p * (np.arange(25) - 12) ** 2).sum(axis=0).sum()) for p in psf]
     order = np.argsort(store.column("x_pixel"))
     assert np.all(np.diff(np.asarray(widths)[order]) > 0)  # wider to the right
+
+
+def test_cutouts_resume_after_a_crash_gives_the_same_store(mosaic, tmp_path, monkeypatch):
+    from deepfield.data import store as store_module
+    from deepfield.data.importers import import_cutouts
+
+    image, weight, catalog, _ = mosaic
+    whole = import_cutouts(image, tmp_path / "whole", catalog=catalog, size=24, weight=weight, batch=2,
+                           progress=False)
+    calls = {"n": 0}
+    append = store_module.StoreWriter.append
+
+    def crashing_append(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return append(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.StoreWriter, "append", crashing_append)
+    with pytest.raises(KeyboardInterrupt):
+        import_cutouts(image, tmp_path / "s", catalog=catalog, size=24, weight=weight, batch=2, progress=False)
+    monkeypatch.undo()
+    resumed = import_cutouts(image, tmp_path / "s", catalog=catalog, size=24, weight=weight, batch=2,
+                             resume=True, progress=False)
+    assert resumed.fingerprint == whole.fingerprint and len(resumed) == 6
+
+
+def test_cli_import_options_before_the_source_still_mean_a_file(tmp_path, capsys):
+    src = tmp_path / "cube.fits"
+    cube_file(src, header={"PIXSCALE": 0.2})
+    code, text = cli(capsys, "import", "--format", "fits", src, tmp_path / "s", "--bands", "g,r,i")
+    assert code == 0 and "n=6" in text
+    code, text = cli(capsys, "import", "file", src, tmp_path / "t", "--bands", "g,r,i")
+    assert code == 0 and open_store(tmp_path / "t").fingerprint == open_store(tmp_path / "s").fingerprint
