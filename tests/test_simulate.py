@@ -407,3 +407,76 @@ def test_cli_existing_store_exits_2_in_a_subprocess(r_store):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "overwrite" in result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# real morphologies (--morphology cosmos): the 5 real AEGIS galaxies through a ground-based survey
+
+from pathlib import Path  # noqa: E402
+
+from conftest import cli  # noqa: E402
+
+AEGIS_F814W = Path(__file__).parent / "data" / "galsim-real" / "AEGIS_F814w_catalog.fits"
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("real") / "r"
+    return simulate_galaxies(path, 10, size=48, seed=4, morphology="cosmos", cosmos=AEGIS_F814W,
+                             progress=False)
+
+
+def test_cosmos_morphology_keeps_each_sources_ident_and_magnitude(real_store):
+    from astropy.io import fits
+
+    table = fits.getdata(AEGIS_F814W, 1)
+    rows = real_store.column("cosmos_index")
+    assert real_store.column("cosmos_ident").tolist() == table["IDENT"][rows].tolist()
+    assert np.allclose(real_store.column("magnitude"), table["MAG"][rows])
+    assert len(set(rows.tolist())) > 2  # a random draw over the catalog, not one galaxy
+    rotation = real_store.column("rotation")
+    assert ((rotation >= 0) & (rotation < 360)).all() and np.ptp(rotation) > 90
+    assert "truth" not in real_store.array_names and real_store.units["rotation"] == "deg"
+
+
+def test_cosmos_morphology_flux_noise_and_psf_are_the_surveys(real_store):
+    x = real_store.read("x").astype(np.float64)[:, 0]
+    sigma = real_store.column("noise_sigma_r")
+    # the total flux is the catalog magnitude's at zeropoint 30, up to the stamp's noise
+    flux = 10 ** (-0.4 * (real_store.column("magnitude") - ZEROPOINT))
+    assert np.allclose(real_store.column("flux_r"), flux)
+    assert np.all(np.abs(x.sum(axis=(1, 2)) - flux) < 5 * sigma * 48 + 0.03 * flux)
+    # noise: white at the recorded level, measured on the stamps' borders (6 pixels wide)
+    border = np.ones((48, 48), bool)
+    border[6:-6, 6:-6] = False
+    residual = x[:, border] / sigma[:, None]
+    assert residual.std() == pytest.approx(1.0, abs=0.06)
+    rows = x[:, :6, :] / sigma[:, None, None]
+    lag1 = np.mean(rows[:, :, 1:] * rows[:, :, :-1]) / np.mean(rows**2)
+    assert abs(lag1) < 0.06  # whitened: no correlation left between neighbouring pixels
+    assert np.allclose(real_store.read("ivar")[:, 0], (1 / sigma**2)[:, None, None], rtol=1e-6)
+    assert (sigma >= real_store.column("whitened_sigma_r")).all()
+    assert np.allclose(real_store.read("psf").sum(axis=(2, 3)), 1.0, atol=1e-5)
+
+
+def test_cosmos_morphology_is_seeded_per_object(real_store, tmp_path):
+    again = simulate_galaxies(tmp_path / "b", 10, size=48, seed=4, morphology="cosmos",
+                              cosmos=AEGIS_F814W, progress=False, batch=3)
+    assert again.fingerprint == real_store.fingerprint
+
+
+def test_cli_simulate_cosmos_morphology_and_its_bad_input(tmp_path, capsys):
+    out = tmp_path / "s"
+    code, text = cli(capsys, "simulate", "galaxies", out, "--n", 3, "--size", 32, "--morphology", "cosmos",
+                     "--cosmos", AEGIS_F814W, "--shear", "0.05,-0.02", "--no-progress")
+    assert code == 0 and "3 galaxies" in text
+    assert open_store(out).meta["provenance"]["parameters"]["shear"] == [0.05, -0.02]
+    code, text = cli(capsys, "simulate", "galaxies", tmp_path / "t", "--n", 3, "--morphology", "cosmos",
+                     "--no-progress")
+    assert code == 2 and "--cosmos CATALOG" in text.replace("\n", "")
+    missing = AEGIS_F814W.parent / "real_galaxy_catalog_23.5_example.fits"
+    code, text = cli(capsys, "simulate", "galaxies", tmp_path / "u", "--n", 3, "--morphology", "cosmos",
+                     "--cosmos", missing, "--no-progress")
+    text = text.replace("\n", "")
+    assert code == 2 and "real_galaxy_images.fits" in text and "row 0 (IDENT 100027)" in text
+    assert not (tmp_path / "u").exists()

@@ -7,6 +7,7 @@ Thin: parse options, call :func:`deepfield.data.galaxies.simulate_galaxies` or
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -28,20 +29,40 @@ def galaxies(
     psf: str = typer.Option("moffat", "--psf", help="PSF profile: moffat or kolmogorov."),
     correlated_noise: bool = typer.Option(False, "--correlated-noise",
                                           help="COSMOS-correlated instead of white noise."),
+    morphology: str = typer.Option("parametric", "--morphology", help="parametric (bulge + disk) or "
+                                   "cosmos (real HST galaxies from --cosmos)."),
+    cosmos: Optional[Path] = typer.Option(None, "--cosmos", help="GalSim RealGalaxyCatalog of the real "
+                                          "galaxies (--morphology cosmos)."),
+    cosmos_dir: Optional[Path] = typer.Option(None, "--cosmos-dir", help="Folder of its image files "
+                                              "(default: the catalog's folder)."),
+    shear: Optional[str] = typer.Option(None, "--shear", help="Constant reduced shear g1,g2 applied to "
+                                        "real galaxies."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at OUT."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted write at OUT."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Simulate bulge + disk galaxy stamps with GalSim (x, truth, psf, ivar and a catalog)."""
+    """Simulate galaxy stamps with GalSim: bulge + disk (x, truth, psf, ivar, catalog), or real
+    COSMOS morphologies seen through the survey (--morphology cosmos)."""
     import time
 
+    from deepfield._names import comma_list
     from deepfield.data.galaxies import simulate_galaxies
+    from deepfield.errors import InputError
 
+    sheared = None
+    if shear is not None:
+        try:
+            sheared = tuple(float(g) for g in comma_list(shear))
+        except ValueError:
+            sheared = ()
+        if len(sheared) != 2:
+            raise InputError(f"--shear {shear!r}: give two numbers g1,g2, e.g. --shear 0.02,-0.01")
     start = time.perf_counter()
     store = simulate_galaxies(out, n, size=size, bands=bands, pixel_scale=pixel_scale, seed=seed,
                               workers=workers, depth=depth, psf=psf,
                               correlated_noise=correlated_noise, overwrite=overwrite,
-                              resume=resume, progress=progress)
+                              resume=resume, progress=progress, morphology=morphology,
+                              cosmos=cosmos, cosmos_dir=cosmos_dir, shear=sheared)
     elapsed = time.perf_counter() - start
     snr = store.column("snr")
     typer.echo(str(store.path))
