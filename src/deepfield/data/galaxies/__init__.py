@@ -61,6 +61,7 @@ from deepfield.data.galaxies.parameters import (_TEMPLATES, _Z_GRID, SKY_MAGNITU
 from deepfield.data.galaxies.pool import _made_batches
 from deepfield.data.galaxies.rendering import _PSF_STAMP
 from deepfield.errors import InputError
+from deepfield.progress import progress_task
 
 __all__ = [
     "BANDS",
@@ -70,18 +71,6 @@ __all__ = [
     "galaxy_parameters",
     "simulate_galaxies",
 ]
-
-
-def _progress_bar(enabled: bool, total: int, completed: int, label: str):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), disable=not enabled, transient=False)
-    task = progress.add_task(label, total=total, completed=completed)
-    return progress, task
 
 
 def simulate_galaxies(
@@ -222,7 +211,7 @@ def simulate_galaxies(
         overwrite=overwrite, resume=resume)
     start = writer.n_written
     batches = [(lo, min(lo + batch, n)) for lo in range(start, n, batch)]
-    bar, task = _progress_bar(progress, n, start, "galaxies")
+    bar, task = progress_task(progress, n, "galaxies", completed=start)
     with writer, bar:
         for catalog, arrays in _made_batches(batches, survey, render,
                                              min(workers, max(len(batches), 1))):
@@ -243,8 +232,8 @@ def _simulate_real(out, n, bands, size, pixel_scale, seed, workers, psf, correla
 
     from deepfield.data.galaxies.pool import ordered_batches
     from deepfield.data.galaxies.real import RealGalaxyMaker, real_catalog_units
-    from deepfield.data.importers._common import _file_record
-    from deepfield.data.importers.cosmos import _Band, _check_band
+    from deepfield.data.importers._common import file_record
+    from deepfield.data.importers.cosmos import CatalogBand, check_catalog_band
     from deepfield.data.store import create_store
 
     if cosmos is None:
@@ -261,12 +250,12 @@ def _simulate_real(out, n, bands, size, pixel_scale, seed, workers, psf, correla
     if not path.is_file():
         raise InputError(f"no such RealGalaxyCatalog: {path}; check the path (--cosmos)")
     cosmos_dir = None if cosmos_dir is None else str(Path(cosmos_dir))
-    band = _Band(path, cosmos_dir)  # the same named errors as `deepfield import cosmos`
-    _check_band(band)
+    band = CatalogBand(path, cosmos_dir)  # the same named errors as `deepfield import cosmos`
+    check_catalog_band(band)
     provenance["parameters"].update(morphology="cosmos", cosmos=str(path.resolve()),
                                     cosmos_dir=None if cosmos_dir is None else str(Path(cosmos_dir).resolve()),
                                     shear=None if shear is None else list(shear))
-    provenance["cosmos_file"] = _file_record(path)
+    provenance["cosmos_file"] = file_record(path)
     C = len(bands)
     conventions = {
         "flux_unit": "counts", "zeropoint_ab": ZEROPOINT, "reference_band": _reference_band(bands),
@@ -287,7 +276,7 @@ def _simulate_real(out, n, bands, size, pixel_scale, seed, workers, psf, correla
     start = writer.n_written
     batches = [(lo, min(lo + batch, n)) for lo in range(start, n, batch)]
     spec = {"catalog": str(path), "dir": cosmos_dir}
-    bar, task = _progress_bar(progress, n, start, "galaxies")
+    bar, task = progress_task(progress, n, "galaxies", completed=start)
     with writer, bar:
         for catalog, arrays in ordered_batches(RealGalaxyMaker, (survey, render, spec), batches,
                                                min(workers, max(len(batches), 1))):

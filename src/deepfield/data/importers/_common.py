@@ -133,7 +133,7 @@ def _existing(source: str | os.PathLike, what: str = "") -> Path:
     return path
 
 
-def _file_record(path: Path) -> dict[str, Any]:
+def file_record(path: Path) -> dict[str, Any]:
     if path.is_dir():
         files = [p for p in path.iterdir() if p.is_file()]
         return {"n_files": len(files), "bytes": int(sum(p.stat().st_size for p in files))}

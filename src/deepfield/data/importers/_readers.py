@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfield.data.importers._common import (_FITS_SUFFIXES, _READ_ERRORS_HINT, _Plan, _Rows,
-                                              _array_rows, _file_record, _to_angstrom)
+                                              _array_rows, file_record, _to_angstrom)
 from deepfield.errors import DeepfieldError, InputError
 
 def _open_fits(path: Path, stack: contextlib.ExitStack | None = None):
@@ -277,6 +277,6 @@ def _resolve_wavelength(value, plan: _Plan, source: Path, lookup: Callable,
     if not path.exists():
         raise InputError(f"wavelength {value!r} is neither in {source} nor a file; give the name "
                          "of the wavelength dataset/HDU/key, or a file of Angstrom values")
-    plan.files[str(path.resolve())] = _file_record(path)
+    plan.files[str(path.resolve())] = file_record(path)
     return np.asarray(_external_array(path, "wavelength", stack).read_all(),
                       dtype=np.float64).reshape(-1)

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from deepfield._names import comma_list
-from deepfield.data.importers._common import _READ_ERRORS_HINT, _existing, _file_record, _positive_int
+from deepfield.data.importers._common import _READ_ERRORS_HINT, _existing, file_record, _positive_int
 from deepfield.data.store import Store
 from deepfield.errors import DeepfieldError, InputError
 
@@ -122,7 +122,7 @@ def _crop_or_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 # reading the catalogs
 
 
-class _Band:
+class CatalogBand:
     """One RealGalaxyCatalog (one band), read with GalSim's reader."""
 
     def __init__(self, path: Path, image_dir: str | None):
@@ -174,7 +174,7 @@ class _Band:
         return f"row {i} (IDENT {self.ident_text[i]}) of {self.path}"
 
 
-def _check_band(band: _Band) -> None:
+def check_catalog_band(band: CatalogBand) -> None:
     """Refuse what cannot be imported, naming the catalog row: pixel scales, variances, files
     that are missing, HDU indices past a file's end."""
     bad = np.flatnonzero(~(band.pixel_scale > 0))
@@ -598,14 +598,14 @@ def import_cosmos(
     bands = []
     for path in paths:
         _existing(path, "catalog")
-        bands.append(_Band(path, image_dir))
+        bands.append(CatalogBand(path, image_dir))
     names = [b.band for b in bands]
     if len(set(names)) != len(names):
         raise InputError(f"catalogs {', '.join(map(str, paths))} are in bands {names}: each band "
                          "may come once; give one catalog per band")
     scales = {float(s) for b in bands for s in np.unique(b.pixel_scale[b.pixel_scale > 0])}
     for band in bands:
-        _check_band(band)
+        check_catalog_band(band)
     if len(scales) != 1:
         raise InputError(f"the catalogs' PIXEL_SCALE values differ ({sorted(scales)} arcsec); a "
                          "store has one pixel scale: import each scale into its own store")
@@ -690,13 +690,13 @@ def import_cosmos(
 
     from importlib.metadata import version
 
-    from deepfield.data.galaxies import _progress_bar
+    from deepfield.progress import progress_task
     from deepfield.data.importers._common import _jsonable
     from deepfield.data.store import create_store
 
-    files = {str(p.resolve()): _file_record(p) for p in paths}
+    files = {str(p.resolve()): file_record(p) for p in paths}
     if fit_path:
-        files[str(Path(fit_path).resolve())] = _file_record(Path(fit_path))
+        files[str(Path(fit_path).resolve())] = file_record(Path(fit_path))
     provenance = {
         "importer": "deepfield.data.importers.import_cosmos",
         "catalogs": [str(p.resolve()) for p in paths],
@@ -733,7 +733,7 @@ def import_cosmos(
             "pixel_scale": pixel_scale, "noise_cf": noise_cf}
     from deepfield.data.galaxies.pool import ordered_batches
 
-    bar, task = _progress_bar(progress, n, start, "galaxies")
+    bar, task = progress_task(progress, n, "galaxies", completed=start)
     with writer, bar:
         made = ordered_batches(_CosmosBatchMaker, (spec,), spans, min(workers, max(len(spans), 1)))
         for (lo, hi), (measured, arrays) in zip(spans, made):

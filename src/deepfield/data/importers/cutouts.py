@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfield.data.importers._common import (_READ_ERRORS_HINT, _existing, _file_record, _jsonable,
+from deepfield.data.importers._common import (_READ_ERRORS_HINT, _existing, file_record, _jsonable,
                                               _positive_int)
 from deepfield.data.store import Store
 from deepfield.errors import InputError
@@ -193,7 +193,7 @@ def import_cutouts(
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     from deepfield.data.importers._readers import _open_fits, _read_catalog_file
-    from deepfield.data.importers.fits import _header_bands, _header_pixel_scale
+    from deepfield.data.importers.fits import bands_from_headers, pixel_scale_from_headers
 
     mosaic, catalog_path = _existing(mosaic, "mosaic"), _existing(catalog, "catalog")
     size = _positive_int(size, "size")
@@ -221,11 +221,11 @@ def import_cutouts(
                              "DEC--TAN, CRVAL, CRPIX, CD or CDELT): catalog RA/Dec cannot be placed on "
                              "it; add the astrometric solution (e.g. from astrometry.net or SCAMP)")
         wcs = wcs.celestial
-        pixel_scale = _header_pixel_scale([header])
+        pixel_scale = pixel_scale_from_headers([header])
         if pixel_scale is None or not pixel_scale > 0:
             raise InputError(f"mosaic {mosaic}: cannot tell the pixel scale from its WCS")
         axis_scales = (proj_plane_pixel_scales(wcs) * 3600.0).tolist()  # a celestial WCS is in degrees
-        bands = (band,) if band else _header_bands([header, hdul[0].header], 1)
+        bands = (band,) if band else bands_from_headers([header, hdul[0].header], 1)
         bands = tuple(bands[:1])
 
         columns, units, label = _read_catalog_file(catalog_path)
@@ -260,7 +260,7 @@ def import_cutouts(
                              f"on the mosaic {mosaic}; check the catalog is of this field")
 
         weight_data = None
-        files = {str(mosaic.resolve()): _file_record(mosaic), str(catalog_path.resolve()): _file_record(catalog_path)}
+        files = {str(mosaic.resolve()): file_record(mosaic), str(catalog_path.resolve()): file_record(catalog_path)}
         sky_sigma = None
         if weight is not None:
             weight_path = _existing(weight, "weight map")
@@ -270,7 +270,7 @@ def import_cutouts(
                 weight_hdul.close()
                 raise InputError(f"weight map {weight_path} has shape {weight_data.shape} but the mosaic "
                                  f"{mosaic} has {shape}: give the weight map made with this mosaic")
-            files[str(weight_path.resolve())] = _file_record(weight_path)
+            files[str(weight_path.resolve())] = file_record(weight_path)
         else:
             weight_hdul = None
             sky_sigma = _sky_sigma(data)
@@ -278,7 +278,7 @@ def import_cutouts(
         psf_shared = psf_rows = psf_model = None
         if psf is not None:
             psf_path = _existing(psf, "PSF")
-            files[str(psf_path.resolve())] = _file_record(psf_path)
+            files[str(psf_path.resolve())] = file_record(psf_path)
             if psf_path.name.lower().endswith(".psf"):
                 psf_model = _psfex(psf_path)
             else:
@@ -332,7 +332,7 @@ def import_cutouts(
             arrays["psf"] = (1, psf_size, psf_size)
         from importlib.metadata import version
 
-        from deepfield.data.galaxies import _progress_bar
+        from deepfield.progress import progress_task
         from deepfield.data.store import create_store
 
         provenance = {"importer": "deepfield.data.importers.import_cutouts",
@@ -352,7 +352,7 @@ def import_cutouts(
                               units=units, provenance=provenance, extra_meta=extra,
                               overwrite=overwrite, resume=resume)
         n = keep.size
-        bar, task = _progress_bar(progress, n, writer.n_written, "cutouts")
+        bar, task = progress_task(progress, n, "cutouts", completed=writer.n_written)
         with writer, bar:
             for start in range(writer.n_written, n, batch):
                 stop = min(n, start + batch)

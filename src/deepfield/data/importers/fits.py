@@ -13,7 +13,7 @@ import numpy as np
 
 from deepfield._names import comma_list
 from deepfield.data.importers._common import (_READ_ERRORS_HINT, _Plan, _array_rows, _existing,
-                                              _file_record, _is_name, _merge_catalog, _to_angstrom)
+                                              file_record, _is_name, _merge_catalog, _to_angstrom)
 from deepfield.data.importers._readers import (_describe_hdus, _external_array, _find_hdu, _has_hdu,
                                                _hdu_rows, _image_hdu, _open_fits, _read_catalog_file,
                                                _resolve_wavelength, _stamp_rows, _table_columns,
@@ -39,7 +39,7 @@ def _angle_to_arcsec(value: float, unit: str | None) -> float:
         return value * 3600.0
 
 
-def _header_pixel_scale(headers) -> float | None:
+def pixel_scale_from_headers(headers) -> float | None:
     """Arcsec per pixel: sqrt(|det CD|), else sqrt(|det PC * CDELT|), else PIXSCALE."""
     for header in headers:
         unit = header.get("CUNIT1")
@@ -61,7 +61,7 @@ def _header_pixel_scale(headers) -> float | None:
     return None if value is None else float(value)
 
 
-def _header_bands(headers, channels: int) -> tuple[str, ...]:
+def bands_from_headers(headers, channels: int) -> tuple[str, ...]:
     numbered = []
     for i in range(1, channels + 1):
         value = _header_get(headers, f"BAND{i}", f"FILTER{i}")
@@ -95,12 +95,12 @@ def _plan_fits(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
     if path.is_dir():
         x, stamp_headers = _stamp_rows(path, options.get("hdu"), "images")
         headers = [stamp_headers[0][1], stamp_headers[0][2]]
-        plan = _Plan(x=x, files={str(path.resolve()): _file_record(path)})
+        plan = _Plan(x=x, files={str(path.resolve()): file_record(path)})
         channels = x.shape[1] if x.ndim == 4 else 1
         if "bands" not in options and channels == 1:
             seen = {}
             for stamp, h, h0 in stamp_headers:
-                band = _header_bands([h, h0], 1)
+                band = bands_from_headers([h, h0], 1)
                 if band:
                     seen.setdefault(band, stamp.name)
             if len(seen) > 1:
@@ -114,12 +114,12 @@ def _plan_fits(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
         hdu = _image_hdu(hdul, path, options.get("hdu"))
         x = _hdu_rows(hdu, path)
         headers = [hdu.header, hdul[0].header]
-        plan = _Plan(x=x, files={str(path.resolve()): _file_record(path)})
+        plan = _Plan(x=x, files={str(path.resolve()): file_record(path)})
 
     channels = x.shape[1] if x.ndim == 4 else 1
     if x.ndim >= 3:
-        plan.pixel_scale = _header_pixel_scale(headers)
-        plan.header_bands = _header_bands(headers, channels)
+        plan.pixel_scale = pixel_scale_from_headers(headers)
+        plan.header_bands = bands_from_headers(headers, channels)
 
     def in_file(key) -> bool:
         return hdul is not None and _is_name(key) and not isinstance(key, os.PathLike) \
@@ -148,7 +148,7 @@ def _plan_fits(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
         else:
             cat_path = _existing(cat, "catalog")
             cols, units, label = _read_catalog_file(cat_path)
-            plan.files[str(cat_path.resolve())] = _file_record(cat_path)
+            plan.files[str(cat_path.resolve())] = file_record(cat_path)
         _merge_catalog(plan, cols, units, label)
 
     for what in ("psf", "ivar"):
@@ -162,7 +162,7 @@ def _plan_fits(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
         else:
             other = _existing(key, what)
             rows = _external_array(other, what, stack)
-            plan.files[str(other.resolve())] = _file_record(other)
+            plan.files[str(other.resolve())] = file_record(other)
         if what == "psf":
             plan.psf = rows
         else:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from deepfield.data.importers._common import (_READ_ERRORS_HINT, _Plan, _Rows, _array_rows, _existing,
-                                              _file_record, _is_name, _merge_catalog, _to_angstrom)
+                                              file_record, _is_name, _merge_catalog, _to_angstrom)
 from deepfield.data.importers._readers import (_external_array, _read_catalog_file,
                                                _resolve_wavelength)
 from deepfield.errors import InputError
@@ -68,7 +68,7 @@ def _plan_hdf5(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
                              f"float datasets are: {which}. All datasets: {listing()}")
         x_ds = datasets[candidates[0]]
     x = h5_rows(x_ds)
-    plan = _Plan(x=x, files={str(path.resolve()): _file_record(path)})
+    plan = _Plan(x=x, files={str(path.resolve()): file_record(path)})
     n = x.shape[0] if x.ndim else 0
     x_name = x_ds.name.lstrip("/")
 
@@ -82,7 +82,7 @@ def _plan_hdf5(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
                 raise InputError(f"catalog {cat_key!r} is neither a group/dataset in {path} nor a "
                                  f"file; datasets in {path}: {listing()}")
             cols, units, label = _read_catalog_file(cat_path)
-            plan.files[str(cat_path.resolve())] = _file_record(cat_path)
+            plan.files[str(cat_path.resolve())] = file_record(cat_path)
             _merge_catalog(plan, cols, units, label)
     elif cat_key is None:
         # no catalog named: the root-level 1-D datasets are the catalog columns
@@ -106,7 +106,7 @@ def _plan_hdf5(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
             rows = h5_rows(dataset(key, what))
         elif Path(str(key)).exists():
             rows = _external_array(Path(key), what, stack)
-            plan.files[str(Path(key).resolve())] = _file_record(Path(key))
+            plan.files[str(Path(key).resolve())] = file_record(Path(key))
         else:
             raise InputError(f"{path} has no dataset {key!r} for the {what}, and no such file "
                              f"exists; datasets: {listing()}")

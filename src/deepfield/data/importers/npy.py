@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from deepfield.data.importers._common import (_READ_ERRORS_HINT, _Plan, _array_rows, _existing,
-                                              _file_record, _merge_catalog)
+                                              file_record, _merge_catalog)
 from deepfield.data.importers._readers import (_external_array, _read_catalog_file,
                                                _resolve_wavelength)
 from deepfield.errors import InputError
@@ -35,7 +35,7 @@ def _plan_numpy(source, options: Mapping[str, Any], stack: contextlib.ExitStack)
         raise InputError(f"{path} has no member {x_key!r} for the pixels; it has: {listing}. "
                          "Pass x= (--x) naming the one to import")
     x = _array_rows(members[x_key], f"{path}" if not is_npz else f"{path} member {x_key!r}")
-    plan = _Plan(x=x, files={str(path.resolve()): _file_record(path)})
+    plan = _Plan(x=x, files={str(path.resolve()): file_record(path)})
     n = len(x) if x.ndim else 0
 
     used = {x_key}
@@ -51,7 +51,7 @@ def _plan_numpy(source, options: Mapping[str, Any], stack: contextlib.ExitStack)
         else:
             other = _existing(key, what)
             rows = _external_array(other, what, stack)
-            plan.files[str(other.resolve())] = _file_record(other)
+            plan.files[str(other.resolve())] = file_record(other)
         if what == "psf":
             plan.psf = rows
         else:
@@ -84,6 +84,6 @@ def _plan_numpy(source, options: Mapping[str, Any], stack: contextlib.ExitStack)
     elif cat not in (None, "", False):
         cat_path = _existing(cat, "catalog")
         cols, units, label = _read_catalog_file(cat_path)
-        plan.files[str(cat_path.resolve())] = _file_record(cat_path)
+        plan.files[str(cat_path.resolve())] = file_record(cat_path)
         _merge_catalog(plan, cols, units, label)
     return plan
