@@ -119,6 +119,13 @@ SECTIONS = [
      "drag the rank average down. 'calibrated': scores as robust z-scores among galaxies of similar magnitude."),
     ("search", "Similarity search: FAISS indexes on 1M codes; what neighbours share", "python benchmarks/search.py",
      ""),
+    ("pm", "Particle-mesh N-body: deepfield vs JaxPM from the same initial field",
+     "pip install jaxpm packaging 'setuptools<81' && python benchmarks/pm.py --meshes 32 64 --rounds 3",
+     "msre: mean squared relative error of the two final fields' P(k) (JaxPM's own gate against FastPM is 1e-3); "
+     "r: their cross-correlation coefficient. JaxPM 0.1.6 has no fixed-step integrator, so its lpt, pm_forces "
+     "and growth functions run inside the same FastPM kick-drift-kick loop, compiled by jax.jit."),
+    ("import_cosmos", "Importing a RealGalaxyCatalog (COSMOS layout) into a store",
+     "python benchmarks/import_cosmos.py --n 10000 --repeat 2", ""),
 ]
 
 
@@ -178,6 +185,10 @@ def headline() -> str:
         ("Anomaly AUROC, oddities (rings, tidal features, blends, colours)",
          f"{cell(ano, 'VAE reconstruction L2, calibrated', 'oddities')} (VAE reconstruction, calibrated)",
          f"{cell(ano, 'PCA reconstruction L2', 'oddities')} (PCA reconstruction)"),
+        ("Particle-mesh N-body at 64^3, 2LPT + 10 KDK steps: P(k) msre vs JaxPM, wall time",
+         f"{cell('pm', '64^3', 'msre')}, {cell('pm', '64^3', 'deepfield s')} s",
+         f"{cell('pm', '64^3', 'JaxPM s')} s (JaxPM, after a {cell('pm', '64^3', 'JaxPM first s (compile)')} s "
+         "first run)"),
         ("Search on 1M codes: recall@10, queries/s",
          f"{cell('search', 'ivf', 'recall@10')}, {cell('search', 'ivf', 'queries/s')} (FAISS IVF)",
          f"{cell('search', 'flat', 'recall@10')}, {cell('search', 'flat', 'queries/s')} (exact)"),
