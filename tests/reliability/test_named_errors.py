@@ -57,3 +57,57 @@ def test_deeply_nested_query_is_refused_with_a_depth_limit(tmp_path):
         s.select(where="-" * 20000 + "mag < 20")
     # an ordinary query still works
     assert len(s.select(where="((mag < 30))")) == 10
+
+
+def _index(tmp_path):
+    from deepfield.tasks.search import build_index
+
+    codes = np.random.default_rng(1).normal(size=(40, 4)).astype("f4")
+    build_index(codes, tmp_path / "idx", kind="flat")
+    return tmp_path / "idx"
+
+
+@pytest.mark.parametrize("damage", ["meta_garbage", "meta_list", "meta_no_count", "faiss_truncated",
+                                    "ids_object", "catalog_garbage"])
+def test_corrupt_index_files_are_named_errors(tmp_path, damage):
+    from deepfield.tasks.search import open_index
+
+    idx = _index(tmp_path)
+    assert len(open_index(idx)) == 40
+    if damage == "meta_garbage":
+        (idx / "meta.json").write_text("{not json")
+    elif damage == "meta_list":
+        (idx / "meta.json").write_text("[1, 2]")
+    elif damage == "meta_no_count":
+        m = json.loads((idx / "meta.json").read_text())
+        m["count"] = "many"
+        (idx / "meta.json").write_text(json.dumps(m))
+    elif damage == "faiss_truncated":
+        raw = (idx / "index.faiss").read_bytes()
+        (idx / "index.faiss").write_bytes(raw[: len(raw) // 3])
+    elif damage == "ids_object":
+        np.save(idx / "ids.npy", np.array([{"a": 1}] * 40, dtype=object), allow_pickle=True)
+    elif damage == "catalog_garbage":
+        (idx / "catalog.parquet").write_bytes(b"PAR1 garbage")
+    name = {"meta_garbage": "meta.json", "meta_list": "meta.json", "meta_no_count": "meta.json",
+            "faiss_truncated": "index.faiss", "ids_object": "ids.npy", "catalog_garbage": "catalog.parquet"}[damage]
+    with pytest.raises(StoreError, match=rf"{name}.*rebuild"):
+        open_index(idx)
+    r = _cli("search", idx, "--id", "3")
+    assert r.returncode == 2, r.stderr
+    assert name in r.stderr and "Traceback" not in r.stderr
+
+
+def test_object_dtype_npy_query_image_is_a_named_error(tmp_path):
+    from deepfield.tasks.search import read_image_file
+
+    bad = tmp_path / "q.npy"
+    np.save(bad, np.array([None, "x"], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match=r"q.npy.*object.*float"):
+        read_image_file(bad)
+    text = tmp_path / "t.npy"
+    np.save(text, np.array(["a", "b"]))
+    with pytest.raises(InputError, match=r"t.npy.*<U1.*float"):
+        read_image_file(text)
+    r = _cli("search", _index(tmp_path), "--image", bad)
+    assert r.returncode == 2 and "q.npy" in r.stderr and "Traceback" not in r.stderr
