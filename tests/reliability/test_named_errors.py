@@ -111,3 +111,18 @@ def test_object_dtype_npy_query_image_is_a_named_error(tmp_path):
         read_image_file(text)
     r = _cli("search", _index(tmp_path), "--image", bad)
     assert r.returncode == 2 and "q.npy" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("provenance, advice, wrong", [
+    ({"importer": "deepfield.data.importers.import_data", "source": "cat.fits"},
+     r"rerun the same `deepfield import`.*starts .*afresh", "--resume"),
+    ({"simulator": "deepfield.data.galaxies.simulate_galaxies"}, r"--resume", None),
+])
+def test_unfinished_write_hint_is_true_for_its_writer(tmp_path, provenance, advice, wrong):
+    w = create_store(tmp_path / "s", (1, 4, 4), bands=("r",), provenance=provenance)
+    w.append(x=np.ones((3, 1, 4, 4), "f4"))
+    w.release()  # as a killed writer leaves it: partial, unlocked
+    with pytest.raises(StoreError, match=advice) as err:
+        open_store(tmp_path / "s")
+    if wrong:
+        assert wrong not in str(err.value)

@@ -322,8 +322,7 @@ def open_store(path: str | os.PathLike) -> Store:
     p = Path(path)
     if not p.exists():
         partial = partial_path(p)
-        hint = (f"; an unfinished write is at {partial}: rerun the same command with --resume to "
-                "finish it") if partial.exists() else ""
+        hint = f"; an unfinished write is at {partial}: {_resume_advice(partial)}" if partial.exists() else ""
         raise StoreError(f"no store at {p}{hint}")
     if not p.is_dir():
         raise StoreError(f"{p} is a file, not a store directory")
@@ -440,3 +439,19 @@ def _check_chunks(p: Path, meta: dict, group, n: int) -> None:
                          f"({len(lost)} chunk(s) missing in all); zarr would read it as zeros. The store "
                          "is damaged: re-create it (or restore it from a backup), and run "
                          f"`deepfield verify {p}` on the copy")
+
+
+def _resume_advice(partial: Path) -> str:
+    """What finishes the unfinished write at `partial`: true for the command that started it."""
+    try:
+        prov = json.loads((partial / "_progress" / "meta.json").read_text()).get("provenance") or {}
+    except (OSError, ValueError, AttributeError):
+        prov = {}
+    if isinstance(prov, dict) and prov.get("importer"):
+        # import re-reads its source in one pass and has no --resume: a rerun replaces the partial
+        return ("rerun the same `deepfield import` command; it starts the write afresh (an import cannot be "
+                "resumed; its source files are read again)")
+    if isinstance(prov, dict) and prov.get("simulator"):
+        return "rerun the same `deepfield simulate` command with --resume to finish it"
+    return ("rerun the command that wrote it: with --resume where that command has it (simulate), "
+            "otherwise it starts the write afresh")
