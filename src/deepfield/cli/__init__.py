@@ -13,7 +13,7 @@ __all__ = ["app", "main"]
 
 # Command modules; a module that does not exist yet is skipped so the CLI grows by files.
 _COMMAND_MODULES = ("data", "simulate", "importers", "train", "tasks", "report", "demo",
-                    "gan", "compare", "anomaly", "search", "nbody")
+                    "gan", "compare", "anomaly", "search", "nbody", "export")
 
 for _name in _COMMAND_MODULES:
     try:

@@ -50,3 +50,30 @@ def info(store: Path = typer.Argument(..., help="Store directory."),
         else:
             cat.add_row(name, st["unit"], ", ".join(f"{k}: {v}" for k, v in st.get("values", {}).items()), "", "", "")
     con.print(cat)
+
+
+def _ranges(rows: list[int]) -> str:
+    """[3, 4, 5, 9] -> 'rows 3-5, 9' (at most 10 ranges)."""
+    spans: list[list[int]] = []
+    for r in rows:
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans[:10])
+    return f"rows {text}" + (f" and {len(spans) - 10} more ranges" if len(spans) > 10 else "")
+
+
+@app.command()
+def verify(store: Path = typer.Argument(..., help="Store directory.")):
+    """Check every row of a store against the digest written with it (exit 0 whole, 2 damaged)."""
+    from deepfield.data.store import open_store
+    from deepfield.errors import StoreError
+
+    s = open_store(store)  # refuses missing chunks, naming them
+    bad = s.verify()
+    if bad:
+        raise StoreError(f"{s.path}: {len(bad)} of {len(s)} rows do not match the digests written with "
+                         f"them ({_ranges(bad)}); a chunk is corrupt. Re-create the store (or restore it "
+                         "from a backup); do not train or encode from it")
+    print(f"{s.path}: all {len(s)} rows match their digests (fingerprint {s.fingerprint})")

@@ -24,6 +24,11 @@ def _selection(model_dir: Path, store_path: Path, where: str | None, split: str 
     return model, store, resolve_indices(store, where, split, getattr(model, "record", None))
 
 
+def _codes_staging(out: Path) -> Path:
+    """Where `encode` builds the codes store it turns into the Parquet table `out`."""
+    return out.with_name(f".{out.name}.codes-partial")
+
+
 @app.command()
 def encode(
     model_dir: Path = typer.Argument(..., help="Model folder."),
@@ -37,13 +42,16 @@ def encode(
 ):
     """Encode a store into latent codes keyed by id (a store, or Parquet if OUT ends in .parquet)."""
     import shutil
-    import tempfile
 
     from deepfield.tasks import codes_to_parquet, encode_store
 
     model, s, idx = _selection(model_dir, store, where, split)
     if out.suffix == ".parquet":
-        tmp = Path(tempfile.mkdtemp(prefix="deepfield-codes-"))
+        # staged beside OUT under a hidden name, not in /tmp: a SIGKILL cannot run cleanup, and
+        # the next run clears what a killed one left
+        tmp = _codes_staging(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         try:
             codes = encode_store(model, s, tmp / "codes", indices=idx, batch_size=batch_size, progress=progress)
             codes_to_parquet(codes, out, overwrite=overwrite)

@@ -6,6 +6,8 @@ leaves what readers see unchanged.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,7 +20,7 @@ import pyarrow.parquet as pq
 
 from deepfield.data.splits import split_fractions
 from deepfield.data.store.dataset import StoreDataset
-from deepfield.data.store.format import FORMAT_VERSION, partial_path
+from deepfield.data.store.format import DIGEST_ARRAY, FORMAT_VERSION, partial_path
 from deepfield.data.store.query import evaluate_query
 from deepfield.errors import InputError, StoreError
 
@@ -160,10 +162,10 @@ class Store:
             )
         arr = self._group[name]
         if index is None:
-            return np.asarray(arr[: self._n])
+            return self._zarr_read(name, lambda: arr[: self._n])
         if isinstance(index, slice):
             start, stop, _ = index.indices(self._n)
-            return np.asarray(arr[start:stop])
+            return self._zarr_read(name, lambda: arr[start:stop])
         idx = np.asarray(index)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
@@ -177,14 +179,60 @@ class Store:
         sorted_idx = idx[order]
         lo, hi = int(sorted_idx[0]), int(sorted_idx[-1]) + 1
         if hi - lo <= 4 * idx.size:
-            block = np.asarray(arr[lo:hi])
+            block = self._zarr_read(name, lambda: arr[lo:hi])
             out = block[idx - lo]
         else:
-            out = np.asarray(arr.get_orthogonal_selection((sorted_idx,)))
+            out = self._zarr_read(name, lambda: arr.get_orthogonal_selection((sorted_idx,)))
             inv = np.empty_like(order)
             inv[order] = np.arange(order.size)
             out = out[inv]
         return out
+
+    def _zarr_read(self, name: str, read) -> np.ndarray:
+        # a truncated or garbled chunk fails inside zarr's codecs with many exception types
+        try:
+            return np.asarray(read())
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            raise StoreError(f"{self.path}: array {name!r} cannot be read ({type(err).__name__}: {err}); "
+                             f"a chunk is damaged. Run `deepfield verify {self.path}` to name the bad rows, "
+                             "then re-create the store") from None
+
+    # -- integrity
+    def verify(self, rows=None, batch_rows: int | None = None) -> list[int]:
+        """Recompute each row's content digest and compare it with the one stored at write time.
+
+        Returns the sorted row indices whose content differs or cannot be read (empty: whole).
+        `rows` limits the check (default all rows). Reads every per-object array once, so it
+        costs one pass over the store; :func:`open_store` only checks that chunks exist.
+        """
+        rows = np.arange(self._n) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size and (rows.min() < 0 or rows.max() >= self._n):
+            raise InputError(f"row index out of range for store {self.path} with {self._n} objects")
+        names = sorted(self.meta["arrays"])
+        step = batch_rows or max(1, min(self._group[n].chunks[0] for n in names + [DIGEST_ARRAY]))
+        bad: list[int] = []
+        for lo in range(0, rows.size, step):
+            chunk = rows[lo: lo + step]
+            try:
+                stored = np.asarray(self._group[DIGEST_ARRAY].get_orthogonal_selection((chunk,)))
+                data = [np.asarray(self._group[n].get_orthogonal_selection((chunk,))) for n in names]
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception:
+                if chunk.size == 1:
+                    bad.append(int(chunk[0]))
+                else:  # find the unreadable rows one by one
+                    bad += self.verify(chunk, batch_rows=1)
+                continue
+            for i, row in enumerate(chunk):
+                h = hashlib.blake2b(digest_size=16)
+                for a in data:
+                    h.update(np.ascontiguousarray(a[i]).tobytes())
+                if h.digest() != stored[i].tobytes():
+                    bad.append(int(row))
+        return sorted(bad)
 
     # -- selection and splits
     def select(self, ids: Iterable[int] | None = None, where: str | np.ndarray | None = None) -> np.ndarray:
@@ -274,8 +322,7 @@ def open_store(path: str | os.PathLike) -> Store:
     p = Path(path)
     if not p.exists():
         partial = partial_path(p)
-        hint = (f"; an unfinished write is at {partial}: rerun the same command with --resume to "
-                "finish it") if partial.exists() else ""
+        hint = f"; an unfinished write is at {partial}: {_resume_advice(partial)}" if partial.exists() else ""
         raise StoreError(f"no store at {p}{hint}")
     if not p.is_dir():
         raise StoreError(f"{p} is a file, not a store directory")
@@ -287,6 +334,9 @@ def open_store(path: str | os.PathLike) -> Store:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise StoreError(f"{meta_path} is corrupt ({err}); re-create the store") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{meta_path} holds a JSON {type(meta).__name__}, not the object deepfield "
+                         "writes; the store is corrupt, re-create it")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(f"{p} has store format version {version!r}; this deepfield reads version "
@@ -294,7 +344,15 @@ def open_store(path: str | os.PathLike) -> Store:
     for key in ("n", "kind", "sample_shape", "arrays", "fingerprint"):
         if key not in meta:
             raise StoreError(f"{meta_path} lacks the key {key!r}; the store is corrupt, re-create it")
-    n = int(meta["n"])
+    n = meta["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise StoreError(f"{meta_path} has n = {n!r}; it must be the committed row count, an integer "
+                         ">= 0. The store is corrupt, re-create it")
+    for key, types in (("arrays", list), ("sample_shape", list), ("shared", list), ("kind", str),
+                       ("fingerprint", str)):
+        if key in meta and not isinstance(meta[key], types):
+            raise StoreError(f"{meta_path} has {key} = {meta[key]!r}, expected a JSON "
+                             f"{'array' if types is list else 'string'}; the store is corrupt, re-create it")
     try:
         group = zarr.open_group(str(p), mode="r")
     except Exception as err:  # zarr raises several types for a damaged group
@@ -311,6 +369,7 @@ def open_store(path: str | os.PathLike) -> Store:
         if name in meta["arrays"] and arr.shape[0] < n:
             raise StoreError(f"{p}: array {name!r} has {arr.shape[0]} rows but the store records "
                              f"{n}; the store is truncated, re-create it")
+    _check_chunks(p, meta, group, n)
     x_shape = tuple(group["x"].shape[1:])
     if x_shape != tuple(meta["sample_shape"]):
         raise StoreError(f"{p}: array 'x' has sample shape {x_shape}, meta.json says "
@@ -329,3 +388,70 @@ def open_store(path: str | os.PathLike) -> Store:
     if "id" not in catalog.column_names:
         raise StoreError(f"{cat_path} has no 'id' column; the store is corrupt")
     return Store(p, meta, catalog, group)
+
+
+def _missing_chunks(path: Path, arr, name: str, rows: int | None) -> list[tuple[int, ...]]:
+    """Chunk grid positions of `arr` that hold data (rows < `rows`; all if None) but have no file."""
+    shape = arr.shape if rows is None else (min(rows, arr.shape[0]), *arr.shape[1:])
+    grids = [range(-(-s // c)) for s, c in zip(shape, arr.chunks)]
+    missing = []
+    for pos in itertools.product(*grids):
+        key = arr.metadata.encode_chunk_key(pos)
+        if not os.path.exists(path / name / key):
+            missing.append(pos)
+    return missing
+
+
+def _check_chunks(p: Path, meta: dict, group, n: int) -> None:
+    """Refuse a store with lost chunks: zarr would serve them as zeros without complaint.
+
+    Only file presence is checked (one stat per chunk). zarr does not write a chunk that is all
+    fill value, so a missing chunk of a per-object array is accepted when the stored digests of
+    its rows match rows of zeros.
+    """
+    if not n:
+        return
+    per_row = list(meta["arrays"])
+    lost = []
+    for name in per_row + [DIGEST_ARRAY]:
+        if name == DIGEST_ARRAY and name not in group:
+            raise StoreError(f"{p}: the per-row digest array {DIGEST_ARRAY!r} is missing; the store "
+                             "is truncated or corrupt, re-create it")
+        arr = group[name]
+        for pos in _missing_chunks(p, arr, name, n):
+            lo = pos[0] * arr.chunks[0]
+            lost.append((name, pos, lo, min(n, lo + arr.chunks[0])))
+    for name in meta.get("shared", []):
+        if name in per_row:
+            continue
+        for pos in _missing_chunks(p, group[name], name, None):
+            lost.append((name, pos, None, None))
+    if not lost:
+        return
+    store = Store(p, meta, pa.table({"id": np.zeros(0, np.int64)}), group)
+    store._n = n
+    for name, pos, lo, hi in lost:
+        if name in per_row and store.verify(np.arange(lo, hi)) == []:
+            continue  # an all-fill-value chunk that zarr chose not to write
+        where = f"chunk {pos[0]} (rows {lo}-{hi - 1})" if lo is not None else f"chunk {pos}"
+        key = group[name].metadata.encode_chunk_key(pos)
+        raise StoreError(f"{p}: array {name!r} has lost {where}: the file {p / name / key} is missing "
+                         f"({len(lost)} chunk(s) missing in all); zarr would read it as zeros. The store "
+                         "is damaged: re-create it (or restore it from a backup), and run "
+                         f"`deepfield verify {p}` on the copy")
+
+
+def _resume_advice(partial: Path) -> str:
+    """What finishes the unfinished write at `partial`: true for the command that started it."""
+    try:
+        prov = json.loads((partial / "_progress" / "meta.json").read_text()).get("provenance") or {}
+    except (OSError, ValueError, AttributeError):
+        prov = {}
+    if isinstance(prov, dict) and prov.get("importer"):
+        # import re-reads its source in one pass and has no --resume: a rerun replaces the partial
+        return ("rerun the same `deepfield import` command; it starts the write afresh (an import cannot be "
+                "resumed; its source files are read again)")
+    if isinstance(prov, dict) and prov.get("simulator"):
+        return "rerun the same `deepfield simulate` command with --resume to finish it"
+    return ("rerun the command that wrote it: with --resume where that command has it (simulate), "
+            "otherwise it starts the write afresh")

@@ -177,9 +177,11 @@ class StoreWriter:
                 try:
                     self.commit()
                 except DeepfieldError:
-                    if self.new_store and not self.resumed:
+                    if (self.new_store and not self.resumed) or getattr(self, "_disk_full", False):
                         self.abort()
                     raise
+            elif getattr(self, "_disk_full", False):
+                self.abort()  # a partial store on a full disk only keeps the disk full
             elif issubclass(exc_type, DeepfieldError) and self.new_store and not self.resumed:
                 # bad input cannot be resumed: leave nothing half-written behind
                 self.abort()
@@ -240,6 +242,31 @@ class StoreWriter:
         if table.num_rows != n:
             raise InputError(f"catalog has {table.num_rows} rows for a batch of {n} objects")
         start, stop = self.n_written, self.n_written + n
+        try:
+            self._write_batch(batch, table, start, stop)
+        except OSError as err:
+            self._raise_if_disk_full(err, sum(a.nbytes for a in batch.values()))
+            raise
+        self.n_written = stop
+        write_json_atomic(self._progress_dir / "progress.json", {"n": stop}, indent=2, sort_keys=True)
+
+    def _raise_if_disk_full(self, err: OSError, needed: int) -> None:
+        """Turn ENOSPC into a StoreError naming the path and the space needed (see __exit__)."""
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            free = 0
+        self._disk_full = True
+        raise StoreError(f"no space left on the device holding {self.final}: writing this batch needs "
+                         f"{needed / 1e6:.1f} MB more (uncompressed; {free / 1e6:.1f} MB free). The partial "
+                         "output was removed; free some space or write the store elsewhere, then rerun") from None
+
+    def _write_batch(self, batch: dict, table: pa.Table, start: int, stop: int) -> None:
+        n = stop - start
         for name in list(batch):
             arr = self._group[name]
             if arr.shape[0] < stop:
@@ -257,8 +284,6 @@ class StoreWriter:
             d.resize((stop, 16))
         d[start:stop] = digest
         pq.write_table(table, self._progress_dir / f"part-{start:012d}.parquet")
-        self.n_written = stop
-        write_json_atomic(self._progress_dir / "progress.json", {"n": stop}, indent=2, sort_keys=True)
 
     def commit(self) -> Store:
         """Merge the catalog, write meta.json with the fingerprint, and make the store visible."""
@@ -291,8 +316,12 @@ class StoreWriter:
         meta = dict(self.meta)
         meta.update(n=n, fingerprint=h.hexdigest(), columns=catalog.column_names,
                     written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        write_parquet_atomic(self.root / "catalog.parquet", catalog)
-        write_json_atomic(self.root / "meta.json", meta, indent=2, sort_keys=True)
+        try:
+            write_parquet_atomic(self.root / "catalog.parquet", catalog)
+            write_json_atomic(self.root / "meta.json", meta, indent=2, sort_keys=True)
+        except OSError as err:
+            self._raise_if_disk_full(err, catalog.nbytes)
+            raise
         if self.new_store:
             replace_dir(self.root, self.final)
         # the progress record goes last: a crash before this leaves a complete store whose

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -155,9 +156,32 @@ def build_index(codes, out=None, *, metric: str = "cosine", kind: str = "auto", 
     return SimilarityIndex(index, ids, table, meta, None if out is None else Path(out))
 
 
+def _clear_stale_staging(final: Path) -> None:
+    """Remove ``.NAME.tmp-PID`` folders left beside `final` by killed writers (PID no longer alive)."""
+    prefix = f".{final.name}.tmp-"
+    if not final.parent.is_dir():
+        return
+    for entry in final.parent.iterdir():
+        if not entry.name.startswith(prefix) or not entry.is_dir():
+            continue
+        try:
+            pid = int(entry.name[len(prefix):])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue  # staged_dir clears its own
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, owned by someone else
+
+
 def _write_index_folder(final: Path, index, ids: np.ndarray, catalog: pa.Table, meta: dict) -> None:
     import faiss
 
+    _clear_stale_staging(final)
     with staged_dir(final) as tmp:
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "ids.npy", np.asarray(ids, dtype=np.int64))

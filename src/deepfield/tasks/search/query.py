@@ -44,19 +44,37 @@ def open_index(path, *, model: Model | str | os.PathLike | None = None,
     p = Path(path)
     if not (p / "meta.json").is_file():
         raise StoreError(f"no index at {p}: build one with `deepfield index CODES --out {p}`")
-    meta = json.loads((p / "meta.json").read_text())
+    rebuild = f"rebuild it with `deepfield index CODES --out {p} --overwrite`"
+    try:
+        meta = json.loads((p / "meta.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{p / 'meta.json'} is corrupt ({err}); {rebuild}") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{p / 'meta.json'} holds a JSON {type(meta).__name__}, not an index record; {rebuild}")
     if meta.get("format_version") != INDEX_FORMAT_VERSION:
         raise StoreError(f"{p} has index format version {meta.get('format_version')!r}; this deepfield reads "
                          f"version {INDEX_FORMAT_VERSION}: rebuild it with `deepfield index`")
+    count = meta.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise StoreError(f"{p / 'meta.json'} has count = {count!r}, not a number of vectors; {rebuild}")
     missing = [f for f in ("index.faiss", "ids.npy", "catalog.parquet") if not (p / f).is_file()]
     if missing:
         raise StoreError(f"index {p} is incomplete (missing {', '.join(missing)}): rebuild it with `deepfield index`")
-    index = faiss.read_index(str(p / "index.faiss"))
-    ids = np.load(p / "ids.npy")
-    catalog = pq.read_table(p / "catalog.parquet")
-    if not (index.ntotal == ids.size == catalog.num_rows == meta["count"]):
+    try:
+        index = faiss.read_index(str(p / "index.faiss"))
+    except RuntimeError as err:  # faiss reports every damaged file as a RuntimeError
+        first = str(err).splitlines()[0][-160:]
+        raise StoreError(f"{p / 'index.faiss'} is corrupt or truncated ({first}); {rebuild}") from None
+    ids = load_npy(p / "ids.npy", "index ids", "iu", f"; {rebuild}", error=StoreError)
+    if ids.ndim != 1:
+        raise StoreError(f"{p / 'ids.npy'} has shape {ids.shape}, expected (N,) ids; {rebuild}")
+    try:
+        catalog = pq.read_table(p / "catalog.parquet")
+    except (pa.ArrowException, OSError) as err:
+        raise StoreError(f"{p / 'catalog.parquet'} is corrupt or truncated ({err}); {rebuild}") from None
+    if not (index.ntotal == ids.size == catalog.num_rows == count):
         raise StoreError(f"index {p} is inconsistent ({index.ntotal} vectors, {ids.size} ids, "
-                         f"{catalog.num_rows} catalog rows, {meta['count']} recorded): rebuild it")
+                         f"{catalog.num_rows} catalog rows, {count} recorded): rebuild it")
     out = SimilarityIndex(index, ids, catalog, meta, p)
     if model is not None:
         out.use_model(model)
@@ -72,7 +90,7 @@ def read_image_file(path) -> np.ndarray:
         raise InputError(f"no image file at {p}")
     name = p.name.lower()
     if name.endswith(".npy"):
-        return np.asarray(np.load(p, allow_pickle=False), dtype=np.float32)
+        return load_npy(p, "query image", "iuf", "").astype(np.float32)
     if not name.endswith(_IMAGE_SUFFIXES):
         raise InputError(f"{p}: query images must be .npy or FITS ({', '.join(_IMAGE_SUFFIXES[1:])})")
     from astropy.io import fits
@@ -82,6 +100,27 @@ def read_image_file(path) -> np.ndarray:
             if hdu.data is not None and getattr(hdu.data, "ndim", 0) >= 2 and hdu.data.dtype.names is None:
                 return np.asarray(hdu.data, dtype=np.float32)
     raise InputError(f"{p} has no image HDU")
+
+
+def load_npy(path: Path, what: str, kinds: str, fix: str, error=InputError) -> np.ndarray:
+    """A .npy file's array, refused (as `error`) unless its dtype kind is one of `kinds`.
+
+    Never unpickles: an object-dtype file is refused with its name, not loaded.
+    """
+    numbers = {"iu": "integer", "iuf": "float"}.get(kinds, kinds)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "Object arrays" in str(err):
+            raise error(f"{path}: the {what} file holds Python objects (dtype object), not {numbers} "
+                        f"numbers; save a plain numeric array (np.save(path, arr.astype(...))){fix}") from None
+        raise error(f"{path} is not a readable .npy file ({err}){fix}") from None
+    except (OSError, EOFError) as err:
+        raise error(f"{path} is not a readable .npy file ({err}){fix}") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kinds:
+        dtype = getattr(arr, "dtype", type(arr).__name__)
+        raise error(f"{path}: the {what} file has dtype {dtype}, expected {numbers} numbers{fix}")
+    return arr
 
 
 class _Codes:
