@@ -205,3 +205,33 @@ def test_guarded_models_warm_up_the_learning_rate_then_decay_it():
     assert int(np.argmax(lrs)) == warm - 1  # the peak ends the warm-up, the cosine has begun under it
     assert max(lrs) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (warm - 1) / 5000))), rel=1e-3)
     assert lrs[-1] == pytest.approx(1e-5, rel=0.05)  # cosine to 1% at the end
+
+
+def test_a_second_run_into_the_same_model_folder_is_refused_while_the_first_trains(blob_store, tmp_path):
+    """Two real processes: the second `train --overwrite` is refused naming the lock, and leaves the
+    first run's work alone (it used to delete it, and both exited 0)."""
+    import time
+
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "deepfield", "train", "ae", "--store", str(blob_store.path), "--out", str(out),
+           "--set", "latent_dim=2", "--epochs", "400", "--set", "patience=0", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        work = training_dir(out)
+        deadline = time.time() + 120
+        while not (work / "run.json").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None and (work / "run.json").exists(), "the first run should be training"
+        second = subprocess.run([*cmd, "--overwrite"], env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "is being written by another process" in second.stderr and ".m.lock" in second.stderr
+        assert (work / "run.json").exists() and first.poll() is None  # the first run's work is untouched
+    finally:
+        first.kill()
+        first.wait()
+    # the kernel dropped the killed run's lock: a new run may take the folder over
+    again = subprocess.run([*cmd[:-5], "--epochs", "1", "--overwrite", "--no-progress"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "config.json").exists()

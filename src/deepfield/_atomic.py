@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["replace_dir", "check_replaceable", "staged_dir", "write_atomic", "write_bytes_atomic",
+__all__ = ["WriteLock", "replace_dir", "check_replaceable", "staged_dir", "write_atomic", "write_bytes_atomic",
            "write_json_atomic", "write_parquet_atomic"]
 
 
@@ -103,3 +103,49 @@ def check_replaceable(out: Path, marker: str, what: str) -> None:
         if any(out.iterdir()) and not (out / marker).is_file():
             raise InputError(f"{what} output {out} exists and is not a deepfield {what} (it has no {marker}); "
                              "it would be replaced, so choose a new or empty folder")
+
+
+class WriteLock:
+    """An exclusive lock on writing the file or folder `final`, held until :meth:`release`.
+
+    A ``flock`` on the hidden file ``.NAME.lock`` beside `final`: the kernel releases it when
+    the holding process ends however it ends, so a killed writer never leaves a stale lock (the
+    file may stay; the next writer takes it over and removes it). A second writer of the same
+    path (a store, a model folder) is refused with `error` (a DeepfieldError class) naming the
+    lock, instead of deleting the first one's unfinished work. `what` names the thing in the
+    message ('store', 'model folder').
+    """
+
+    def __init__(self, final, error: type[Exception], what: str):
+        import fcntl
+
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = final.with_name(f".{final.name}.lock")
+        while True:
+            handle = open(self.path, "a+")  # noqa: SIM115 (held until release, closed by GC otherwise)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise error(f"{final} is being written by another process (it holds {self.path}): wait for that "
+                            f"write to finish, or write the {what} to another path") from None
+            try:  # the file we locked must still be the one at the path (a releasing writer unlinks it)
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        import fcntl
+
+        try:
+            self.path.unlink(missing_ok=True)  # before unlocking: a waiter then locks a fresh file
+        finally:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepfield._atomic import WriteLock
 from deepfield.data.batches import iterate_batches, make_loader, normalisation_sample
 from deepfield.data.splits import split_record, training_splits
 from deepfield.data.store import Store, open_store
@@ -212,6 +213,17 @@ def train(family: str, store, out, *, model_options: dict | None = None,
     if cls.trainer in TRAINERS:  # a trainer of its own, e.g. the two-player loop of deepfield.train.gan
         return TRAINERS[cls.trainer](family, store, out, model_options=model_options, settings=settings,
                                      resume=resume, overwrite=overwrite, callbacks=callbacks)
+    # one training run per model folder: a second run (even with --overwrite) is refused, not
+    # allowed to delete this one's checkpoints; DDP ranks started by Lightning share rank 0's
+    lock = None if launched_rank() else WriteLock(out, ModelFolderError, "model folder")
+    try:
+        return _train_locked(family, cls, store, out, model_options, settings, resume, overwrite, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(family, cls, store, out, model_options, settings, resume, overwrite, callbacks):
     torch.manual_seed(settings.seed)  # before building: the initial weights are part of the seed's promise
     model = build_model(family, store, model_options)
     splits = training_splits(store, settings.split_fractions, settings.split_seed, settings.where)

@@ -31,6 +31,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from deepfield._atomic import WriteLock
 from deepfield.data.batches import UnpairedDataset, batch_loader, iterate_batches, model_arrays, normalisation_sample
 from deepfield.data.splits import split_record, training_splits
 from deepfield.data.store import Store, open_store
@@ -390,6 +391,17 @@ def train_gan(family: str, store, out, *, store_b=None, model_options: dict | No
         raise ConfigError(f"--store-b is CycleGAN's second domain; {family} trains on one store")
     elif resample:
         raise ConfigError("--resample applies to translation between two stores (cyclegan) only")
+    lock = None if launched_rank() else WriteLock(out, ModelFolderError, "model folder")  # one run per folder
+    try:
+        return _train_gan_locked(family, store, out, options, settings, resume, overwrite, callbacks,
+                                 store_b=store_b, resample_b=resample_b, two_stores=two_stores)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_gan_locked(family, store, out, options, settings, resume, overwrite, callbacks, *, store_b, resample_b,
+                      two_stores):
     torch.manual_seed(settings.seed)  # before the networks are built: the seed fixes their initialisation
     model = build_model(family, store, options)
     splits = training_splits(store, settings.split_fractions, settings.split_seed, settings.where)

@@ -26,57 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepfield._atomic import replace_dir, write_json_atomic, write_parquet_atomic
+from deepfield._atomic import WriteLock, replace_dir, write_json_atomic, write_parquet_atomic
 from deepfield._version import __version__
 from deepfield.data.store.format import DIGEST_ARRAY, FORMAT_VERSION, PROGRESS_DIR, chunk_rows, partial_path
 from deepfield.data.store.reader import Store, open_store
 from deepfield.errors import DeepfieldError, InputError, StoreError
 
 __all__ = ["StoreWriter", "create_store", "copy_store"]
-
-
-class _WriteLock:
-    """An exclusive lock on writing the store at `final`, held from create_store to commit/abort.
-
-    A ``flock`` on the hidden file ``.NAME.lock`` beside the store: the kernel releases it when
-    the holding process ends however it ends, so a killed writer never leaves a stale lock (the
-    file may stay; the next writer takes it over and removes it). Without the lock a second
-    writer of the same path would delete the first one's partial directory and the two would
-    interleave their rows.
-    """
-
-    def __init__(self, final: Path):
-        import fcntl
-
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.path = final.with_name(f".{final.name}.lock")
-        while True:
-            handle = open(self.path, "a+")  # noqa: SIM115 (held until release, closed by GC otherwise)
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                raise StoreError(f"{final} is being written by another process (it holds {self.path}); wait "
-                                 "for that write to finish, or write to another path") from None
-            try:  # the file we locked must still be the one at the path (a releasing writer unlinks it)
-                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            handle.close()
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is None:
-            return
-        import fcntl
-
-        try:
-            self.path.unlink(missing_ok=True)  # before unlocking: a waiter then locks a fresh file
-        finally:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
 
 
 def _catalog_table(catalog: Any, n: int, first_id: int, units: Mapping[str, str]) -> pa.Table:
@@ -139,7 +95,7 @@ class StoreWriter:
 
     def __init__(self, final: Path, root: Path, meta: dict, units: dict, base_n: int,
                  new_store: bool, overwrite: bool, allow_nonfinite: bool, resumed: bool = False,
-                 lock: _WriteLock | None = None):
+                 lock: WriteLock | None = None):
         import zarr
 
         self._lock = lock
@@ -383,7 +339,7 @@ def create_store(
         if not (final / "meta.json").is_file():
             open_store(final)  # raises, naming what is missing, before anything is created beside it
         # locked before its length is read: an append committing in between would otherwise be overwritten
-        lock = _WriteLock(final)
+        lock = WriteLock(final, StoreError, "store")
         try:
             store = open_store(final)
             if sample_shape is not None and tuple(sample_shape) != store.sample_shape:
@@ -439,7 +395,7 @@ def create_store(
         "library_version": __version__,
         "n": 0,
     }
-    lock = _WriteLock(final)  # before touching the partial directory another writer may be filling
+    lock = WriteLock(final, StoreError, "store")  # before touching the partial directory another writer may be filling
     try:
         return _new_store_writer(final, meta, arrays, shared, units, overwrite, resume, allow_nonfinite, lock)
     except BaseException:
@@ -448,7 +404,7 @@ def create_store(
 
 
 def _new_store_writer(final: Path, meta: dict, arrays: dict, shared: dict, units, overwrite: bool, resume: bool,
-                      allow_nonfinite: bool, lock: _WriteLock) -> StoreWriter:
+                      allow_nonfinite: bool, lock: WriteLock) -> StoreWriter:
     """create_store's writer of a new store (or of the unfinished one it resumes), under `lock`."""
     import zarr
 
