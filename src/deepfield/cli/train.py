@@ -242,8 +242,6 @@ def train(
 
 
 def _train_family(family, store, out, config, sets, epochs, seed, resume, overwrite, progress, old):
-    import typer as _typer
-
     from deepfield.errors import ConfigError
     from deepfield.models.base import FAMILIES, config_from_dict, family_class
     from deepfield.train import TrainingInterrupted, TrainSettings, load_yaml_config
@@ -294,7 +292,7 @@ def _train_family(family, store, out, config, sets, epochs, seed, resume, overwr
                                overwrite=overwrite)
     except TrainingInterrupted as err:
         console.print(f"[yellow]{err}[/]")
-        raise _typer.Exit(130) from None
+        raise typer.Exit(130) from None
     if path is None:  # a non-zero DDP rank
         return
     metrics = json.loads((path / "metrics.json").read_text())

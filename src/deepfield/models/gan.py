@@ -44,7 +44,7 @@ from torch import nn
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.base import Model, register
 from deepfield.models.protocol import Adversarial, Encoding, Generative, LossOutput
-from deepfield.nn import MLP, ConditionNormaliser, ConvEncoder, ResidualBlock, downsample_plan, stage_channels
+from deepfield.nn import MLP, ConditionNormaliser, ConvEncoder, downsample_plan, stage_channels
 
 __all__ = ["GANConfig", "DCGANConfig", "WGANGPConfig", "ConditionalGANConfig", "GAN", "DCGAN", "WGANGP",
            "ConditionalGAN", "gradient_penalty", "LOSSES"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfield.data.importers._common import (_FITS_SUFFIXES, _READ_ERRORS_HINT, _Plan, _Rows,
-                                              _array_rows, file_record, _to_angstrom)
+                                              _array_rows, _existing, file_record, _to_angstrom)
 from deepfield.errors import DeepfieldError, InputError
 
 def _open_fits(path: Path, stack: contextlib.ExitStack | None = None):
@@ -225,6 +225,15 @@ def _arrow_columns(table) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         if fld.metadata and b"unit" in fld.metadata:
             units[fld.name] = fld.metadata[b"unit"].decode()
     return columns, units
+
+
+def _side_file_rows(plan, key, what: str, stack: contextlib.ExitStack) -> _Rows:
+    """The rows of a PSF / ivar array given as a file of its own (named `key`), recorded in the
+    plan's provenance with its size and digest."""
+    other = _existing(key, what)
+    rows = _external_array(other, what, stack)
+    plan.files[str(other.resolve())] = file_record(other)
+    return rows
 
 
 def _external_array(path: Path, what: str, stack: contextlib.ExitStack) -> _Rows:

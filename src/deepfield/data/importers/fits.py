@@ -14,7 +14,7 @@ import numpy as np
 from deepfield._names import comma_list
 from deepfield.data.importers._common import (_READ_ERRORS_HINT, _Plan, _array_rows, _existing,
                                               file_record, _is_name, _merge_catalog, _to_angstrom)
-from deepfield.data.importers._readers import (_describe_hdus, _external_array, _find_hdu, _has_hdu,
+from deepfield.data.importers._readers import (_side_file_rows, _describe_hdus, _find_hdu, _has_hdu,
                                                _hdu_rows, _image_hdu, _open_fits, _read_catalog_file,
                                                _resolve_wavelength, _stamp_rows, _table_columns,
                                                _wavelength_from_table_hdu)
@@ -160,13 +160,8 @@ def _plan_fits(source, options: Mapping[str, Any], stack: contextlib.ExitStack) 
         elif in_file(key):
             rows = _hdu_rows(_image_hdu(hdul, path, key, min_ndim=2), path)
         else:
-            other = _existing(key, what)
-            rows = _external_array(other, what, stack)
-            plan.files[str(other.resolve())] = file_record(other)
-        if what == "psf":
-            plan.psf = rows
-        else:
-            plan.ivar = rows
+            rows = _side_file_rows(plan, key, what, stack)
+        setattr(plan, what, rows)  # plan.psf or plan.ivar
 
     if x.ndim == 2:
         plan.wavelength = _resolve_wavelength(options.get("wavelength"), plan, path,

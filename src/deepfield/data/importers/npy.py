@@ -10,7 +10,7 @@ import numpy as np
 
 from deepfield.data.importers._common import (_READ_ERRORS_HINT, _Plan, _array_rows, _existing,
                                               file_record, _merge_catalog)
-from deepfield.data.importers._readers import (_external_array, _read_catalog_file,
+from deepfield.data.importers._readers import (_side_file_rows, _read_catalog_file,
                                                _resolve_wavelength)
 from deepfield.errors import InputError
 
@@ -49,13 +49,8 @@ def _plan_numpy(source, options: Mapping[str, Any], stack: contextlib.ExitStack)
         elif isinstance(key, np.ndarray):
             rows = _array_rows(key, "given as an array")
         else:
-            other = _existing(key, what)
-            rows = _external_array(other, what, stack)
-            plan.files[str(other.resolve())] = file_record(other)
-        if what == "psf":
-            plan.psf = rows
-        else:
-            plan.ivar = rows
+            rows = _side_file_rows(plan, key, what, stack)
+        setattr(plan, what, rows)  # plan.psf or plan.ivar
     wl = options.get("wavelength", "wavelength" if "wavelength" in members else None)
     if wl is not None:
         if isinstance(wl, str) and wl in members:
