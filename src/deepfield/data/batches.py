@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from deepfield.data.store import Store
 
 __all__ = ["model_arrays", "model_columns", "check_model_store", "iterate_batches", "normalisation_sample", "make_loader",
-           "batch_loader", "UnpairedDataset"]
+           "batch_loader", "UnpairedDataset", "SeededShuffle"]
 
 
 def model_arrays(model, store: Store | None = None) -> tuple[str, ...]:
@@ -98,22 +98,56 @@ def normalisation_sample(store: Store, rows: np.ndarray, limit: int = 20000) -> 
     return store.read("x", rows)
 
 
+class SeededShuffle:
+    """A sampler of rows 0..n-1 in an order fixed by (seed, epoch) alone, so that a resumed run
+    sees the same batches as an uninterrupted one: Lightning calls :meth:`set_epoch`, and a
+    checkpoint's optimiser step count places the sampler with :meth:`resume_at` (skipping the
+    batches of the epoch that were already trained on, once)."""
+
+    def __init__(self, n: int, seed: int, batch_size: int):
+        self.n, self.seed, self.batch_size = int(n), int(seed), int(batch_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def resume_at(self, step: int) -> None:
+        """Continue after `step` optimisation steps of one batch each: at the start of the next
+        epoch, or inside the current one past the batches already used."""
+        self.epoch, into = divmod(int(step), max(1, self.batches_per_epoch))
+        self.skip = into * self.batch_size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:].tolist())
+
+
 def batch_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int = 0,
-                 drop_last: bool = False) -> DataLoader:
-    """A DataLoader over `dataset` (worker processes kept between epochs when there are any)."""
+                 drop_last: bool = False, seed: int | None = None) -> DataLoader:
+    """A DataLoader over `dataset` (worker processes kept between epochs when there are any).
+    With `shuffle` and a `seed`, the order of each epoch is a :class:`SeededShuffle`'s."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, drop_last=drop_last)
+    sampler = SeededShuffle(len(dataset), seed, batch_size) if shuffle and seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, persistent_workers=num_workers > 0, drop_last=drop_last)
 
 
 def make_loader(store: Store, indices: np.ndarray, *, batch_size: int, shuffle: bool, num_workers: int = 0,
-                model=None, drop_last: bool = False) -> DataLoader:
+                model=None, drop_last: bool = False, seed: int | None = None) -> DataLoader:
     """A DataLoader over rows `indices` of `store` (in memory for selections that fit), yielding
     dicts of tensors with 'x' and whatever else `model` reads (PSF, ivar, condition columns)."""
     dataset = store.dataset(indices, arrays=model_arrays(model, store), columns=model_columns(model))
     return batch_loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                        drop_last=drop_last)
+                        drop_last=drop_last, seed=seed)
 
 
 class UnpairedDataset:

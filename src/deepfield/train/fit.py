@@ -42,11 +42,15 @@ __all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", 
 class TrainingInterrupted(Exception):
     """Training was stopped (Ctrl-C); a checkpoint to resume from was saved."""
 
-    def __init__(self, checkpoint: Path, epoch: int):
+    def __init__(self, checkpoint: Path | None, epoch: int):
         self.checkpoint = checkpoint
         self.epoch = epoch
-        super().__init__(f"training interrupted in epoch {epoch}; checkpoint saved at {checkpoint}. "
-                         "Run the same command with --resume to continue")
+        if checkpoint is None:
+            super().__init__(f"training interrupted in epoch {epoch}, before the first epoch's checkpoint: "
+                             "nothing was kept; run the same command again to start afresh")
+        else:
+            super().__init__(f"training interrupted in epoch {epoch}; checkpoint saved at {checkpoint}. "
+                             "Run the same command with --resume to continue")
 
 
 @dataclass(frozen=True)
@@ -310,9 +314,10 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     channels_last = settings.channels_last and len(model.input_shape) == 3
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    module = ModelModule(model, lr=settings.lr, weight_decay=settings.weight_decay, channels_last=channels_last)
     train_loader = make_loader(store, splits["train"], batch_size=settings.batch_size, shuffle=True,
-                               num_workers=settings.num_workers, model=model)
+                               num_workers=settings.num_workers, model=model, seed=settings.seed)
+    module = ModelModule(model, lr=settings.lr, weight_decay=settings.weight_decay, channels_last=channels_last,
+                         seed=settings.seed, sampler=train_loader.sampler)
     val_idx = splits["val"] if splits["val"].size else splits["train"][: max(1, settings.batch_size)]
     val_loader = make_loader(store, val_idx, batch_size=settings.batch_size, shuffle=False,
                              num_workers=settings.num_workers, model=model)
@@ -406,6 +411,10 @@ def fit_interruptibly(trainer, module, loaders, last: Path, interrupt, resume: b
     except SystemExit:
         if interrupt.saved:
             raise TrainingInterrupted(last, interrupt.epoch) from None
+        if getattr(interrupt, "interrupted", False):  # Ctrl-C before any checkpoint: nothing to resume from
+            if not resume:
+                shutil.rmtree(last.parent.parent, ignore_errors=True)
+            raise TrainingInterrupted(None, interrupt.epoch) from None
         raise
     finally:
         signal.signal(signal.SIGINT, old_handler)

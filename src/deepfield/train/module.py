@@ -40,18 +40,45 @@ class ModelModule(L.LightningModule):
     GUARD_WINDOW, GUARD_MAX_SKIPS = 64, 8
     WARMUP_STEPS = 1000
 
-    def __init__(self, model, lr: float = 1e-3, weight_decay: float = 0.0, channels_last: bool = False):
+    def __init__(self, model, lr: float = 1e-3, weight_decay: float = 0.0, channels_last: bool = False,
+                 seed: int = 0, sampler=None):
         super().__init__()
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
         self.channels_last = channels_last
+        self.seed = int(seed)
+        #: the training loader's SeededShuffle, placed by a checkpoint's step count on resume
+        self.sampler = sampler
         self._recent: list[float] = []
         self._skips_in_a_row = 0
+
+    def _reseed(self, *position: int) -> None:
+        """Seed torch's generator from (seed, rank, position) alone: the noise a step draws (the
+        VAE's reparametrisation, dropout, noise injection) is then the same whether or not the run
+        was interrupted and resumed before it."""
+        state = np.random.SeedSequence([self.seed, int(self.global_rank), *position]).generate_state(2)
+        torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def on_train_epoch_start(self):
         if hasattr(self.model, "set_epoch"):  # e.g. the VAE's KL warm-up
             self.model.set_epoch(int(self.current_epoch))
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._reseed(0, int(self.global_step))
+
+    def on_validation_epoch_start(self):
+        self._reseed(1, int(self.current_epoch))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["deepfield"] = {"recent_losses": list(self._recent), "skips_in_a_row": self._skips_in_a_row}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("deepfield", {})
+        self._recent = [float(v) for v in state.get("recent_losses", [])]
+        self._skips_in_a_row = int(state.get("skips_in_a_row", 0))
+        if self.sampler is not None:
+            self.sampler.resume_at(int(checkpoint.get("global_step", 0)))
 
     def _prepare(self, batch: dict) -> dict:
         if self.channels_last and batch["x"].ndim == 4:
@@ -148,19 +175,33 @@ class HistoryCallback(L.Callback):
 
 
 class InterruptCheckpoint(L.Callback):
-    """On Ctrl-C (KeyboardInterrupt) save a checkpoint to resume from."""
+    """On Ctrl-C (KeyboardInterrupt) save a checkpoint to resume from: mid-epoch, the step reached
+    (the training loader's :class:`~deepfield.data.batches.SeededShuffle` skips the batches used);
+    between an epoch's last step and its end-of-epoch checkpoint, the previous epoch's end."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.saved = False
+        self.interrupted = False
         self.epoch = 0
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, KeyboardInterrupt):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(str(self.path))
-            self.saved = True
-            self.epoch = int(trainer.current_epoch)
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        self.interrupted = True
+        self.epoch = int(trainer.current_epoch)
+        per_epoch = trainer.num_training_batches
+        if (pl_module.automatic_optimization and math.isfinite(per_epoch)  # one step per batch
+                and trainer.global_step >= (trainer.current_epoch + 1) * per_epoch):
+            # the epoch's steps are done but its validation (and end-of-epoch checkpoint) may not be: Lightning
+            # would resume such a checkpoint in the next epoch and skip this one's validation, so the run
+            # would no longer be the uninterrupted one. Keep the previous end-of-epoch checkpoint instead
+            # (this epoch is trained again, the same way, on resume)
+            self.saved = self.path.is_file()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(str(self.path))
+        self.saved = True
 
 
 class ThroughputCallback(L.Callback):
