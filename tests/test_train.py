@@ -235,3 +235,36 @@ def test_a_second_run_into_the_same_model_folder_is_refused_while_the_first_trai
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "config.json").exists()
+
+
+def test_progress_bar_counts_epochs_from_one_and_shows_only_losses(blob_store, tmp_path, capsys):
+    train("ae", blob_store, tmp_path / "m", model_options={"latent_dim": 2, "hidden": (8,)},
+          settings=TrainSettings(epochs=2, batch_size=64, patience=0, progress=True))
+    out = capsys.readouterr().out
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out and "Epoch 0" not in out
+    assert "val_loss" in out and "v_num" not in out
+
+
+@pytest.mark.parametrize("options, says, not_says", [
+    ({"likelihood": "gaussian"}, ["beta=0.3", "kl_warmup_epochs"], ["decoder is given", "flux"]),
+    ({"likelihood": "gaussian", "beta": 0.2, "kl_warmup_epochs": 3, "condition": ("half_light_radius",)},
+     ["decoder is given half_light_radius"], ["beta=0.3", "kl_warmup_epochs=5"]),
+])
+def test_collapse_advice_fits_the_model(options, says, not_says):
+    from deepfield.models.vae import VAEConfig
+    from deepfield.train.fit import collapse_advice
+
+    advice = collapse_advice(VAEConfig(input_shape=(1, 16, 16), **options))
+    assert all(s in advice for s in says), advice
+    assert not any(s in advice for s in not_says), advice
+
+
+def test_cli_warnings_are_one_line_without_source(blob_store, tmp_path, capsys):
+    from conftest import cli
+
+    code, out = cli(capsys, "train", "vae", "--store", str(blob_store.path), "--out", str(tmp_path / "v"),
+                    "--set", "latent_dim=2", "--set", "hidden=[8]", "--epochs", "1", "--no-progress")
+    assert code == 0
+    # the store has no PSF: the likelihood fallback is said once, as a line, without Python's source echo
+    assert out.count("warning: store") == 1 and "Gaussian likelihood" in out
+    assert "build_model(" not in out and "UserWarning" not in out and "LeafSpec" not in out

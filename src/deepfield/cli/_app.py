@@ -59,6 +59,22 @@ def _os_error_message(err: OSError) -> str | None:
     return None
 
 
+def _show_warnings_as_lines() -> None:
+    """Warnings reach CLI users as one line each ("warning: ..."), without the source line Python
+    prints under them (it names deepfield's code, not the user's input); DEEPFIELD_DEBUG=1 keeps
+    Python's format."""
+    import os
+    import warnings
+
+    if os.environ.get("DEEPFIELD_DEBUG"):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
+
+
 def run_app(argv=None) -> None:
     """Run the app and exit: 0 on success; usage mistakes and any DeepfieldError print a one-line
     message and exit 2; Ctrl-C exits 130; anything unexpected prints its type and message (the
@@ -67,6 +83,7 @@ def run_app(argv=None) -> None:
 
     from deepfield.errors import DeepfieldError
 
+    _show_warnings_as_lines()
     try:
         result = app(args=argv, standalone_mode=False)
     except DeepfieldError as err:

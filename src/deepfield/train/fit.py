@@ -302,7 +302,12 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
 
     import logging
 
-    # Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users
+    # Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users, and so are warnings
+    # about its own internals or about what this module does on purpose
+    for message in (r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree use, not ours
+                    r"Checkpoint directory .* exists and is not empty",  # resuming into our own work folder
+                    r"You're resuming from a checkpoint that ended before the epoch ended"):  # SeededShuffle skips
+        warnings.filterwarnings("ignore", message=message)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -331,9 +336,9 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     if settings.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=settings.patience))
     if settings.progress:
-        from lightning.pytorch.callbacks import RichProgressBar
+        from deepfield.train.module import EpochBar
 
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(EpochBar(leave=True))
     logger = TensorBoardLogger(str(work), name="logs", version=0, default_hp_metric=False)
     trainer = L.Trainer(
         max_epochs=settings.epochs, accelerator=settings.accelerator, devices=settings.devices,
@@ -363,7 +368,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
         "train_images_per_s": throughput.images_per_second,
         "history": history.rows,
     }
-    _warn_on_collapse(metrics["history"])
+    _warn_on_collapse(metrics["history"], model.config)
     training = {
         "epochs": settings.epochs, "epochs_run": int(trainer.current_epoch), "batch_size": settings.batch_size,
         "lr": settings.lr, "seed": settings.seed, "precision": settings.precision,
@@ -382,22 +387,43 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
 COLLAPSE_KL_NATS = 1.5
 
 
-def _warn_on_collapse(history: list[dict]) -> None:
+def collapse_advice(config) -> str:
+    """What to try when a VAE of `config` (a VAEConfig) collapsed, for that model: what its
+    decoder is given, its KL weight and warm-up."""
+    tips = []
+    given = [c for c in (config.flux_condition, config.size_condition) if c]
+    decoder = config.decoder_condition if config.decoder_condition is not None else tuple(
+        c for c in config.condition if c not in given)
+    if given or decoder:
+        told = ", ".join(f"{c} (as the {what})" for c, what in ((config.flux_condition, "flux"),
+                                                                (config.size_condition, "size")) if c)
+        told = ", ".join(x for x in (told, ", ".join(decoder)) if x)
+        tips.append(f"its decoder is given {told}, so little is left for the codes: drop conditions it need not "
+                    "have (--set decoder_condition=[]) or lower beta")
+    if config.beta >= 0.5:
+        tips.append(f"lower beta (it is {config.beta:g}; try --set beta=0.3)")
+    if config.kl_warmup_epochs == 0:
+        tips.append("let the KL weight rise over the first epochs (--set kl_warmup_epochs=5)")
+    tips.append("train longer, or on well-measured objects only (--where 'snr > 20') when most are faint")
+    return "Try: " + "; ".join(tips) + "."
+
+
+def _warn_on_collapse(history: list[dict], config=None) -> None:
     """Warn when a VAE's posterior collapsed (KL to the prior near zero): at the kept (best
     validation) epoch, or by the last epoch, when the kept one is then an early, undertrained one."""
     rows = [r for r in history if r.get("val_kl") is not None and r.get("val_loss") is not None]
     if not rows:
         return
     best, last = min(rows, key=lambda r: r["val_loss"]), rows[-1]
-    advice = ("Seen when the decoder is given most of what it draws (flux and size conditions) and most objects "
-              "are faint: lower --beta (e.g. 0.3), or train on well-measured objects (--where 'snr > 20')")
+    advice = collapse_advice(config) if config is not None and hasattr(config, "beta") else (
+        "Try a lower beta, a KL warm-up, or longer training.")
     if best["val_kl"] < COLLAPSE_KL_NATS:
         warnings.warn(f"the kept epoch's codes carry {best['val_kl']:.2f} nats per object (KL to the prior): the "
                       f"posterior has collapsed, and samples will all look alike. {advice}", stacklevel=3)
     elif last["val_kl"] < COLLAPSE_KL_NATS:
         warnings.warn(f"the posterior collapsed during training (the last epoch's codes carry {last['val_kl']:.2f} "
-                      f"nats per object) and never beat epoch {best['epoch']}, which the folder keeps: that model "
-                      f"is undertrained. {advice}", stacklevel=3)
+                      f"nats per object) and never beat epoch {best['epoch'] + 1}, which the folder keeps: that "
+                      f"model is undertrained. {advice}", stacklevel=3)
 
 
 def fit_interruptibly(trainer, module, loaders, last: Path, interrupt, resume: bool) -> float:

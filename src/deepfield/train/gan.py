@@ -481,9 +481,9 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
     callbacks = [history, _SampleGrid(work / "logs" / "samples", examples, settings.seed), _EpochCheckpoint(last),
                  InterruptCheckpoint(last), throughput, *extra_callbacks]
     if settings.progress:
-        from lightning.pytorch.callbacks import RichProgressBar
+        from deepfield.train.module import EpochBar
 
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(EpochBar(leave=True))
     strategy = settings.strategy
     if strategy == "ddp":  # each step trains one player: the others' parameters get no gradient
         from lightning.pytorch.strategies import DDPStrategy

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 import numpy as np
 import torch
 
 from deepfield.errors import InputError, TrainingDiverged
 
-__all__ = ["ModelModule", "HistoryCallback", "InterruptCheckpoint", "ThroughputCallback", "check_finite_batch"]
+__all__ = ["ModelModule", "HistoryCallback", "InterruptCheckpoint", "ThroughputCallback", "EpochBar", "check_finite_batch"]
 
 
 def check_finite_batch(batch: dict, loss: torch.Tensor) -> None:
@@ -223,3 +224,18 @@ class ThroughputCallback(L.Callback):
     @property
     def images_per_second(self) -> float | None:
         return self.images / self.seconds if self.seconds > 0 else None
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's rich progress bar as a user reads it: epochs counted from 1 ("Epoch 3/20"), and
+    only the losses (no logger version number)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        total = self.trainer.max_epochs
+        text = f"Epoch {current_epoch + 1}/{total}" if total and total > 0 else f"Epoch {current_epoch + 1}"
+        return f"{text:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
