@@ -656,3 +656,24 @@ def test_refined_codes_fit_each_object_better_than_the_encoder_alone(pixel_vae, 
         train_prior(pixel_vae, kind="gmm", refine_prior_weight=0.0, progress=False)
     code, out = cli(capsys, "train", "vae", "--store", galaxies.path, "--out", tmp_path / "v", "--refine-steps", "5")
     assert code != 0 and "apply to latent priors" in out and not (tmp_path / "v").exists()
+
+
+def test_a_prior_worse_than_the_standard_normal_is_said_and_not_used_by_auto(pixel_vae, galaxies, tmp_path, capsys):
+    """Ten Gaussians fitted to the codes of the brightest third of the galaxies score the held-out
+    codes (all brightnesses) far below N(0, I): the fit says so, and `sample --prior auto` falls back."""
+    import shutil
+
+    vae_dir = shutil.copytree(pixel_vae, tmp_path / "vae")
+    cut = float(np.sort(galaxies.column("snr"))[::-1][65])
+    with pytest.warns(UserWarning, match=r"worse than N\(0, I\).*--prior auto` draws from N\(0, I\)"):
+        prior_dir = train_prior(vae_dir, kind="gmm", components=10, where=f"snr > {cut}", progress=False)
+    metrics = json.loads((prior_dir / "metrics.json").read_text())
+    assert metrics["val_log_prob"] < metrics["val_log_prob_standard_normal"] - 5
+    model = deepfield.load(vae_dir)
+    with pytest.warns(UserWarning, match="sampling from N\\(0, I\\) instead"):
+        auto = model.sample(6, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(auto, model.sample(6, generator=torch.Generator().manual_seed(1), prior="gaussian"))
+    assert not torch.equal(auto, model.sample(6, generator=torch.Generator().manual_seed(1), prior="fitted"))
+    code, out = cli(capsys, "sample", vae_dir, "--out", tmp_path / "s", "--n", "4", "--no-progress")
+    assert code == 0 and "warning: the fitted latent prior scored" in out
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["provenance"]["prior"] == "gaussian"

@@ -112,7 +112,8 @@ def sample(
     out: Path = typer.Option(..., "--out", "-o", help="Output store."),
     condition: str = typer.Option(None, "--condition", help="e.g. 'half_light_radius=0.8,magnitude=22,redshift=0.5'."),
     seed: int = typer.Option(0, "--seed"),
-    prior: str = typer.Option("auto", "--prior", help="auto (fitted latent prior if any) or gaussian (N(0, I))."),
+    prior: str = typer.Option("auto", "--prior", help="auto (the fitted latent prior, unless it scored held-out "
+                              "codes worse than N(0, I)), fitted (it anyway) or gaussian (N(0, I))."),
     psf_fwhm: float = typer.Option(None, "--psf-fwhm", help="Also observe through a Moffat PSF of this FWHM (arcsec)."),
     noise_sigma: float = typer.Option(None, "--noise-sigma", help="Gaussian noise (counts/pixel) with --psf-fwhm."),
     bf16: bool = typer.Option(False, "--bf16", help="VAEs: decode in bfloat16 (about 2x faster on CPUs with "
@@ -127,10 +128,10 @@ def sample(
     import deepfield
     from deepfield.tasks import parse_condition, sample_store
 
-    if prior not in ("auto", "gaussian"):
+    if prior not in ("auto", "fitted", "gaussian"):
         from deepfield.errors import InputError
 
-        raise InputError(f"--prior {prior!r}: choose auto or gaussian")
+        raise InputError(f"--prior {prior!r}: choose auto, fitted or gaussian")
     model = deepfield.load(model_dir)
     from deepfield.models.protocol import has
 

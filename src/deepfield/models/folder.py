@@ -191,4 +191,10 @@ def load_model(path, map_location: str | torch.device = "cpu") -> Model:
     model.record = record
     if (p / "prior" / "config.json").is_file() and hasattr(model, "prior"):
         model.prior = load_model(p / "prior", map_location)  # a latent prior fitted on this model's codes
+        try:
+            metrics = json.loads((p / "prior" / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        if isinstance(metrics, dict):
+            model.prior.held_out_log_prob = (metrics.get("val_log_prob"), metrics.get("val_log_prob_standard_normal"))
     return model

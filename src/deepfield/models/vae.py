@@ -24,6 +24,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -241,8 +242,6 @@ class VAE(Model, Encoding, Generative, BoundDensity, Trainable):
         values = {"likelihood": "pixel" if store.has("psf") and store.has("ivar") and store.kind == "image"
                   else "gaussian"}
         if values["likelihood"] == "gaussian" and "likelihood" not in options and store.kind == "image":
-            import warnings
-
             missing = [a for a in ("psf", "ivar") if not store.has(a)]
             warnings.warn(f"store {store.path} has no {' or '.join(missing)}: the VAE falls back to the Gaussian "
                           "likelihood, which knows no PSF or per-object noise (its decoded galaxies are not "
@@ -472,6 +471,18 @@ class VAE(Model, Encoding, Generative, BoundDensity, Trainable):
             return self.observation.predict(sky, batch["psf"])
         return sky
 
+    def usable_prior(self):
+        """The fitted latent prior, unless it scored held-out codes worse than N(0, I) did when it
+        was fitted (then None, with a warning: N(0, I) is the better prior)."""
+        prior = self.prior
+        fitted, standard = getattr(prior, "held_out_log_prob", (None, None))
+        if prior is not None and fitted is not None and standard is not None and not fitted > standard:
+            warnings.warn(f"the fitted latent prior scored held-out codes at {fitted:.2f} nats per object, worse than "
+                          f"N(0, I) at {standard:.2f}: sampling from N(0, I) instead. Refit it (deepfield train prior "
+                          "--model VAE_DIR --epochs N) or ask for it anyway with --prior fitted", stacklevel=3)
+            return None
+        return prior
+
     def sample(self, n: int, *, condition=None, generator: torch.Generator | None = None,
                prior: str | object = "auto", bf16: bool = False) -> torch.Tensor:
         """`n` noiseless (PSF-free for observation models) images in store units.
@@ -480,13 +491,19 @@ class VAE(Model, Encoding, Generative, BoundDensity, Trainable):
             condition: a dict {column: value or (n,) values} covering the VAE's and the prior's
                 condition columns, or an array (n, K) / (K,) in the VAE's column order.
             generator: torch.Generator; the same seed gives the same galaxies.
-            prior: 'auto' (the fitted latent prior when there is one, else N(0, I)), 'gaussian'
-                (N(0, I) always: shows what the flow fixes), or a prior object.
+            prior: 'auto' (the fitted latent prior when there is one and it scored held-out codes
+                better than N(0, I) did, else N(0, I), with a warning), 'fitted' (the fitted prior
+                however it scored), 'gaussian' (N(0, I) always: shows what the flow fixes), or a
+                prior object.
             bf16: decode under bfloat16 autocast: about 2x faster on CPUs with AVX512-BF16 or
                 AMX and on GPUs; pixels differ from fp32 by up to ~1% of the peak.
         """
         device = self.data_scale.device
-        chosen = self.prior if prior == "auto" else (None if prior == "gaussian" else prior)
+        chosen = self.usable_prior() if prior == "auto" else (None if prior == "gaussian" else self.prior
+                                                                  if prior == "fitted" else prior)
+        if prior == "fitted" and chosen is None:
+            raise InputError("this VAE has no fitted latent prior: fit one (deepfield train prior --model VAE_DIR) "
+                             "or sample with --prior auto")
         if chosen is None:
             z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         else:

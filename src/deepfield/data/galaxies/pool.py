@@ -13,6 +13,7 @@ import numpy as np
 
 from deepfield.data.galaxies.parameters import galaxy_parameters
 from deepfield.data.galaxies.rendering import _StampRenderer
+from deepfield.errors import InputError
 
 
 class _BatchMaker:
@@ -76,11 +77,18 @@ def ordered_batches(make: type, args: tuple, batches, workers: int) -> Iterator:
             yield maker(lo, hi)
         return
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    # spawn, never fork: GalSim's bundled OpenMP runtime deadlocks in forked children
-    ctx = mp.get_context("spawn")
+    if getattr(mp.current_process(), "_inheriting", False):
+        # this is a worker process re-running the user's script as it starts (spawn imports the main module):
+        # without a __main__ guard it would start workers of its own, for ever
+        raise InputError(REIMPORTED_MAIN)
+    # spawn, never fork: GalSim's bundled OpenMP runtime deadlocks in forked children. An executor, not a
+    # multiprocessing.Pool: a worker that dies as it starts breaks it (a Pool would start another, for ever)
     with _single_threaded_children():
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(make, args))
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                   initargs=(make, args))
     try:
         todo = iter(batches)
         pending: deque = deque()
@@ -88,18 +96,28 @@ def ordered_batches(make: type, args: tuple, batches, workers: int) -> Iterator:
         def submit() -> None:
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.apply_async(_make_in_worker, nxt))
+                pending.append(pool.submit(_make_in_worker, *nxt))
 
         for _ in range(2 * workers):
             submit()
         while pending:
-            made = pending.popleft().get()
+            try:
+                made = pending.popleft().result()
+            except BrokenProcessPool:
+                raise InputError(f"a worker process ended before making its batch. {REIMPORTED_MAIN}; if it does, "
+                                 "the machine may have run out of memory: use fewer workers") from None
             submit()
             yield made
-        pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()  # at once, as on Ctrl-C: their batches are no longer wanted
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: what to do when worker processes re-run a script (they import its main module as they start)
+REIMPORTED_MAIN = ("worker processes start by importing the script that started them, so its top-level code ran "
+                   "again in each: put the script's code under `if __name__ == \"__main__\":` (Python's rule "
+                   "for scripts that start processes), or pass workers=1")
 
 
 def _made_batches(batches, survey: dict, render: dict, workers: int) -> Iterator:
