@@ -268,3 +268,30 @@ def test_cli_warnings_are_one_line_without_source(blob_store, tmp_path, capsys):
     # the store has no PSF: the likelihood fallback is said once, as a line, without Python's source echo
     assert out.count("warning: store") == 1 and "Gaussian likelihood" in out
     assert "build_model(" not in out and "UserWarning" not in out and "LeafSpec" not in out
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_checks_them(blob_store, tmp_path):
+    opts = {"latent_dim": 3, "hidden": (16,)}
+    base = train("ae", blob_store, tmp_path / "base", model_options=opts,
+                 settings=TrainSettings(epochs=12, **{**FAST, "batch_size": 16}, lr=3e-3))
+    base_metrics = json.loads((base / "metrics.json").read_text())
+    tuned = train("ae", blob_store, tmp_path / "tuned", settings=TrainSettings(epochs=1, init=str(base), **FAST))
+    record = json.loads((tuned / "config.json").read_text())
+    assert record["training"]["initialised_from"] == str(base.resolve())
+    first = json.loads((tuned / "metrics.json").read_text())["history"][0]
+    fresh = train("ae", blob_store, tmp_path / "fresh", model_options=opts, settings=TrainSettings(epochs=1, **FAST))
+    fresh_first = json.loads((fresh / "metrics.json").read_text())["history"][0]
+    # one more epoch from the trained weights is at least as good as where they were, and far from a fresh start
+    assert first["val_loss"] <= base_metrics["best_val_loss"] * 1.05
+    assert first["val_loss"] < 0.8 * fresh_first["val_loss"]
+    a, b = deepfield.load(base), deepfield.load(tuned)
+    assert torch.equal(a.data_scale, b.data_scale)  # the normalisation is the trained model's
+    with pytest.raises(ConfigError, match="holds a .*ae model"):
+        train("vae", blob_store, tmp_path / "x", settings=TrainSettings(epochs=1, init=str(base), **FAST))
+    with pytest.raises(ConfigError, match="keeps the config"):
+        train("ae", blob_store, tmp_path / "x", model_options={"latent_dim": 5},
+              settings=TrainSettings(epochs=1, init=str(base), **FAST))
+    with pytest.raises(ModelFolderError, match="not a model folder"):
+        train("ae", blob_store, tmp_path / "x", settings=TrainSettings(epochs=1, init=str(tmp_path), **FAST))
+    with pytest.raises(ConfigError, match="drop init"):
+        train("pca", blob_store, tmp_path / "x", settings=TrainSettings(epochs=1, init=str(base), **FAST))

@@ -30,7 +30,7 @@ from deepfield._atomic import WriteLock
 from deepfield.data.batches import iterate_batches, make_loader, normalisation_sample
 from deepfield.data.splits import split_record, training_splits
 from deepfield.data.store import Store, open_store
-from deepfield.errors import ConfigError, ModelFolderError, TrainingDiverged
+from deepfield.errors import ConfigError, InputError, ModelFolderError, TrainingDiverged
 from deepfield.models import Model, save_model
 from deepfield.models.base import config_from_dict, family_class
 
@@ -78,6 +78,9 @@ class TrainSettings:
         threads: torch CPU threads (default: all cores).
         num_workers: DataLoader worker processes (0: load in the main process).
         progress: show a progress bar.
+        init: fine-tune: start from the weights of this model folder (of the same family) instead of
+            a fresh initialisation, keeping its config and normalisation, e.g. a VAE trained on
+            simulated galaxies fine-tuned on real morphologies.
     """
 
     epochs: int = 20
@@ -98,6 +101,7 @@ class TrainSettings:
     threads: int | None = None
     num_workers: int = 0
     progress: bool = True
+    init: str | None = None
 
     def __post_init__(self):
         bad = [f"epochs={self.epochs} (give >= 1)" if self.epochs < 1 else "",
@@ -158,6 +162,36 @@ def build_model(family: str, store: Store, options: dict | None = None) -> Model
     return model
 
 
+def initial_model(family: str, store: Store, init, options: dict | None = None) -> Model:
+    """The trained model in folder `init`, to be fine-tuned on `store` as a `family`: its weights,
+    config, normalisation and condition scalings are kept, so it must be of `family` and able to
+    read `store` (bands, stamp size, pixel scale, the arrays its likelihood needs)."""
+    from deepfield.data.batches import check_model_store
+    from deepfield.models.folder import load_model
+
+    path = Path(init)
+    if not (path / "config.json").is_file():
+        raise ModelFolderError(f"init {path} is not a model folder (no config.json): give the folder a training run "
+                               "wrote")
+    model = load_model(path)
+    if not isinstance(model, family_class(family)):
+        raise ConfigError(f"init {path} holds a {model.family} model; fine-tuning continues the same family: train "
+                          f"{model.family}, or drop init")
+    if options:
+        raise ConfigError(f"fine-tuning keeps the config of {path}; model options ({', '.join(sorted(options))}) "
+                          "would change it: drop them, or train afresh without init")
+    if store.sample_shape[1:] != tuple(model.input_shape)[1:] or store.sample_shape[0] != model.input_shape[0]:
+        raise InputError(f"init {path} reads samples of shape {tuple(model.input_shape)} but store {store.path} holds "
+                         f"{store.sample_shape}: fine-tune on a store of the same bands and stamp size")
+    check_model_store(model, store)
+    for column in model.data_columns:
+        store.column(column)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 def launched_rank() -> bool:
     """True in a DDP worker process that Lightning launched (ranks >= 1)."""
     return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
@@ -214,6 +248,9 @@ def train(family: str, store, out, *, model_options: dict | None = None,
         raise ConfigError(f"{family} learns between two stores: call deepfield.train.gan.train_gan({family!r}, "
                           "store_a, out, store_b=store_b) (the CLI: deepfield train cyclegan --store A --set "
                           "store_b=B)")
+    if settings.init is not None and cls.trainer != "gradient":
+        raise ConfigError(f"init (fine-tuning from a trained model) applies to families trained by gradient steps on "
+                          f"their loss, not to {family} ({cls.trainer} training): drop init")
     if cls.trainer in TRAINERS:  # a trainer of its own, e.g. the two-player loop of deepfield.train.gan
         return TRAINERS[cls.trainer](family, store, out, model_options=model_options, settings=settings,
                                      resume=resume, overwrite=overwrite, callbacks=callbacks)
@@ -229,11 +266,14 @@ def train(family: str, store, out, *, model_options: dict | None = None,
 
 def _train_locked(family, cls, store, out, model_options, settings, resume, overwrite, callbacks):
     torch.manual_seed(settings.seed)  # before building: the initial weights are part of the seed's promise
-    model = build_model(family, store, model_options)
     splits = training_splits(store, settings.split_fractions, settings.split_seed, settings.where)
-    model.fit_normalisation(normalisation_sample(store, splits["train"]))
-    if model.data_columns and hasattr(model, "fit_conditions"):
-        model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
+    if settings.init is not None:
+        model = initial_model(family, store, settings.init, model_options)
+    else:
+        model = build_model(family, store, model_options)
+        model.fit_normalisation(normalisation_sample(store, splits["train"]))
+        if model.data_columns and hasattr(model, "fit_conditions"):
+            model.fit_conditions(np.stack([store.column(c)[splits["train"]] for c in model.data_columns], axis=1))
     model.check_store(store, family)
     record = split_record(store, splits, settings.split_fractions, settings.split_seed, settings.where)
     if cls.trainer == "closed-form":
@@ -375,6 +415,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
         "accelerator": str(trainer.accelerator.__class__.__name__).replace("Accelerator", "").lower(),
         "devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
         "early_stopping_patience": settings.patience, "resumed": resume,
+        "initialised_from": str(Path(settings.init).resolve()) if settings.init is not None else None,
         "gradient_clip": trainer.gradient_clip_val,
     }
     path = save_model(model, out, metrics=metrics, store=record, training=training,
