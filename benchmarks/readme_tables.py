@@ -126,6 +126,14 @@ SECTIONS = [
      "and growth functions run inside the same FastPM kick-drift-kick loop, compiled by jax.jit."),
     ("import_cosmos", "Importing a RealGalaxyCatalog (COSMOS layout) into a store",
      "python benchmarks/import_cosmos.py --n 10000 --repeat 2", ""),
+    ("real_morphology", "A VAE of simulated galaxies, fine-tuned on real morphologies",
+     "python benchmarks/real_morphology.py",
+     "Reconstruction chi^2 per pixel against each object's own noise (1: a fit to the noise) on fresh draws of the "
+     "five real AEGIS HST galaxies seen by the simulated survey (`simulate galaxies --morphology cosmos`) and on "
+     "fresh parametric galaxies. Fine-tuning (`--set init=VAE_DIR`, 8 epochs) cuts the worst fits of real "
+     "morphologies (p90 1.38 -> 1.13) at a small cost on parametric ones, and starts better than training on the "
+     "real-morphology store alone. Five source galaxies measure nothing about fidelity to real galaxies: this shows "
+     "the pipeline working end to end."),
 ]
 
 
