@@ -132,6 +132,21 @@ def test_circular_padding_makes_the_networks_periodic():
         DCGAN(DCGANConfig(input_shape=(1, 16, 16), padding="reflect"))
 
 
+def test_spectral_critic_reads_the_ring_averaged_power_of_its_input():
+    gan = DCGAN(DCGANConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(4, 8), spectral_critic=True))
+    x = torch.arange(16.0)
+    wave = torch.cos(2 * math.pi * 3 * x / 16)[None, :].expand(16, 16)  # one mode, |k| = 3 cells^-1
+    rings = gan.critic_spectrum.ring_power(wave[None, None])[0, 0]
+    assert rings.shape == (8,) and int(rings.argmax()) == 2  # ring 3 (rings start at |k| = 1)
+    assert float(rings.sum() - rings[2]) < 1e-8
+    # Parseval: modes (0, +-3) share sum u^2 = 128, so the stored (0, +3) holds 64, averaged over ring 3's modes
+    ring3 = int((gan.critic_spectrum.ring == 3).sum())
+    assert float(rings[2]) == pytest.approx(64.0 / ring3, rel=1e-5)
+    u = torch.randn(3, 1, 16, 16)
+    assert gan.critic_features(u).shape == (3, gan.critic.features + 64)
+    assert "critic_spectrum.ring" not in gan.state_dict()  # derived from the shape, not saved
+
+
 @pytest.fixture(scope="module")
 def slices_and_gan(tmp_path_factory):
     root = tmp_path_factory.mktemp("cosmicweb")

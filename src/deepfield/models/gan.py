@@ -35,6 +35,8 @@ References:
     Storey-Fisher et al. (2021), anomaly detection in HSC with a GAN, arXiv:2012.08082.
     Rodriguez et al. (2018), Fast cosmic web simulations with generative adversarial networks,
     arXiv:1801.09070 (the s(x) stretch).
+    Jung & Keuper (2021), Spectral distribution aware image generation, AAAI, arXiv:2012.03110
+    (the spectral critic).
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ class GANConfig:
     stretch_softening: a, the softening of the asinh, log and rodriguez stretches, in units of
         the pixel standard deviation.
     padding: 'zeros' or 'circular' (periodic fields: every convolution of G and D wraps around).
+    spectral_critic: images: D also reads the log of each band's azimuthally averaged power
+        spectrum (one bin per integer |k| in grid units) through a small MLP, beside its
+        convolutional features, so the game compares the two-point statistics directly (a
+        spectral discriminator, Jung & Keuper 2021).
     encoder_epochs: epochs training the encoder E after the GAN (0: no encoder training).
     encoder_feature_weight: kappa, weight of the critic-feature term of E's loss (izi_f).
     normalisation: 'channel' (images, spectra) or 'feature' (tables).
@@ -118,6 +124,7 @@ class GANConfig:
     encoder_feature_weight: float = 1.0
     normalisation: str = "channel"
     padding: str = "zeros"
+    spectral_critic: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,34 @@ class _ImageCritic(nn.Module):
         return self.body(u).flatten(1)
 
 
+class _SpectralFeatures(nn.Module):
+    """(N, C, H, H) working-unit images -> (N, F): log of each band's power averaged over rings
+    of integer |k| (grid units, 1 .. H/2; the mean is left out), through a two-layer MLP."""
+
+    def __init__(self, channels: int, size: int, out_features: int, slope: float):
+        super().__init__()
+        ky = torch.fft.fftfreq(size) * size
+        kx = torch.fft.rfftfreq(size) * size
+        ring = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long().clamp(max=size // 2)
+        count = torch.zeros(size // 2 + 1).index_add(0, ring.reshape(-1), torch.ones(ring.numel()))
+        # not persistent: derived from the shape, so model folders hold only the learned weights
+        self.register_buffer("ring", ring.reshape(-1), persistent=False)
+        self.register_buffer("count", count.clamp_min(1), persistent=False)
+        n_rings = size // 2
+        self.net = nn.Sequential(nn.Linear(channels * n_rings, 128), _act(slope), nn.Linear(128, out_features),
+                                 _act(slope))
+        self.out_features = out_features
+
+    def ring_power(self, u: torch.Tensor) -> torch.Tensor:
+        """(N, C, H/2) mean |u_k|^2 (orthonormal DFT) over the rings |k| = 1 .. H/2 (grid units)."""
+        power = torch.fft.rfft2(u.float(), norm="ortho").abs().square().flatten(2)  # (N, C, modes)
+        rings = torch.zeros(*power.shape[:2], len(self.count), device=u.device, dtype=power.dtype)
+        return (rings.index_add(2, self.ring, power) / self.count)[..., 1:]
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.log(self.ring_power(u) + 1e-4).flatten(1).to(u.dtype))
+
+
 class _VectorNet(nn.Sequential):
     """Linear layers with optional batch norm, (Leaky)ReLU and dropout after each but the last."""
 
@@ -364,6 +399,10 @@ class GAN(Model, Encoding, Generative, Adversarial):
                                        config.d_batch_norm, config.padding)
             self.encoder = ConvEncoder(c, h, config.latent_dim, config.channels, blocks=1)
             n_features = self.critic.features
+            self.critic_spectrum = (_SpectralFeatures(c, h, 64, config.leaky_slope) if config.spectral_critic
+                                    else None)
+            if self.critic_spectrum is not None:
+                n_features += self.critic_spectrum.out_features
         else:
             d = int(np.prod(shape))
             hidden = tuple(config.hidden)
@@ -375,6 +414,7 @@ class GAN(Model, Encoding, Generative, Adversarial):
                                      last_activation=True)
             self.encoder = MLP((d, *hidden, config.latent_dim))
             n_features = hidden[-1]
+            self.critic_spectrum = None
         self.critic_head = nn.Linear(n_features, 1)
         # projection discriminator: <embed(c), f(x)> adds the condition's evidence to the score
         self.critic_projection = MLP((k, 64, n_features)) if k else None
@@ -443,8 +483,14 @@ class GAN(Model, Encoding, Generative, Adversarial):
         return out.reshape(z.shape[0], *self.input_shape)
 
     def critic_features(self, u: torch.Tensor) -> torch.Tensor:
-        """f: the critic's last feature layer (N, F) of working-unit images."""
-        return self.critic(u if self.is_image else u.reshape(u.shape[0], -1))
+        """f: the critic's last feature layer (N, F) of working-unit images (with the spectral
+        features appended when ``spectral_critic``)."""
+        if not self.is_image:
+            return self.critic(u.reshape(u.shape[0], -1))
+        f = self.critic(u)
+        if self.critic_spectrum is not None:
+            f = torch.cat([f, self.critic_spectrum(u)], dim=1)
+        return f
 
     def critic_score(self, u: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """D's logit (nonsaturating) or the critic's value (wasserstein), (N,)."""
@@ -503,6 +549,8 @@ class GAN(Model, Encoding, Generative, Adversarial):
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         params = list(self.critic.parameters()) + list(self.critic_head.parameters())
+        if self.critic_spectrum is not None:
+            params += list(self.critic_spectrum.parameters())
         if self.critic_projection is not None:
             params += list(self.critic_projection.parameters())
         return params

@@ -104,6 +104,10 @@ def cosmicweb_figure(result: dict, path, *, title: str | None = None) -> Path:
     rx.set_ylabel("(X - sim-sim) / SE")
     rx.set_xlabel("k [h/Mpc]")
     rx.legend(frameon=False, fontsize=7)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in axes.ravel():  # log axes spanning under a decade would label every minor tick
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.suptitle(title or f"{result['n_slices']} held-out slices, box {result['box_size']:g} Mpc/h, "
                           f"{result['slice_thickness']:g} Mpc/h thick")
     fig.tight_layout()
