@@ -140,7 +140,10 @@ def main() -> None:
                                                       for k, v in options.items()},
                   "batch_size": args.batch_size, "train_minutes_budget": args.minutes,
                   "train_seconds": metrics.get("train_seconds"), "epochs_run": metrics.get("epochs_run"),
-                  "train_images_per_s": metrics.get("train_images_per_s"), "folder": str(out)},
+                  "train_images_per_s": metrics.get("train_images_per_s"), "folder": str(out),
+                  # DCGAN: one generator step per batch (WGAN-GP: one per n_critic); short last batches are dropped
+                  "batches_run": (metrics.get("epochs_run") or 0) * (model.record["store"]["n_train"]
+                                                                     // args.batch_size)},
         "held_out_slices": result["n_slices"],
         "summary": summary,
         "mean_density": result["mean_density"],

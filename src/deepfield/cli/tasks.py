@@ -179,7 +179,8 @@ def evaluate_morphology_cmd(
 
 @evaluate_app.command("cosmicweb")
 def evaluate_cosmicweb_cmd(
-    model_dir: Path = typer.Argument(..., help="Model folder of a generative model of density slices (wgan-gp, dcgan)."),
+    model_dir: Path = typer.Argument(..., help="Model folder of a generative model of density slices "
+                                               "(wgan-gp, dcgan)."),
     store: Path = typer.Option(..., "--store", "-s",
                                help="The slices store it was trained on (`deepfield simulate nbody --slices`)."),
     split: str = typer.Option("test", "--split", help="The model's held-out slices (test), val, train, or all."),

@@ -220,7 +220,8 @@ def _check_edges(edges) -> torch.Tensor:
     return edges
 
 
-def density_histogram(fields: torch.Tensor, edges, *, log: bool = True, spatial_dims: int | None = None) -> torch.Tensor:
+def density_histogram(fields: torch.Tensor, edges, *, log: bool = True,
+                      spatial_dims: int | None = None) -> torch.Tensor:
     """Probability density of the field's values in bins (the one-point PDF of the density).
 
     Arguments:

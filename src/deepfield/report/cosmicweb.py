@@ -166,7 +166,8 @@ def write_cosmicweb_report(result: dict, out, *, model_name: str = "model") -> P
         for name, entry in result["summary"].items():
             summary_rows.append([name, f"{entry['within_2se']}/{entry['bins']}",
                                  entry.get("max_abs_ratio_error_in_k_range"), entry.get("mean_ratio_in_k_range")])
-        body.append(H.table(["statistic", "bins within 2 SE", "max |GAN/sim - 1| in k range", "mean GAN/sim in k range"],
+        body.append(H.table(["statistic", "bins within 2 SE", "max |GAN/sim - 1| in k range",
+                             "mean GAN/sim in k range"],
                             summary_rows, numeric=[False, False, True, True]))
         body = page.section("Statistics")
         body.append(H.figure("cosmicweb.png", "N-body (blue) against GAN (orange): density histogram, peak counts, "
@@ -174,7 +175,8 @@ def write_cosmicweb_report(result: dict, out, *, model_name: str = "model") -> P
                                               "GAN / N-body with the ±2 standard-error band"))
         body.append(H.figure("examples.png", "Held-out N-body slices (top) and GAN samples (bottom), log10(1 + delta)"))
         body = page.section("Table")
-        body.append(H.table(["statistic", "bin", "unit", "sim", "sim SE", "GAN", "GAN SE", "GAN/sim", "z", "within 2 SE"],
+        body.append(H.table(["statistic", "bin", "unit", "sim", "sim SE", "GAN", "GAN SE", "GAN/sim", "z",
+                             "within 2 SE"],
                             [[r["statistic"], r["x"], r["unit"], r["sim"], r["sim_se"], r["gan"], r["gan_se"],
                               math.nan if r["ratio"] is None else r["ratio"], r["z"], r["within_2se"]]
                              for r in result["rows"]],
