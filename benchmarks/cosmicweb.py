@@ -19,7 +19,8 @@ Usage::
 
     python benchmarks/cosmicweb.py --minutes 8
 
-Writes benchmarks/results/cosmicweb.json, .md and cosmicweb.png (the Figure-2-like panels).
+Writes benchmarks/results/cosmicweb.json, .md, cosmicweb.png (the Figure-2-like panels) and
+cosmicweb_examples.png (held-out slices above samples).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main() -> None:
 
     import deepfield
     from deepfield.data.nbody import simulate_nbody
-    from deepfield.report.cosmicweb import cosmicweb_figure
+    from deepfield.report.cosmicweb import cosmicweb_examples, cosmicweb_figure
     from deepfield.tasks.cosmicweb import evaluate_cosmicweb
     from deepfield.train import TrainSettings
     from deepfield.train.gan import train_gan
@@ -126,6 +127,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     cosmicweb_figure(result, RESULTS / f"{args.name}.png",
                      title=f"{args.family} ({args.stretch} stretch) vs PM, {result['n_slices']} held-out slices")
+    cosmicweb_examples(result, RESULTS / f"{args.name}_examples.png")
 
     pm_sims_per_s = pm_speed(args.mesh, args.box, args.steps)
     slices_per_sim = int(round(args.box / args.thickness))

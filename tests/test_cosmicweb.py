@@ -111,6 +111,9 @@ def test_density_stretches_round_trip_and_bound_the_training_slices(kind):
     u = stretch(xn)
     assert float(u.min()) >= -1 and float(u.max()) < 1
     torch.testing.assert_close(stretch.inverse(u), xn, rtol=1e-4, atol=1e-5)
+    if kind == "log":
+        with pytest.raises(InputError, match="non-negative"):
+            WorkingStretch((1, 1, 1), kind, softening=0.5).fit(iter([xn - 2]))
     if kind == "log":  # centred: the emptiest and densest cells sit at -1/1.05 and +1/1.05
         assert math.isclose(float(u.min()), -1 / 1.05, rel_tol=1e-4) and math.isclose(float(u.max()), 1 / 1.05,
                                                                                          rel_tol=1e-4)
