@@ -218,3 +218,23 @@ def test_cli_evaluate_cosmicweb_writes_table_figure_and_page(slices_and_gan, cap
     code, text = cli(capsys, "evaluate", "cosmicweb", folder, "--store", store.path, "--split", "all", "--n", "2",
                      "--out", tmp_path / "few")
     assert code != 0 and "at least 4" in text
+
+
+def test_a_cosmology_conditioned_gan_is_sampled_at_the_held_out_slices_cosmology(tmp_path):
+    store = simulate_nbody(tmp_path / "varied", 6, mesh=16, box_size=128.0, n_steps=2, seed=5, slice_thickness=32.0,
+                           vary={"sigma8": (0.6, 1.0)})
+    settings = TrainSettings(epochs=1, batch_size=8, seed=0, split_fractions=(0.5, 0.1, 0.4), progress=False)
+    train_gan("cgan", store, tmp_path / "cgan", settings=settings,
+              model_options={"latent_dim": 8, "channels": (8, 16), "stretch": "log", "padding": "circular",
+                             "encoder_epochs": 0, "condition": ("sigma8",)})
+    model = deepfield.load(tmp_path / "cgan")
+    result = evaluate_cosmicweb(model, store, seed=0)
+    assert result["n_slices"] >= 4 and all(math.isfinite(r["gan"]) for r in result["rows"])
+    # the samples are those drawn at the held-out rows' own sigma8, with the seed's generator
+    rows = np.sort(store.split((0.5, 0.1, 0.4), seed=0)["test"])
+    sigma8 = torch.from_numpy(store.column("sigma8")[rows].astype(np.float32))
+    assert len(set(sigma8.tolist())) > 1  # several cosmologies among the held-out slices
+    with torch.no_grad():
+        samples = model.sample(rows.size, condition={"sigma8": sigma8}, generator=torch.Generator().manual_seed(0))
+    expected = power_spectrum(samples[:, 0].double() - 1, (128.0, 128.0)).power.mean(0).numpy()
+    np.testing.assert_allclose([r["gan"] for r in result["rows"] if r["statistic"] == "P(k)"], expected, rtol=1e-6)
