@@ -12,7 +12,12 @@ deviation of the training set (``data_scale``), asinh-stretched with softening
 ``stretch_softening`` (in those units), then divided by the largest stretched training value
 of the band (``u_scale``), so training images lie in [-1, 1] and the generator ends in tanh
 as in DCGAN. Vector data (spectra, tables) use the plain normalisation and a linear output
-(``stretch='linear'``). ``sample``, ``decode``, ``reconstruct`` and ``translate`` take and
+(``stretch='linear'``). Density fields (``1 + delta`` >= 0, a long tail of halos over empty
+voids) train on a log stretch ``u = (log(xn + a) - centre) / half_width`` fitted to [-1, 1]
+(``stretch='log'``), or on Rodriguez et al. (2018)'s ``s(x) = 2 xn / (xn + a) - 1``
+(``stretch='rodriguez'``, in [-1, 1) by construction), with ``a`` = ``stretch_softening``.
+``padding='circular'`` pads every convolution of G and D periodically, for periodic
+fields such as slices of a simulation box. ``sample``, ``decode``, ``reconstruct`` and ``translate`` take and
 return store units; losses, critic features and anomaly scores are in working units.
 
 Codes. Every noise-to-image GAN carries an encoder E trained after the game (f-AnoGAN's
@@ -28,6 +33,10 @@ References:
     cGANs with Projection Discriminator, arXiv:1802.05637.
     Schlegl et al. (2019), f-AnoGAN, Medical Image Analysis 54, 30 (the izi_f encoder).
     Storey-Fisher et al. (2021), anomaly detection in HSC with a GAN, arXiv:2012.08082.
+    Rodriguez et al. (2018), Fast cosmic web simulations with generative adversarial networks,
+    arXiv:1801.09070 (the s(x) stretch).
+    Jung & Keuper (2021), Spectral distribution aware image generation, AAAI, arXiv:2012.03110
+    (the spectral critic).
 """
 
 from __future__ import annotations
@@ -47,9 +56,13 @@ from deepfield.models.protocol import Adversarial, Encoding, Generative, LossOut
 from deepfield.nn import MLP, ConditionNormaliser, ConvEncoder, downsample_plan, stage_channels
 
 __all__ = ["GANConfig", "DCGANConfig", "WGANGPConfig", "ConditionalGANConfig", "GAN", "DCGAN", "WGANGP",
-           "ConditionalGAN", "gradient_penalty", "LOSSES"]
+           "ConditionalGAN", "gradient_penalty", "LOSSES", "STRETCHES", "PADDINGS"]
 
 LOSSES = ("nonsaturating", "wasserstein")
+#: working-space stretches of GANConfig.stretch ('auto': asinh for images, linear for vectors)
+STRETCHES = ("auto", "asinh", "linear", "log", "rodriguez")
+#: convolution padding of the image networks: zeros (stamps) or circular (periodic fields)
+PADDINGS = ("zeros", "circular")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -73,8 +86,16 @@ class GANConfig:
     betas: Adam betas.
     label_smoothing: one-sided label smoothing: D's target for real images is 1 - this.
     condition: catalog columns G and D are conditioned on (conditional GAN).
-    stretch: 'auto' (asinh for images, linear for vectors), 'asinh' or 'linear'.
-    stretch_softening: asinh softening, in units of the pixel standard deviation.
+    stretch: 'auto' (asinh for images, linear for vectors), 'asinh', 'linear', 'log'
+        (log(xn + a), for non-negative densities) or 'rodriguez' (2 xn / (xn + a) - 1, Rodriguez
+        et al. 2018); xn is the data over the pixel standard deviation.
+    stretch_softening: a, the softening of the asinh, log and rodriguez stretches, in units of
+        the pixel standard deviation.
+    padding: 'zeros' or 'circular' (periodic fields: every convolution of G and D wraps around).
+    spectral_critic: images: D also reads the log of each band's azimuthally averaged power
+        spectrum (one bin per integer |k| in grid units) through a small MLP, beside its
+        convolutional features, so the game compares the two-point statistics directly (a
+        spectral discriminator, Jung & Keuper 2021).
     encoder_epochs: epochs training the encoder E after the GAN (0: no encoder training).
     encoder_feature_weight: kappa, weight of the critic-feature term of E's loss (izi_f).
     normalisation: 'channel' (images, spectra) or 'feature' (tables).
@@ -102,6 +123,8 @@ class GANConfig:
     encoder_epochs: int = 5
     encoder_feature_weight: float = 1.0
     normalisation: str = "channel"
+    padding: str = "zeros"
+    spectral_critic: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,31 +182,83 @@ def _act(slope: float) -> nn.Module:
 
 
 class WorkingStretch(nn.Module):
-    """Store units <-> bounded working units u = asinh((x - offset) / scale / a) / u_scale."""
+    """Store units <-> bounded working units.
 
-    def __init__(self, shape: tuple[int, ...], asinh: bool, softening: float):
+    With xn = (x - offset) / scale (the normalised data) and a the softening:
+
+    - 'asinh': u = asinh(xn / a) / u_scale, u_scale fitted per band so training data lie in [-1, 1];
+    - 'log': u = (log(xn + a) - u_offset) / u_scale, centre and half-width fitted per band so
+      training data lie in [-1, 1] (non-negative data, e.g. 1 + delta);
+    - 'rodriguez': u = 2 xn / (xn + a) - 1, in [-1, 1) for xn >= 0 without fitting;
+    - 'linear': u = xn.
+
+    `kind` is one of those names (True / False: 'asinh' / 'linear', the older signature).
+    """
+
+    def __init__(self, shape: tuple[int, ...], kind, softening: float):
         super().__init__()
-        self.asinh = asinh
+        self.kind = ("asinh" if kind else "linear") if isinstance(kind, bool) else str(kind)
+        if self.kind not in STRETCHES[1:]:
+            raise ConfigError(f"stretch {self.kind!r}: choose one of {', '.join(STRETCHES[1:])}")
         self.softening = float(softening)
         self.register_buffer("u_scale", torch.ones(shape))
+        if self.kind == "log":  # only here, so folders of the other stretches load unchanged
+            self.register_buffer("u_offset", torch.zeros(shape))
+
+    @property
+    def asinh(self) -> bool:
+        return self.kind == "asinh"
+
+    @property
+    def bounded(self) -> bool:
+        """Whether training data lie in [-1, 1] (the generator then ends in tanh)."""
+        return self.kind != "linear"
 
     def forward(self, xn: torch.Tensor) -> torch.Tensor:
-        return torch.asinh(xn / self.softening) / self.u_scale if self.asinh else xn
+        if self.kind == "asinh":
+            return torch.asinh(xn / self.softening) / self.u_scale
+        if self.kind == "log":
+            # clamped at -a / 2: a sample or reconstruction a little below zero keeps a finite log
+            return (torch.log((xn + self.softening).clamp_min(self.softening / 2)) - self.u_offset) / self.u_scale
+        if self.kind == "rodriguez":
+            xc = xn.clamp_min(-self.softening / 2)
+            return 2 * xc / (xc + self.softening) - 1
+        return xn
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        if not self.asinh:
-            return u
-        return torch.sinh(u.clamp(-1.5, 1.5) * self.u_scale) * self.softening
+        if self.kind == "asinh":
+            return torch.sinh(u.clamp(-1.5, 1.5) * self.u_scale) * self.softening
+        if self.kind == "log":
+            return torch.exp(u.clamp(-1.5, 1.5) * self.u_scale + self.u_offset) - self.softening
+        if self.kind == "rodriguez":  # u -> 1 is xn -> infinity: cap at u = 0.999 (xn = 1999 a)
+            uc = u.clamp(-3.0, 0.999)
+            return self.softening * (1 + uc) / (1 - uc)
+        return u
 
     def fit(self, xn_batches: Iterator[torch.Tensor]) -> None:
-        """Set u_scale to 1.05 x the largest |asinh(xn / a)| per band over normalised training data."""
-        if not self.asinh:
+        """asinh: u_scale = 1.05 x the largest |asinh(xn / a)| per band; log: centre and 1.05 x the
+        half-width of log(xn + a) per band; over normalised training data (N, C, ...)."""
+        if self.kind not in ("asinh", "log"):
             return
-        peak = None
+        low = high = None
         for xn in xn_batches:
-            p = torch.asinh(xn.abs() / self.softening).amax(dim=tuple(i for i in range(xn.ndim) if i != 1))
-            peak = p if peak is None else torch.maximum(peak, p)
-        self.u_scale.copy_((peak.clamp_min(1e-3) * 1.05).reshape(self.u_scale.shape))
+            reduce = tuple(i for i in range(xn.ndim) if i != 1)
+            if self.kind == "asinh":
+                v = torch.asinh(xn.abs() / self.softening)
+                lo, hi = torch.zeros_like(v.amax(dim=reduce)), v.amax(dim=reduce)
+            else:
+                if bool((xn < 0).any()):
+                    raise InputError(f"the log stretch needs non-negative data (e.g. 1 + delta); the training data "
+                                     f"reach {float(xn.min()):.3g} x the pixel std: use stretch=asinh")
+                v = torch.log(xn + self.softening)
+                lo, hi = v.amin(dim=reduce), v.amax(dim=reduce)
+            low = lo if low is None else torch.minimum(low, lo)
+            high = hi if high is None else torch.maximum(high, hi)
+        if self.kind == "asinh":
+            self.u_scale.copy_((high.clamp_min(1e-3) * 1.05).reshape(self.u_scale.shape))
+            return
+        self.u_offset.copy_(((high + low) / 2).reshape(self.u_offset.shape))
+        self.u_scale.copy_(((high - low).clamp_min(2e-3) / 2 * 1.05).reshape(self.u_scale.shape))
 
 
 def normalised_chunks(x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
@@ -198,10 +273,11 @@ def normalised_chunks(x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
 class _ImageGenerator(nn.Module):
     """z (N, D) -> (N, C, H, W): a linear layer to the coarsest grid, then nearest-neighbour
     upsampling + 3x3 convolutions (no transposed-convolution checkerboards), DCGAN-style
-    batch norm and (Leaky)ReLU, a final 3x3 convolution and tanh (bounded working units)."""
+    batch norm and (Leaky)ReLU, a final 3x3 convolution and tanh (bounded working units).
+    `padding` 'circular' wraps every convolution around (periodic fields)."""
 
     def __init__(self, in_features: int, out_channels: int, image_size: int, channels: Sequence[int],
-                 slope: float, dropout: float, batch_norm: bool, bounded: bool):
+                 slope: float, dropout: float, batch_norm: bool, bounded: bool, padding: str = "zeros"):
         super().__init__()
         stages, final = downsample_plan(image_size)
         ch = stage_channels(channels, stages)
@@ -209,11 +285,12 @@ class _ImageGenerator(nn.Module):
         self.head = nn.Linear(in_features, ch[-1] * final * final)
         layers: list[nn.Module] = [nn.BatchNorm2d(ch[-1]) if batch_norm else nn.Identity(), _act(slope)]
         for i in reversed(range(stages)):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i + 1], ch[i], 3, padding=1)]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(ch[i + 1], ch[i], 3, padding=1, padding_mode=padding)]
             layers += [nn.BatchNorm2d(ch[i]) if batch_norm else nn.Identity(), _act(slope)]
             if dropout > 0:
                 layers.append(nn.Dropout2d(dropout))
-        layers.append(nn.Conv2d(ch[0], out_channels, 3, padding=1))
+        layers.append(nn.Conv2d(ch[0], out_channels, 3, padding=1, padding_mode=padding))
         if bounded:
             layers.append(nn.Tanh())
         self.body = nn.Sequential(*layers)
@@ -228,13 +305,13 @@ class _ImageCritic(nn.Module):
     LeakyReLU (batch norm optional, never on the first layer; dropout optional)."""
 
     def __init__(self, in_channels: int, image_size: int, channels: Sequence[int], slope: float,
-                 dropout: float, batch_norm: bool):
+                 dropout: float, batch_norm: bool, padding: str = "zeros"):
         super().__init__()
         stages, final = downsample_plan(image_size)
         ch = stage_channels(channels, stages)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1), _act(slope)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1, padding_mode=padding), _act(slope)]
         for i in range(stages):
-            layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1),
+            layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1, padding_mode=padding),
                        nn.BatchNorm2d(ch[i + 1]) if batch_norm else nn.Identity(), _act(slope)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -243,6 +320,34 @@ class _ImageCritic(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.body(u).flatten(1)
+
+
+class _SpectralFeatures(nn.Module):
+    """(N, C, H, H) working-unit images -> (N, F): log of each band's power averaged over rings
+    of integer |k| (grid units, 1 .. H/2; the mean is left out), through a two-layer MLP."""
+
+    def __init__(self, channels: int, size: int, out_features: int, slope: float):
+        super().__init__()
+        ky = torch.fft.fftfreq(size) * size
+        kx = torch.fft.rfftfreq(size) * size
+        ring = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long().clamp(max=size // 2)
+        count = torch.zeros(size // 2 + 1).index_add(0, ring.reshape(-1), torch.ones(ring.numel()))
+        # not persistent: derived from the shape, so model folders hold only the learned weights
+        self.register_buffer("ring", ring.reshape(-1), persistent=False)
+        self.register_buffer("count", count.clamp_min(1), persistent=False)
+        n_rings = size // 2
+        self.net = nn.Sequential(nn.Linear(channels * n_rings, 128), _act(slope), nn.Linear(128, out_features),
+                                 _act(slope))
+        self.out_features = out_features
+
+    def ring_power(self, u: torch.Tensor) -> torch.Tensor:
+        """(N, C, H/2) mean |u_k|^2 (orthonormal DFT) over the rings |k| = 1 .. H/2 (grid units)."""
+        power = torch.fft.rfft2(u.float(), norm="ortho").abs().square().flatten(2)  # (N, C, modes)
+        rings = torch.zeros(*power.shape[:2], len(self.count), device=u.device, dtype=power.dtype)
+        return (rings.index_add(2, self.ring, power) / self.count)[..., 1:]
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.log(self.ring_power(u) + 1e-4).flatten(1).to(u.dtype))
 
 
 class _VectorNet(nn.Sequential):
@@ -282,18 +387,22 @@ class GAN(Model, Encoding, Generative, Adversarial):
         shape = tuple(config.input_shape)
         self.is_image = len(shape) == 3
         stretch = config.stretch if config.stretch != "auto" else ("asinh" if self.is_image else "linear")
-        self.stretch = WorkingStretch(self.data_scale.shape, stretch == "asinh", config.stretch_softening)
+        self.stretch = WorkingStretch(self.data_scale.shape, stretch, config.stretch_softening)
         self.conditions = ConditionNormaliser(config.condition)
         k = len(config.condition)
-        bounded = stretch == "asinh"
+        bounded = self.stretch.bounded
         if self.is_image:
             c, h, w = shape
             self.generator = _ImageGenerator(config.latent_dim + k, c, h, config.channels, config.leaky_slope,
-                                             config.g_dropout, config.g_batch_norm, bounded)
+                                             config.g_dropout, config.g_batch_norm, bounded, config.padding)
             self.critic = _ImageCritic(c, h, config.channels, config.leaky_slope, config.d_dropout,
-                                       config.d_batch_norm)
+                                       config.d_batch_norm, config.padding)
             self.encoder = ConvEncoder(c, h, config.latent_dim, config.channels, blocks=1)
             n_features = self.critic.features
+            self.critic_spectrum = (_SpectralFeatures(c, h, 64, config.leaky_slope) if config.spectral_critic
+                                    else None)
+            if self.critic_spectrum is not None:
+                n_features += self.critic_spectrum.out_features
         else:
             d = int(np.prod(shape))
             hidden = tuple(config.hidden)
@@ -305,6 +414,7 @@ class GAN(Model, Encoding, Generative, Adversarial):
                                      last_activation=True)
             self.encoder = MLP((d, *hidden, config.latent_dim))
             n_features = hidden[-1]
+            self.critic_spectrum = None
         self.critic_head = nn.Linear(n_features, 1)
         # projection discriminator: <embed(c), f(x)> adds the condition's evidence to the score
         self.critic_projection = MLP((k, 64, n_features)) if k else None
@@ -318,8 +428,10 @@ class GAN(Model, Encoding, Generative, Adversarial):
             raise ConfigError(f"input shape {shape}: expected (C, H, W) images or (L,) vectors")
         if config.loss not in LOSSES:
             raise ConfigError(f"loss {config.loss!r}: choose one of {', '.join(LOSSES)}")
-        if config.stretch not in ("auto", "asinh", "linear"):
-            raise ConfigError(f"stretch {config.stretch!r}: choose auto, asinh or linear")
+        if config.stretch not in STRETCHES:
+            raise ConfigError(f"stretch {config.stretch!r}: choose one of {', '.join(STRETCHES)}")
+        if config.padding not in PADDINGS:
+            raise ConfigError(f"padding {config.padding!r}: choose one of {', '.join(PADDINGS)}")
         if config.latent_dim < 1 or config.n_critic < 1 or config.encoder_epochs < 0:
             raise ConfigError("latent_dim >= 1, n_critic >= 1 and encoder_epochs >= 0 are required")
         if not (0 <= config.g_dropout < 1 and 0 <= config.d_dropout < 1 and 0 <= config.label_smoothing < 0.5):
@@ -371,8 +483,14 @@ class GAN(Model, Encoding, Generative, Adversarial):
         return out.reshape(z.shape[0], *self.input_shape)
 
     def critic_features(self, u: torch.Tensor) -> torch.Tensor:
-        """f: the critic's last feature layer (N, F) of working-unit images."""
-        return self.critic(u if self.is_image else u.reshape(u.shape[0], -1))
+        """f: the critic's last feature layer (N, F) of working-unit images (with the spectral
+        features appended when ``spectral_critic``)."""
+        if not self.is_image:
+            return self.critic(u.reshape(u.shape[0], -1))
+        f = self.critic(u)
+        if self.critic_spectrum is not None:
+            f = torch.cat([f, self.critic_spectrum(u)], dim=1)
+        return f
 
     def critic_score(self, u: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """D's logit (nonsaturating) or the critic's value (wasserstein), (N,)."""
@@ -431,6 +549,8 @@ class GAN(Model, Encoding, Generative, Adversarial):
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         params = list(self.critic.parameters()) + list(self.critic_head.parameters())
+        if self.critic_spectrum is not None:
+            params += list(self.critic_spectrum.parameters())
         if self.critic_projection is not None:
             params += list(self.critic_projection.parameters())
         return params

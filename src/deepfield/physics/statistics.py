@@ -34,6 +34,7 @@ __all__ = [
     "project_slices",
     "density_histogram",
     "peak_counts",
+    "local_maxima",
 ]
 
 
@@ -212,41 +213,55 @@ def project_slices(density: torch.Tensor, thickness: int, axis: int = 0) -> torc
     return moved.reshape(n // thickness, thickness, *moved.shape[1:]).mean(1)
 
 
-def density_histogram(fields: torch.Tensor, edges, *, log: bool = True) -> torch.Tensor:
+def _check_edges(edges) -> torch.Tensor:
+    edges = torch.as_tensor(edges, dtype=torch.float64).reshape(-1).cpu()
+    if len(edges) < 2 or not bool((edges[1:] > edges[:-1]).all()):
+        raise InputError("edges must be at least two strictly increasing values")
+    return edges
+
+
+def density_histogram(fields: torch.Tensor, edges, *, log: bool = True,
+                      spatial_dims: int | None = None) -> torch.Tensor:
     """Probability density of the field's values in bins (the one-point PDF of the density).
 
     Arguments:
         fields: any shape; e.g. (S, H, W) slices of 1 + delta.
         edges: (B + 1,) increasing bin edges (of log10 of the values when `log`).
         log: histogram log10(value); values <= 0 are left out (an empty cell has no log).
+        spatial_dims: None pools every value into one histogram; 2 or 3 gives one histogram per
+            field of a batch (..., H, W) or (..., n0, n1, n2), for errors over fields.
 
     Returns:
-        (B,) float64 density: counts / (total count * bin width), so it integrates to the fraction
-        of values inside the edges.
+        (B,) float64 density, or (..., B) with `spatial_dims`: counts / (count * bin width),
+        so it integrates to the fraction of values inside the edges.
     """
+    edges = _check_edges(edges)
+    if spatial_dims is not None:
+        if spatial_dims not in (2, 3) or fields.ndim < spatial_dims:
+            raise InputError(f"spatial_dims={spatial_dims} for fields of shape {tuple(fields.shape)}: pass 2 or 3, "
+                             "no more than the field's dimensions")
+        batch = fields.shape[:fields.ndim - spatial_dims]
+        flat = fields.detach().reshape(-1, math.prod(fields.shape[-spatial_dims:]))
+        rows = [density_histogram(f, edges, log=log) for f in flat]
+        out = torch.stack(rows) if rows else torch.zeros(0, len(edges) - 1, dtype=torch.float64)
+        return out.reshape(*batch, len(edges) - 1)
     x = fields.detach().reshape(-1).to(torch.float64)
-    edges = torch.as_tensor(edges, dtype=torch.float64).reshape(-1)
-    if len(edges) < 2 or not bool((edges[1:] > edges[:-1]).all()):
-        raise InputError("edges must be at least two strictly increasing values")
     total = x.numel()
     if log:
         x = torch.log10(x[x > 0])
-    counts = torch.histogram(x.cpu(), bins=edges.cpu()).hist
+    counts = torch.histogram(x.cpu(), bins=edges).hist
     return counts / (max(total, 1) * (edges[1:] - edges[:-1]))
 
 
-def peak_counts(fields: torch.Tensor, edges, *, spatial_dims: int = 2) -> torch.Tensor:
-    """Histogram of the heights of local maxima (peaks), periodic boundaries.
-
-    A peak is a pixel (voxel) strictly higher than its 8 (26) neighbours.
+def local_maxima(fields: torch.Tensor, *, spatial_dims: int = 2) -> torch.Tensor:
+    """Where a field has a local maximum: a pixel (voxel) strictly higher than its 8 (26)
+    neighbours, periodic boundaries.
 
     Arguments:
-        fields: (..., H, W) for spatial_dims=2, (..., n0, n1, n2) for 3; a leading batch is summed.
-        edges: (B + 1,) increasing bin edges in the field's units.
-        spatial_dims: 2 or 3.
+        fields: (..., H, W) for spatial_dims=2, (..., n0, n1, n2) for 3.
 
     Returns:
-        (B,) float64 mean number of peaks per field in each bin.
+        A bool tensor of the fields' shape, True at the peaks.
     """
     if spatial_dims not in (2, 3) or fields.ndim < spatial_dims:
         raise InputError(f"spatial_dims={spatial_dims} for fields of shape {tuple(fields.shape)}: pass 2 or 3, "
@@ -257,11 +272,42 @@ def peak_counts(fields: torch.Tensor, edges, *, spatial_dims: int = 2) -> torch.
     for offset in torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * spatial_dims):
         if not bool(offset.any()):
             continue
-        neighbour = torch.roll(x, shifts=tuple(int(o) for o in offset), dims=dims)
-        is_peak &= x > neighbour
-    edges = torch.as_tensor(edges, dtype=torch.float64).reshape(-1)
-    if len(edges) < 2 or not bool((edges[1:] > edges[:-1]).all()):
-        raise InputError("edges must be at least two strictly increasing values")
+        is_peak &= x > torch.roll(x, shifts=tuple(int(o) for o in offset), dims=dims)
+    return is_peak
+
+
+def peak_counts(fields: torch.Tensor, edges, *, spatial_dims: int = 2, per_field: bool = False) -> torch.Tensor:
+    """Histogram of the heights of local maxima (peaks), periodic boundaries.
+
+    A peak is a pixel (voxel) strictly higher than its 8 (26) neighbours, the peak statistic of
+    Rodriguez et al. (2018); counting peaks above a threshold is the cumulative sum of this
+    histogram from the top.
+
+    Arguments:
+        fields: (..., H, W) for spatial_dims=2, (..., n0, n1, n2) for 3; a leading batch is
+            averaged (or kept, with `per_field`).
+        edges: (B + 1,) increasing bin edges in the field's units (e.g. of delta).
+        spatial_dims: 2 or 3.
+        per_field: return the counts of each field of the batch.
+
+    Returns:
+        (B,) float64 mean number of peaks per field in each bin, or (..., B) counts per field.
+    """
+    x = fields.detach()
+    is_peak = local_maxima(x, spatial_dims=spatial_dims)
+    edges = _check_edges(edges)
+    if per_field:
+        batch = x.shape[:x.ndim - spatial_dims]
+        n_bins = len(edges) - 1
+        heights = x.reshape(-1, math.prod(x.shape[-spatial_dims:])).to(torch.float64).cpu()
+        peaks = is_peak.reshape(heights.shape).cpu()
+        # bin i holds edges[i] <= h < edges[i+1], the last bin closed, as torch.histogram
+        index = torch.bucketize(heights, edges, right=True) - 1
+        index = torch.where(heights == edges[-1], torch.full_like(index, n_bins - 1), index)
+        keep = peaks & (index >= 0) & (index < n_bins)
+        counts = torch.zeros(heights.shape[0], n_bins + 1, dtype=torch.float64)
+        counts.scatter_add_(1, torch.where(keep, index, torch.full_like(index, n_bins)), keep.to(torch.float64))
+        return counts[:, :n_bins].reshape(*batch, n_bins)
     heights = x[is_peak].to(torch.float64).cpu()
     n_fields = max(1, math.prod(x.shape[:-spatial_dims]))
-    return torch.histogram(heights, bins=edges.cpu()).hist / n_fields
+    return torch.histogram(heights, bins=edges).hist / n_fields
