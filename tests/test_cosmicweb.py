@@ -135,6 +135,28 @@ def test_circular_padding_makes_the_networks_periodic():
         DCGAN(DCGANConfig(input_shape=(1, 16, 16), padding="reflect"))
 
 
+def test_noise_injection_starts_as_the_identity_and_adds_seeded_small_scale_power():
+    config = DCGANConfig(input_shape=(1, 16, 16), latent_dim=8, channels=(8, 16), padding="circular")
+    torch.manual_seed(0)
+    plain = DCGAN(config).eval()
+    torch.manual_seed(0)  # the same networks: the noise weights draw nothing and start at 0
+    noisy = DCGAN(DCGANConfig(**{**config.__dict__, "noise_injection": True})).eval()
+    seed = torch.Generator().manual_seed
+    assert torch.equal(plain.sample(4, generator=seed(1)), noisy.sample(4, generator=seed(1)))
+    with torch.no_grad():
+        for m in noisy.generator.body:
+            if hasattr(m, "source"):
+                m.weight.fill_(1.0)
+    a, b = noisy.sample(4, generator=seed(1)), noisy.sample(4, generator=seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, noisy.sample(4, generator=seed(2)))
+    # the noise raises the power of the finest scales (the outer half of the k range) over the plain generator
+    def high_k_power(x):
+        power = torch.fft.fft2(x - x.mean(dim=(-2, -1), keepdim=True)).abs() ** 2
+        k = torch.fft.fftfreq(16).abs()
+        return float(power[..., (k[:, None] > 0.25) | (k[None, :] > 0.25)].mean())
+    assert high_k_power(a) > 1.5 * high_k_power(plain.sample(4, generator=seed(1)))
+
+
 def test_spectral_critic_reads_the_ring_averaged_power_of_its_input():
     gan = DCGAN(DCGANConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(4, 8), spectral_critic=True))
     x = torch.arange(16.0)

@@ -41,6 +41,8 @@ References:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -92,6 +94,10 @@ class GANConfig:
     stretch_softening: a, the softening of the asinh, log and rodriguez stretches, in units of
         the pixel standard deviation.
     padding: 'zeros' or 'circular' (periodic fields: every convolution of G and D wraps around).
+    noise_injection: images: after each upsampling convolution G adds per-pixel Gaussian noise
+        scaled by a learned weight per channel (StyleGAN's noise inputs): the stochastic
+        small-scale detail of a field (the cosmic web's filaments and knots, below the scale the
+        code z sets) is drawn at every stage instead of being carved out of upsampled blocks.
     spectral_critic: images: D also reads the log of each band's azimuthally averaged power
         spectrum (one bin per integer |k| in grid units) through a small MLP, beside its
         convolutional features, so the game compares the two-point statistics directly (a
@@ -125,6 +131,7 @@ class GANConfig:
     normalisation: str = "channel"
     padding: str = "zeros"
     spectral_critic: bool = False
+    noise_injection: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +277,22 @@ def normalised_chunks(x: np.ndarray, offset: torch.Tensor, scale: torch.Tensor,
 # ----------------------------------------------------------------------------- networks
 
 
+class _NoiseInjection(nn.Module):
+    """x + w_c * n with n ~ N(0, 1) per pixel (shared by the channels) and w a learned weight per
+    channel, starting at 0 (the layer starts as the identity). ``source``, when set, is the
+    torch.Generator the noise is drawn from (seeded sampling)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.source: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        noise = torch.randn(n, 1, h, w, generator=self.source, device=x.device, dtype=x.dtype)
+        return x + self.weight * noise
+
+
 class _ImageGenerator(nn.Module):
     """z (N, D) -> (N, C, H, W): a linear layer to the coarsest grid, then nearest-neighbour
     upsampling + 3x3 convolutions (no transposed-convolution checkerboards), DCGAN-style
@@ -277,7 +300,8 @@ class _ImageGenerator(nn.Module):
     `padding` 'circular' wraps every convolution around (periodic fields)."""
 
     def __init__(self, in_features: int, out_channels: int, image_size: int, channels: Sequence[int],
-                 slope: float, dropout: float, batch_norm: bool, bounded: bool, padding: str = "zeros"):
+                 slope: float, dropout: float, batch_norm: bool, bounded: bool, padding: str = "zeros",
+                 noise_injection: bool = False):
         super().__init__()
         stages, final = downsample_plan(image_size)
         ch = stage_channels(channels, stages)
@@ -287,6 +311,8 @@ class _ImageGenerator(nn.Module):
         for i in reversed(range(stages)):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                        nn.Conv2d(ch[i + 1], ch[i], 3, padding=1, padding_mode=padding)]
+            if noise_injection:
+                layers.append(_NoiseInjection(ch[i]))
             layers += [nn.BatchNorm2d(ch[i]) if batch_norm else nn.Identity(), _act(slope)]
             if dropout > 0:
                 layers.append(nn.Dropout2d(dropout))
@@ -298,6 +324,18 @@ class _ImageGenerator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         c, s = self.start
         return self.body(self.head(z).view(z.shape[0], c, s, s))
+
+    @contextmanager
+    def noise_source(self, generator: torch.Generator | None):
+        """Draw the injected noise from `generator` inside the block (None: torch's global one)."""
+        layers = [m for m in self.body if isinstance(m, _NoiseInjection)]
+        for m in layers:
+            m.source = generator
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.source = None
 
 
 class _ImageCritic(nn.Module):
@@ -394,7 +432,8 @@ class GAN(Model, Encoding, Generative, Adversarial):
         if self.is_image:
             c, h, w = shape
             self.generator = _ImageGenerator(config.latent_dim + k, c, h, config.channels, config.leaky_slope,
-                                             config.g_dropout, config.g_batch_norm, bounded, config.padding)
+                                             config.g_dropout, config.g_batch_norm, bounded, config.padding,
+                                             config.noise_injection)
             self.critic = _ImageCritic(c, h, config.channels, config.leaky_slope, config.d_dropout,
                                        config.d_batch_norm, config.padding)
             self.encoder = ConvEncoder(c, h, config.latent_dim, config.channels, blocks=1)
@@ -595,7 +634,15 @@ class GAN(Model, Encoding, Generative, Adversarial):
             raise InputError(f"prior {prior!r}: a GAN draws z from N(0, I); use 'auto' or 'gaussian'")
         if n < 1:
             raise InputError(f"n must be >= 1, got {n}")
-        return self.decode(self.noise(n, generator), condition=condition)
+        z = self.noise(n, generator)
+        if not (self.is_image and self.config.noise_injection):
+            return self.decode(z, condition=condition)
+        # the injected noise from a stream of its own, seeded from `generator`: the same seed, the same images
+        source = None
+        if generator is not None:
+            source = torch.Generator(device=z.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        with self.generator.noise_source(source):
+            return self.decode(z, condition=condition)
 
 
 @register
