@@ -35,7 +35,7 @@ from deepfield.models import Model, save_model
 from deepfield.models.base import config_from_dict, family_class
 
 __all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", "build_model",
-           "load_yaml_config", "evaluate_mse", "training_dir", "launched_rank", "prepare_work_dir",
+           "load_yaml_config", "evaluate_mse", "training_dir", "launched_rank", "prepare_work_dir", "quiet_lightning",
            "fit_interruptibly"]
 
 
@@ -307,6 +307,22 @@ def _fit_closed_form(model, store, splits, out, record, settings, overwrite) -> 
     return save_model(model, out, metrics=metrics, store=record, training=training, overwrite=overwrite)
 
 
+def quiet_lightning() -> None:
+    """Silence what Lightning prints that is noise for our users: its start-up banners (GPU/TPU
+    availability, tips), a deprecation inside its own code, and notices about what the trainers
+    here do on purpose (resuming into their own work folder; mid-epoch checkpoints, whose skipped
+    batches SeededShuffle restores)."""
+    import logging
+
+    for message in (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                    r"Checkpoint directory .* exists and is not empty",
+                    r"You're resuming from a checkpoint that ended before the epoch ended"):
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def prepare_work_dir(work: Path, last: Path, store: Store, model: Model, resume: bool, overwrite: bool) -> None:
     """Make the hidden work folder `work` of a run: checked against `store` when resuming from
     checkpoint `last`, else new (an unfinished one is replaced only with `overwrite`)."""
@@ -340,17 +356,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     if not launched_rank():  # rank 0 (or the only process) checks and prepares the work folder
         prepare_work_dir(work, last, store, model, resume, overwrite)
 
-    import logging
-
-    # Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users, and so are warnings
-    # about its own internals or about what this module does on purpose
-    for message in (r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree use, not ours
-                    r"Checkpoint directory .* exists and is not empty",  # resuming into our own work folder
-                    r"You're resuming from a checkpoint that ended before the epoch ended"):  # SeededShuffle skips
-        warnings.filterwarnings("ignore", message=message)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()
     # DDP on CPU runs one process per device: give each its share of the cores
     procs = settings.devices if isinstance(settings.devices, int) and settings.accelerator == "cpu" else 1
     threads = settings.threads or max(1, (os.cpu_count() or 1) // max(procs, 1))

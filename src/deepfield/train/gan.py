@@ -42,7 +42,7 @@ from deepfield.models.cyclegan import CycleGAN
 from deepfield.models.gan import GAN
 from deepfield.physics.resample import resample_images
 from deepfield.train.fit import (TRAINERS, TrainSettings, build_model, fit_interruptibly, launched_rank, prepare_work_dir,
-                                 training_dir)
+                                 quiet_lightning, training_dir)
 
 __all__ = ["train_gan", "GANModule", "check_cycle_stores"]
 
@@ -424,8 +424,6 @@ def _train_gan_locked(family, store, out, options, settings, resume, overwrite, 
 
 def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_callbacks, *, store_b, splits_b,
          resample_b):
-    import logging
-
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from deepfield.train.module import InterruptCheckpoint, ThroughputCallback
@@ -445,9 +443,7 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
             meta = json.loads((work / "run.json").read_text())
             meta["store_b_fingerprint"] = store_b.fingerprint
             (work / "run.json").write_text(json.dumps(meta))
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()
     procs = settings.devices if isinstance(settings.devices, int) and settings.accelerator == "cpu" else 1
     torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // max(procs, 1)))
     L.seed_everything(settings.seed, workers=True, verbose=False)
