@@ -38,7 +38,10 @@ from deepfield.progress import progress_bar
 from deepfield.tasks.evaluate import check_observable, held_out_rows, observed_samples, prior_choices
 
 __all__ = ["classifier_two_sample_test", "c2st_auc", "TwoSampleCNN", "split_sizes", "objects_needed",
-           "MIN_PER_PART"]
+           "MIN_PER_PART", "POWER_AUC"]
+
+#: the empty-sky control's AUC at or above which the classifier counts as having power
+POWER_AUC = 0.9
 
 #: objects of each class the classifier's smallest part (train, validation or test) must hold:
 #: with fewer, the AUC's bootstrap interval spans most of [0, 1] and early stopping reads noise
@@ -227,11 +230,6 @@ def _noise_units(x: np.ndarray, ivar: np.ndarray) -> np.ndarray:
     return np.arcsinh(x * np.sqrt(np.clip(ivar, 0, None))).astype(np.float32)
 
 
-def _snr_column(store: Store) -> str | None:
-    """The catalog column of each galaxy's optimal S/N in the store's reference band."""
-    return "snr" if "snr" in store.columns else None
-
-
 def _reference_band(store: Store) -> int:
     """Index of the band whose S/N the store's `snr` column gives (the simulator's reference band:
     the one whose `snr_<band>` column equals `snr`; the first band otherwise)."""
@@ -280,7 +278,9 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
     Returns:
         {"n_held_out", "prior" (label of the prior sampled), "seed", "snr_threshold",
         "objects_needed" (held-out galaxies the controls need), "subsets": {"all" | "snr > T":
-        {"n_held_out", "n_samples", "tests": {name: c2st_auc result}} or {..., "skipped": why}}}.
+        {"n_held_out", "n_samples", "tests": {name: c2st_auc result}, "controls": {"null at 0.5":
+        0.5 inside the held-out-vs-held-out 95% interval, "power": empty-sky AUC >= POWER_AUC}}
+        or {..., "skipped": why}}}.
 
     Raises:
         InputError: the model cannot sample; the store lacks 'psf' or 'ivar'; fewer held-out
@@ -322,7 +322,7 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
     with torch.no_grad():
         empty = ObservationModel("pixel").observe(torch.zeros(real.shape), torch.from_numpy(store.read("psf", rows)),
                                                   ivar=torch.from_numpy(ivar), generator=generator).numpy()
-    snr_col = _snr_column(store)
+    snr_col = "snr" if "snr" in store.columns else None  # optimal S/N in the reference band
     band = _reference_band(store) if snr_col else 0
     subsets = {"all": (np.ones(rows.size, bool), {k: np.ones(rows.size, bool) for k in others})}
     if snr_threshold is not None:
@@ -366,4 +366,8 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
                     continue
                 a, b = galaxies, _noise_units(others[test].observed[keep], ivar[keep])
             entry["tests"][test] = c2st_auc(a, b, seed=seed, **settings)
+        null, power = entry["tests"]["held-out vs held-out"], entry["tests"]["empty sky"]
+        entry["controls"] = {
+            "null at 0.5": bool(null["interval_95"][0] <= 0.5 <= null["interval_95"][1]),
+            "power": bool(power["auc"] >= POWER_AUC)}
     return out
