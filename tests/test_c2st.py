@@ -115,3 +115,19 @@ def test_refusals_name_the_problem(vae, galaxies, tmp_path):
     few, _, _, _ = blob_images(30)
     with pytest.raises(InputError, match="30 images: the classifier needs at least 40 per set"):
         c2st_auc(few, few)
+
+
+def test_a_fitted_prior_is_scored_beside_n01(vae, galaxies, tmp_path):
+    """With a latent flow the model's samples go through it, and N(0, I) codes are scored too."""
+    import shutil
+
+    from deepfield.train.prior import train_prior
+
+    folder = shutil.copytree(vae, tmp_path / "vae")
+    train_prior(folder, kind="nsf", epochs=1, progress=False)
+    result = classifier_two_sample_test(deepfield.load(folder), galaxies, n=80, snr_threshold=None,
+                                        max_epochs=2, patience=1, n_bootstrap=50)
+    assert result["prior"] == "flow"
+    tests = result["subsets"]["all"]["tests"]
+    assert set(tests) == {"model", "N(0, I) prior", "held-out vs held-out", "empty sky"}
+    assert tests["N(0, I) prior"]["n_second"] == [40, 20, 20]
