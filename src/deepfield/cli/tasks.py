@@ -203,24 +203,28 @@ def evaluate_c2st_cmd(
     model, s = _load(model_dir, store)
     result = classifier_two_sample_test(model, s, n=n, seed=seed, prior=prior, snr_threshold=snr_threshold,
                                         max_epochs=max_epochs, patience=patience, progress=progress)
-    table = Table(title=f"C2ST: held-out galaxies vs samples ({result['prior']} prior), AUC on the classifier's "
-                        "test part (0.5: indistinguishable)", show_edge=False)
-    for column in ("subset", "comparison", "N each (train/val/test)", "epochs (best)", "AUC", "68%", "95%"):
-        table.add_column(column, justify="left" if column in ("subset", "comparison") else "right")
+    console.print(f"[bold]C2ST[/]: held-out galaxies vs {result['prior']} samples observed through the same PSFs "
+                  "and noise; AUC of a CNN on its test part (0.5: indistinguishable, 1: told apart)")
     for name, entry in result["subsets"].items():
-        label = f"{name} ({entry.get('n_held_out', '?')} galaxies)"
+        samples = entry.get("n_samples", {}).get("model")
+        title = f"{name}: {entry.get('n_held_out', '?')} held-out galaxies" + (
+            f", {samples} model samples" if samples is not None else "")
+        table = Table(title=title, show_edge=False)
+        for column in ("comparison", "N test", "epochs (best)", "AUC", "68%", "95%"):
+            table.add_column(column, justify="left" if column == "comparison" else "right")
         if "skipped" in entry:
-            table.add_row(label, f"[yellow]skipped: {entry['skipped']}[/]", "", "", "", "", "")
+            table.add_row("[yellow]skipped[/]", "", "", "", "", "")
+            console.print(table)
+            console.print(f"  {entry['skipped']}")
             continue
         for test, r in entry["tests"].items():
             if "skipped" in r:
-                table.add_row(label, test, f"[yellow]skipped: {r['skipped']}[/]", "", "", "", "")
+                table.add_row(f"{test} [yellow](skipped: {r['skipped']})[/]", "", "", "", "", "")
                 continue
-            sizes = "/".join(str(a) if a == b else f"{a} vs {b}" for a, b in zip(r["n_first"], r["n_second"]))
-            table.add_row(label, test, sizes, f"{r['epochs']} ({r['best_epoch']})", f"{r['auc']:.3f}",
-                          "{:.3f}-{:.3f}".format(*r["interval_68"]), "{:.3f}-{:.3f}".format(*r["interval_95"]))
-            label = ""
-    console.print(table)
+            table.add_row(test, f"{r['n_first'][2]}+{r['n_second'][2]}", f"{r['epochs']} ({r['best_epoch']})",
+                          f"{r['auc']:.3f}", "{:.3f}-{:.3f}".format(*r["interval_68"]),
+                          "{:.3f}-{:.3f}".format(*r["interval_95"]))
+        console.print(table)
     for name, entry in result["subsets"].items():
         controls = entry.get("controls", {})
         if controls and not controls["null at 0.5"]:
