@@ -112,6 +112,8 @@ def test_refusals_name_the_problem(vae, galaxies, tmp_path):
         classifier_two_sample_test(model, w.store, split=None)
     with pytest.raises(InputError, match="prior 'flow'"):
         classifier_two_sample_test(model, galaxies, prior="flow")
+    with pytest.raises(InputError, match="max_epochs=0: give a whole number >= 1"):
+        classifier_two_sample_test(model, galaxies, max_epochs=0)
     few, _, _, _ = blob_images(30)
     with pytest.raises(InputError, match="30 images: the classifier needs at least 40 per set"):
         c2st_auc(few, few)

@@ -100,6 +100,16 @@ def _scores(net: nn.Module, x: torch.Tensor, views: int = 8, batch_size: int = 5
     return torch.cat(out)
 
 
+def _check_settings(fractions, max_epochs: int, patience: int, n_bootstrap: int) -> None:
+    fr = tuple(fractions)
+    if len(fr) != 3 or min(fr) <= 0 or not np.isclose(sum(fr), 1.0):
+        raise InputError(f"fractions {fr}: give the classifier's train, validation and test fractions, each > 0, "
+                         "summing to 1, e.g. (0.5, 0.25, 0.25)")
+    for name, value in (("max_epochs", max_epochs), ("patience", patience), ("n_bootstrap", n_bootstrap)):
+        if not (isinstance(value, (int, np.integer)) and value >= 1):
+            raise InputError(f"{name}={value!r}: give a whole number >= 1")
+
+
 def split_sizes(n: int, fractions=(0.5, 0.25, 0.25)) -> tuple[int, int, int]:
     """How many of `n` objects of one class go to the classifier's train, validation and test
     parts: floor(n * fraction) for validation and test, the rest for training."""
@@ -159,6 +169,7 @@ def c2st_auc(first, second, *, seed: int = 0, fractions=(0.5, 0.25, 0.25), max_e
     if first.ndim != 4 or first.shape[1:] != second.shape[1:]:
         raise InputError(f"the C2ST compares image sets (N, C, H, W) of one shape; got {tuple(first.shape)} and "
                          f"{tuple(second.shape)}")
+    _check_settings(fractions, max_epochs, patience, n_bootstrap)
     need = objects_needed(fractions, min_per_part)
     for name, x in (("first", first), ("second", second)):
         if x.shape[0] < need:
@@ -292,6 +303,7 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
         raise InputError(f"store {store.path} holds {store.kind}s: the C2ST's classifier reads images (N, C, H, W)")
     if prior not in ("auto", "gaussian"):
         raise InputError(f"prior {prior!r}: choose auto (the fitted latent prior if any) or gaussian (N(0, I))")
+    _check_settings(fractions, max_epochs, patience, n_bootstrap)
     rows = held_out_rows(model, store, split=split, n=n, rows=rows)
     per_class = objects_needed(fractions)
     # the held-out-vs-held-out control halves the galaxies: each half must fill the three parts
