@@ -361,7 +361,8 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
                                 f"{need}")
             continue
         galaxies = real[keep_real]
-        half = np.random.default_rng(seed).permutation(galaxies.shape[0])
+        # a stream of its own: c2st_auc's splits draw from default_rng(seed)
+        half = np.random.default_rng((seed, 1)).permutation(galaxies.shape[0])
         comparisons = {"model": None, "held-out vs held-out": None, "empty sky": empty[keep_real]}
         if "N(0, I) prior" in others:
             comparisons["N(0, I) prior"] = None
