@@ -114,6 +114,10 @@ def test_refusals_name_the_problem(vae, galaxies, tmp_path):
         classifier_two_sample_test(model, galaxies, prior="flow")
     with pytest.raises(InputError, match="max_epochs=0: give a whole number >= 1"):
         classifier_two_sample_test(model, galaxies, max_epochs=0)
+    broken, _, _, _ = blob_images(40)
+    broken[3, 0, 5, 5] = np.nan
+    with pytest.raises(InputError, match="second set has 1 NaN or infinite pixels"):
+        c2st_auc(blob_images(40)[0], broken)
     few, _, _, _ = blob_images(30)
     with pytest.raises(InputError, match="30 images: the classifier needs at least 40 per set"):
         c2st_auc(few, few)

@@ -172,6 +172,10 @@ def c2st_auc(first, second, *, seed: int = 0, fractions=(0.5, 0.25, 0.25), max_e
     _check_settings(fractions, max_epochs, patience, n_bootstrap)
     need = objects_needed(fractions, min_per_part)
     for name, x in (("first", first), ("second", second)):
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(f"the {name} set has {int((~torch.isfinite(x)).sum())} NaN or infinite pixels: the "
+                             "classifier needs finite images (check the store with deepfield verify, or the model's "
+                             "samples)")
         if x.shape[0] < need:
             raise InputError(f"the {name} set has {x.shape[0]} images: the classifier needs at least {need} per set "
                              f"(split {tuple(fractions)} into train, validation and test parts of >= {min_per_part})")
@@ -217,6 +221,8 @@ def c2st_auc(first, second, *, seed: int = 0, fractions=(0.5, 0.25, 0.25), max_e
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
         elif epoch - best_epoch >= patience:
             break
+    if best_state is None:  # finite inputs make this a diverged optimiser, not bad data
+        raise InputError(f"the classifier's validation loss was never finite in {epoch} epochs: lower lr ({lr})")
     net.load_state_dict(best_state)
     scores = _scores(net, x_test).double().numpy()
     s0, s1 = scores[y_test.numpy() == 0], scores[y_test.numpy() == 1]
