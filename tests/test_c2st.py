@@ -112,6 +112,8 @@ def test_refusals_name_the_problem(vae, galaxies, tmp_path):
         classifier_two_sample_test(model, w.store, split=None)
     with pytest.raises(InputError, match="prior 'flow'"):
         classifier_two_sample_test(model, galaxies, prior="flow")
+    with pytest.raises(InputError, match="prior 'fitted'.*no fitted latent prior"):
+        classifier_two_sample_test(model, galaxies, prior="fitted")
     with pytest.raises(InputError, match="max_epochs=0: give a whole number >= 1"):
         classifier_two_sample_test(model, galaxies, max_epochs=0)
     broken, _, _, _ = blob_images(40)
@@ -124,14 +126,15 @@ def test_refusals_name_the_problem(vae, galaxies, tmp_path):
 
 
 def test_a_fitted_prior_is_scored_beside_n01(vae, galaxies, tmp_path):
-    """With a latent flow the model's samples go through it, and N(0, I) codes are scored too."""
+    """With a latent flow the model's samples go through it, and N(0, I) codes are scored too
+    ('fitted': a one-epoch flow may score held-out codes below N(0, I), which 'auto' passes over)."""
     import shutil
 
     from deepfield.train.prior import train_prior
 
     folder = shutil.copytree(vae, tmp_path / "vae")
     train_prior(folder, kind="nsf", epochs=1, progress=False)
-    result = classifier_two_sample_test(deepfield.load(folder), galaxies, n=80, snr_threshold=None,
+    result = classifier_two_sample_test(deepfield.load(folder), galaxies, n=80, snr_threshold=None, prior="fitted",
                                         max_epochs=2, patience=1, n_bootstrap=50)
     assert result["prior"] == "flow"
     tests = result["subsets"]["all"]["tests"]

@@ -183,7 +183,8 @@ def evaluate_c2st_cmd(
                                                "noiseless, PSF-free skies."),
     store: Path = typer.Option(..., "--store", "-s", help="The model's training store (its held-out split is used)."),
     n: int = typer.Option(None, "--n", help="At most this many held-out galaxies."),
-    prior: str = typer.Option("auto", "--prior", help="auto (fitted latent prior if any) or gaussian (N(0, I))."),
+    prior: str = typer.Option("auto", "--prior", help="auto (the latent prior sample uses), fitted (the fitted one "
+                                                      "anyway) or gaussian (N(0, I))."),
     snr_threshold: float = typer.Option(20.0, "--snr-threshold", help="Also test the galaxies and samples above "
                                                                       "this optimal S/N (the store's snr column)."),
     max_epochs: int = typer.Option(300, "--max-epochs", help="The classifier's most epochs."),

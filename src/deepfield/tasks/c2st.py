@@ -35,7 +35,7 @@ from torch import nn
 from deepfield.data.store import Store, open_store
 from deepfield.errors import InputError
 from deepfield.progress import progress_bar
-from deepfield.tasks.evaluate import check_observable, held_out_rows, observed_samples, prior_choices
+from deepfield.tasks.evaluate import check_observable, held_out_rows, observed_samples, prior_label
 
 __all__ = ["classifier_two_sample_test", "c2st_auc", "TwoSampleCNN", "split_sizes", "objects_needed",
            "MIN_PER_PART", "POWER_AUC"]
@@ -257,6 +257,21 @@ def _reference_band(store: Store) -> int:
     return 0
 
 
+def _chosen_prior(model, prior: str):
+    """The latent prior object `prior` names for `model` ('auto', 'fitted', 'gaussian'), None for
+    N(0, I). 'auto' asks the model which prior it would use (a VAE that has ``usable_prior``
+    passes over a fitted prior that scored held-out codes worse than N(0, I))."""
+    fitted = getattr(model, "prior", None)
+    if prior == "gaussian":
+        return None
+    if prior == "fitted":
+        if fitted is None:
+            raise InputError(f"prior 'fitted': this {type(model).__name__} has no fitted latent prior: fit one "
+                             "(deepfield train prior --model VAE_DIR) or use auto")
+        return fitted
+    return model.usable_prior() if fitted is not None and hasattr(model, "usable_prior") else fitted
+
+
 def classifier_two_sample_test(model, store, *, split: str | None = "test", n: int | None = None, seed: int = 0,
                                prior: str = "auto", snr_threshold: float | None = 20.0,
                                fractions=(0.5, 0.25, 0.25), max_epochs: int = 300, patience: int = 30,
@@ -264,8 +279,8 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
                                progress: bool = False) -> dict:
     """C2ST of `model`'s samples against the held-out galaxies of `store`, with its controls.
 
-    One sample is drawn per held-out galaxy (its conditions, its PSF and noise; `prior` as
-    ``sample`` takes it: 'auto' the fitted latent prior if any, 'gaussian' N(0, I)). Each
+    One sample is drawn per held-out galaxy (its conditions, its PSF and noise; `prior`: 'auto'
+    the latent prior ``sample`` would use, 'fitted' the fitted one, 'gaussian' N(0, I)). Each
     comparison trains a fresh classifier (:func:`c2st_auc`) on the held-out galaxies (class 0)
     and the other set (class 1), images as asinh(x * sqrt(ivar)):
 
@@ -307,8 +322,8 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
     check_observable(model, store, "the C2ST")
     if store.kind != "image":
         raise InputError(f"store {store.path} holds {store.kind}s: the C2ST's classifier reads images (N, C, H, W)")
-    if prior not in ("auto", "gaussian"):
-        raise InputError(f"prior {prior!r}: choose auto (the fitted latent prior if any) or gaussian (N(0, I))")
+    if prior not in ("auto", "fitted", "gaussian"):
+        raise InputError(f"prior {prior!r}: choose auto (the fitted latent prior if any), fitted or gaussian (N(0, I))")
     _check_settings(fractions, max_epochs, patience, n_bootstrap)
     rows = held_out_rows(model, store, split=split, n=n, rows=rows)
     per_class = objects_needed(fractions)
@@ -320,18 +335,20 @@ def classifier_two_sample_test(model, store, *, split: str | None = "test", n: i
                          f"{need} ({per_class} per half for the held-out-vs-held-out control, split "
                          f"{tuple(fractions)} into parts of >= {MIN_PER_PART}); use a larger store, or a model "
                          "trained with a larger test fraction (split_fractions)")
-    labels = dict(prior_choices(model))
-    label = labels["auto"] if prior == "auto" and "auto" in labels else "N(0, I)"
+    chosen = _chosen_prior(model, prior)
+    label = "N(0, I)" if chosen is None else prior_label(chosen)
     generator = torch.Generator().manual_seed(seed)
     ivar = store.read("ivar", rows)
     real = _noise_units(store.read("x", rows), ivar)
     others = {}
     with progress_bar(progress) as bar:
         task = bar.add_task(f"sampling ({label} prior)", total=rows.size)
-        drawn = observed_samples(model, store, rows, generator=generator, prior=prior, batch_size=batch_size,
+        # the prior object itself (or 'gaussian'), so the label says what drew the samples
+        drawn = observed_samples(model, store, rows, generator=generator,
+                                 prior="gaussian" if chosen is None else chosen, batch_size=batch_size,
                                  advance=lambda k: bar.advance(task, k))
         others["model"] = drawn
-        if label != "N(0, I)":
+        if chosen is not None:
             task = bar.add_task("sampling (N(0, I) prior)", total=rows.size)
             others["N(0, I) prior"] = observed_samples(model, store, rows, generator=generator, prior="gaussian",
                                                        batch_size=batch_size, advance=lambda k: bar.advance(task, k))

@@ -24,7 +24,7 @@ from deepfield.tasks.apply import resolve_indices
 
 __all__ = ["evaluate_morphology", "STATISTICS", "reconstruction_errors", "reconstruct_rows", "condition_names",
            "prior_choices", "samples_beside", "conditional_sweep", "check_observable", "held_out_rows",
-           "observed_samples", "ObservedSamples"]
+           "observed_samples", "ObservedSamples", "prior_label"]
 
 #: the statistics compared (flux as a magnitude: counts have a tail that dominates W1)
 STATISTICS = ("magnitude", "sigma_arcsec", "e", "rho4", "gini", "m20", "concentration", "asymmetry")
@@ -239,13 +239,18 @@ def condition_names(model) -> list[str]:
     return names
 
 
+def prior_label(prior) -> str:
+    """The short name of a fitted latent prior object in tables and plots: 'flow', 'GMM'."""
+    name = type(prior).__name__
+    return {"LatentFlow": "flow", "GaussianMixturePrior": "GMM"}.get(name, name)
+
+
 def prior_choices(model) -> list[tuple[str, str]]:
     """(``sample``'s prior argument, label) of the latent priors to sample: the fitted prior
     first when there is one ('flow', 'GMM'), then N(0, I)."""
     out = []
     if getattr(model, "prior", None) is not None:
-        name = type(model.prior).__name__
-        out.append(("auto", {"LatentFlow": "flow", "GaussianMixturePrior": "GMM"}.get(name, name)))
+        out.append(("auto", prior_label(model.prior)))
     out.append(("gaussian", "N(0, I)"))
     return out
 
