@@ -222,3 +222,67 @@ def evaluate_cosmicweb_cmd(
         console.print(f"{name}: {entry['within_2se']}/{entry['bins']} bins within 2 SE{extra}", highlight=False)
     page = write_cosmicweb_report(result, out or model_dir / "cosmicweb", model_name=model_dir.name)
     console.print(f"[green]table, figure and page written to[/] {page.parent}")
+
+
+@evaluate_app.command("c2st")
+def evaluate_c2st_cmd(
+    model_dir: Path = typer.Argument(..., help="Model folder of a generative model (vae, cvae) whose samples are "
+                                               "noiseless, PSF-free skies."),
+    store: Path = typer.Option(..., "--store", "-s", help="The model's training store (its held-out split is used)."),
+    n: int = typer.Option(None, "--n", help="At most this many held-out galaxies."),
+    prior: str = typer.Option("auto", "--prior", help="auto (the latent prior sample uses), fitted (the fitted one "
+                                                      "anyway) or gaussian (N(0, I))."),
+    snr_threshold: float = typer.Option(20.0, "--snr-threshold", help="Also test the galaxies and samples above "
+                                                                      "this optimal S/N (the store's snr column)."),
+    max_epochs: int = typer.Option(300, "--max-epochs", help="The classifier's most epochs."),
+    patience: int = typer.Option(30, "--patience", help="Stop the classifier after this many epochs without a "
+                                                        "better validation loss."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the full result as JSON here."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Classifier two-sample test: AUC of a CNN telling held-out galaxies from model samples observed through
+    the same PSFs and noise (0.5: indistinguishable, 1: told apart), with its controls."""
+    from rich.table import Table
+
+    from deepfield._atomic import write_json_atomic
+    from deepfield.tasks.c2st import POWER_AUC, classifier_two_sample_test
+
+    model, s = _load(model_dir, store)
+    result = classifier_two_sample_test(model, s, n=n, seed=seed, prior=prior, snr_threshold=snr_threshold,
+                                        max_epochs=max_epochs, patience=patience, progress=progress)
+    console.print(f"[bold]C2ST[/]: held-out galaxies vs {result['prior']} samples observed through the same PSFs "
+                  "and noise; AUC of a CNN on its test part (0.5: indistinguishable, 1: told apart)")
+    for name, entry in result["subsets"].items():
+        samples = entry.get("n_samples", {}).get("model")
+        title = f"{name}: {entry.get('n_held_out', '?')} held-out galaxies" + (
+            f", {samples} model samples" if samples is not None else "")
+        table = Table(title=title, show_edge=False)
+        for column in ("comparison", "N test", "epochs (best)", "AUC", "68%", "95%"):
+            table.add_column(column, justify="left" if column == "comparison" else "right")
+        if "skipped" in entry:
+            table.add_row("[yellow]skipped[/]", "", "", "", "", "")
+            console.print(table)
+            console.print(f"  {entry['skipped']}")
+            continue
+        for test, r in entry["tests"].items():
+            if "skipped" in r:
+                table.add_row(f"{test} [yellow](skipped: {r['skipped']})[/]", "", "", "", "", "")
+                continue
+            table.add_row(test, f"{r['n_first'][2]}+{r['n_second'][2]}", f"{r['epochs']} ({r['best_epoch']})",
+                          f"{r['auc']:.3f}", "{:.3f}-{:.3f}".format(*r["interval_68"]),
+                          "{:.3f}-{:.3f}".format(*r["interval_95"]))
+        console.print(table)
+    for name, entry in result["subsets"].items():
+        controls = entry.get("controls", {})
+        if controls and not controls["null at 0.5"]:
+            console.print(f"[yellow]warning:[/] {name}: the held-out-vs-held-out control is not at 0.5 within its "
+                          "95% interval: the classifier reads differences that are not there; rerun with another "
+                          "--seed, or on more held-out galaxies")
+        if controls and not controls["power"]:
+            console.print(f"[yellow]warning:[/] {name}: the empty-sky control scores below {POWER_AUC}: the "
+                          "classifier lacks the power to judge the model; raise --max-epochs or --patience, or use "
+                          "more held-out galaxies")
+    if out:
+        write_json_atomic(out, result, indent=2, fsync=False)
+        console.print(f"[green]C2ST written to[/] {out}")

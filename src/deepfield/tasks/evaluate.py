@@ -11,6 +11,8 @@ measured size and magnitude.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -21,7 +23,8 @@ from deepfield.progress import progress_bar
 from deepfield.tasks.apply import resolve_indices
 
 __all__ = ["evaluate_morphology", "STATISTICS", "reconstruction_errors", "reconstruct_rows", "condition_names",
-           "prior_choices", "samples_beside", "conditional_sweep"]
+           "prior_choices", "samples_beside", "conditional_sweep", "check_observable", "held_out_rows",
+           "observed_samples", "ObservedSamples", "prior_label"]
 
 #: the statistics compared (flux as a magnitude: counts have a tail that dominates W1)
 STATISTICS = ("magnitude", "sigma_arcsec", "e", "rho4", "gini", "m20", "concentration", "asymmetry")
@@ -56,19 +59,10 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
     `rows` (store row indices) replaces the split selection.
     """
     from deepfield.metrics import compare_samples, spearman
-    from deepfield.physics import ObservationModel
 
     store = store if isinstance(store, Store) else open_store(store)
-    if not has(model, "sample"):
-        raise InputError(f"morphology validation needs a generative model (vae, cvae); got {type(model).__name__}")
-    for array in ("psf", "ivar"):
-        if not store.has(array):
-            raise InputError(f"store {store.path} has no {array!r}: model samples are observed through each "
-                             "held-out object's PSF and noise, so the store needs both")
-    rows = (resolve_indices(store, None, split, getattr(model, "record", None)) if rows is None
-            else np.asarray(rows, dtype=np.int64))
-    if n is not None:
-        rows = rows[:n]
+    check_observable(model, store, "morphology validation")
+    rows = held_out_rows(model, store, split=split, n=n, rows=rows)
     if rows.size < 10:
         raise InputError(f"only {rows.size} held-out objects: too few for morphology statistics")
     pixel_scale = store.pixel_scale
@@ -77,13 +71,8 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
     real = _measure(store.read("x", rows)[:, band], sigma, pixel_scale)
     halves = np.random.default_rng(seed).permutation(rows.size)
     first, second = halves[: rows.size // 2], halves[rows.size // 2:]
-    names = list(getattr(model.config, "condition", ()) or ())
-    for c in getattr(getattr(model, "prior", None), "data_columns", ()) or ():
-        if c not in names:
-            names.append(c)
-    catalog = {c: store.column(c)[rows].astype(np.float32) for c in names}
+    catalog = {c: store.column(c)[rows].astype(np.float32) for c in condition_names(model)}
     chosen = [p for p in priors if p != "auto" or getattr(model, "prior", None) is not None]
-    observation = ObservationModel("pixel")
     generator = torch.Generator().manual_seed(seed)
     out = {"n": int(rows.size), "band": band, "priors": {}}
     asked = {c: store.column(c)[rows] for c in ("half_light_radius", "magnitude") if c in store.columns}
@@ -100,8 +89,10 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
         for prior in chosen:
             name = type(model.prior).__name__ if prior == "auto" else "N(0, I)"
             task = bar.add_task(f"sampling ({name} prior)", total=rows.size)
-            samples, intrinsic = _observed_samples(model, store, rows, catalog, prior, ivar, batch_size, observation,
-                                                   generator, band, sigma, pixel_scale, bar, task)
+            drawn = observed_samples(model, store, rows, prior=prior, generator=generator, batch_size=batch_size,
+                                     advance=lambda k, task=task: bar.advance(task, k))
+            samples = _measure(drawn.observed[:, band], sigma, pixel_scale)
+            intrinsic = _intrinsic(drawn.sky[:, band], pixel_scale)
             table = compare_samples({k: real[k] for k in STATISTICS}, {k: samples[k] for k in STATISTICS}, seed=seed)
             out["priors"][name] = {"rows": table, "spearman": _spearman(catalog, samples, spearman),
                                    "spearman_noiseless": _spearman(catalog, intrinsic, spearman, size="half_light_radius")}
@@ -110,21 +101,70 @@ def evaluate_morphology(model, store, *, split: str = "test", n: int | None = No
     return out
 
 
-def _observed_samples(model, store, rows, catalog, prior, ivar, batch_size, observation, generator, band, sigma,
-                      pixel_scale, bar, task) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Model samples for `rows` (their conditions), observed through their PSFs and noise and
-    measured; and the noiseless, PSF-free samples' own half-light radius and magnitude."""
-    observed, noiseless = [], []
+def check_observable(model, store: Store, task: str) -> None:
+    """Refuse, naming the fix, a `model` that cannot sample or a `store` without the PSF stamps
+    and inverse variance that observe its samples the way the store's galaxies were observed.
+    `task` names the caller in the message ('morphology validation', 'the C2ST')."""
+    if not has(model, "sample"):
+        raise InputError(f"{task} needs a generative model (vae, cvae) whose samples can be observed; "
+                         f"got a {type(model).__name__}, which cannot sample: train a vae or cvae")
+    for array in ("psf", "ivar"):
+        if not store.has(array):
+            raise InputError(f"store {store.path} has no {array!r}: for {task} model samples are observed "
+                             "through each held-out object's PSF and noise, so the store needs both (simulate "
+                             "it, or import it with --psf and --ivar)")
+
+
+def held_out_rows(model, store: Store, *, split: str | None = "test", n: int | None = None,
+                  rows=None) -> np.ndarray:
+    """Store rows of the galaxies `model` never trained on: its recorded `split` (None: every
+    row), or the given `rows`; the first `n` of them when `n` is given. (M,) int64."""
+    rows = (resolve_indices(store, None, split, getattr(model, "record", None)) if rows is None
+            else np.asarray(rows, dtype=np.int64))
+    return rows if n is None else rows[:n]
+
+
+class ObservedSamples(NamedTuple):
+    """Model samples drawn for some store rows, as :func:`observed_samples` returns them."""
+
+    #: (N, C, H, W) float32, store units: the sky through each row's PSF, plus its noise
+    observed: np.ndarray
+    #: (N, C, oH, oW) float32, store units: the noiseless, PSF-free sky the model drew
+    sky: np.ndarray
+    #: (N, C) float64: optimal S/N per band, sqrt(sum(sky * PSF)^2 * ivar), the simulator's `snr`
+    snr: np.ndarray
+
+
+@torch.no_grad()
+def observed_samples(model, store: Store, rows, *, generator: torch.Generator, prior="auto",
+                     batch_size: int = 256, advance=None) -> ObservedSamples:
+    """One sample of `model` per row in `rows` (with that row's catalog conditions when the
+    model or its latent prior is conditional), observed through that row's PSF and noise.
+
+    So every sample carries the observing conditions of one held-out galaxy, and any difference
+    between the two sets is the model's. `generator` draws the latents and the noise in turn,
+    batch by batch (same generator state, same samples); `prior` is ``sample``'s argument
+    ('auto': the fitted latent prior if any, 'gaussian': N(0, I)); `advance` (optional) is
+    called with the number of objects after each batch.
+    """
+    from deepfield.physics import ObservationModel
+
+    rows = np.asarray(rows, dtype=np.int64)
+    catalog = {c: store.column(c)[rows].astype(np.float32) for c in condition_names(model)}
+    observation = ObservationModel("pixel", oversample=getattr(getattr(model, "observation", None), "oversample", 1))
+    observed, sky, snr = [], [], []
     for start in range(0, rows.size, batch_size):
         sl = slice(start, start + batch_size)
         cond = {c: torch.from_numpy(v[sl]) for c, v in catalog.items()} or None
-        sky = model.sample(len(rows[sl]), condition=cond, generator=generator, prior=prior)
+        drawn = model.sample(len(rows[sl]), condition=cond, generator=generator, prior=prior)
         psf = torch.from_numpy(store.read("psf", rows[sl]))
-        observed.append(observation.observe(sky, psf, ivar=torch.from_numpy(ivar[sl]), generator=generator).numpy())
-        noiseless.append(sky[:, band].numpy())
-        bar.advance(task, len(rows[sl]))
-    return _measure(np.concatenate(observed)[:, band], sigma, pixel_scale), _intrinsic(np.concatenate(noiseless),
-                                                                                         pixel_scale)
+        ivar = torch.from_numpy(store.read("ivar", rows[sl]))
+        observed.append(observation.observe(drawn, psf, ivar=ivar, generator=generator).numpy())
+        sky.append(drawn.numpy())
+        snr.append((observation.predict(drawn, psf).double() ** 2 * ivar).sum(dim=(-2, -1)).sqrt().numpy())
+        if advance is not None:
+            advance(len(rows[sl]))
+    return ObservedSamples(np.concatenate(observed), np.concatenate(sky), np.concatenate(snr))
 
 
 def _intrinsic(images: np.ndarray, pixel_scale: float) -> dict[str, np.ndarray]:
@@ -199,13 +239,18 @@ def condition_names(model) -> list[str]:
     return names
 
 
+def prior_label(prior) -> str:
+    """The short name of a fitted latent prior object in tables and plots: 'flow', 'GMM'."""
+    name = type(prior).__name__
+    return {"LatentFlow": "flow", "GaussianMixturePrior": "GMM"}.get(name, name)
+
+
 def prior_choices(model) -> list[tuple[str, str]]:
     """(``sample``'s prior argument, label) of the latent priors to sample: the fitted prior
     first when there is one ('flow', 'GMM'), then N(0, I)."""
     out = []
     if getattr(model, "prior", None) is not None:
-        name = type(model.prior).__name__
-        out.append(("auto", {"LatentFlow": "flow", "GaussianMixturePrior": "GMM"}.get(name, name)))
+        out.append(("auto", prior_label(model.prior)))
     out.append(("gaussian", "N(0, I)"))
     return out
 
@@ -219,22 +264,15 @@ def samples_beside(model, store: Store, rows, *, seed: int = 0) -> dict[str, np.
     entry per prior, "LABEL, no PSF/noise": the first prior's noiseless, PSF-free samples}, each
     (len(rows), C, H, W) in store units. One seeded generator draws the samples and the noise.
     """
-    from deepfield.physics import ObservationModel
-
     rows = np.asarray(rows, dtype=np.int64)
-    names = condition_names(model)
     priors = prior_choices(model)
     generator = torch.Generator().manual_seed(seed)
-    psf = torch.from_numpy(store.read("psf", rows))
-    ivar = torch.from_numpy(store.read("ivar", rows))
-    cond = {c: torch.from_numpy(store.column(c)[rows].astype(np.float32)) for c in names} or None
     panels = {"held-out": store.read("x", rows)}
-    observation = ObservationModel("pixel")
     noiseless = None
     for arg, label in priors:
-        sky = model.sample(rows.size, condition=cond, generator=generator, prior=arg)
-        noiseless = sky.numpy() if noiseless is None else noiseless
-        panels[f"{label}, observed"] = observation.observe(sky, psf, ivar=ivar, generator=generator).numpy()
+        drawn = observed_samples(model, store, rows, generator=generator, prior=arg, batch_size=max(rows.size, 1))
+        noiseless = drawn.sky if noiseless is None else noiseless
+        panels[f"{label}, observed"] = drawn.observed
     panels[f"{priors[0][1]}, no PSF/noise"] = noiseless
     return panels
 
