@@ -295,3 +295,17 @@ def test_fine_tuning_starts_from_the_given_weights_and_checks_them(blob_store, t
         train("ae", blob_store, tmp_path / "x", settings=TrainSettings(epochs=1, init=str(tmp_path), **FAST))
     with pytest.raises(ConfigError, match="drop init"):
         train("pca", blob_store, tmp_path / "x", settings=TrainSettings(epochs=1, init=str(base), **FAST))
+
+
+def test_early_stopping_reads_an_average_of_the_validation_loss_over_epochs(blob_store, tmp_path):
+    path = train("ae", blob_store, tmp_path / "m", model_options={"latent_dim": 2, "hidden": (16,)},
+                 settings=TrainSettings(epochs=6, batch_size=32, patience=3, smoothing=0.6, progress=False))
+    rows = json.loads((path / "metrics.json").read_text())["history"]
+    smooth = rows[0]["val_loss"]
+    for row in rows:  # v_t = 0.6 v_(t-1) + 0.4 l_t, from v_0 = l_0
+        smooth = smooth if row is rows[0] else 0.6 * smooth + 0.4 * row["val_loss"]
+        assert row["val_loss_smooth"] == pytest.approx(smooth, rel=1e-5)
+    record = json.loads((path / "config.json").read_text())["training"]
+    assert record["early_stopping_smoothing"] == 0.6
+    with pytest.raises(ConfigError, match="smoothing=1"):
+        TrainSettings(smoothing=1.0)

@@ -69,6 +69,9 @@ class TrainSettings:
             ``"snr > 20"`` (well-measured galaxies); the test split stays whole, so held-out
             evaluation still covers every kind of object.
         patience: early stopping after this many epochs without validation improvement (0: off).
+        smoothing: weight of the past in the exponential moving average of the validation loss
+            that early stopping reads (0: the raw per-epoch loss; 0.7 averages over about 3
+            epochs, so one noisy epoch neither stops a run nor restarts its patience).
         accelerator: 'auto', 'cpu' or 'gpu'.
         devices: 'auto' or a number of devices (processes on CPU).
         strategy: 'auto', 'ddp' or 'ddp_spawn'.
@@ -92,6 +95,7 @@ class TrainSettings:
     split_seed: int = 0
     where: str | None = None
     patience: int = 5
+    smoothing: float = 0.7
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"
@@ -109,6 +113,7 @@ class TrainSettings:
                f"lr={self.lr} (give > 0)" if not self.lr > 0 else "",
                f"weight_decay={self.weight_decay} (give >= 0)" if not self.weight_decay >= 0 else "",
                f"patience={self.patience} (give >= 0; 0 turns early stopping off)" if self.patience < 0 else "",
+               f"smoothing={self.smoothing} (give 0 <= smoothing < 1)" if not 0 <= self.smoothing < 1 else "",
                f"num_workers={self.num_workers} (give >= 0)" if self.num_workers < 0 else "",
                f"threads={self.threads} (give >= 1)" if self.threads is not None and self.threads < 1 else "",
                f"gradient_clip={self.gradient_clip} (give > 0, or null for the family's)"
@@ -368,7 +373,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     train_loader = make_loader(store, splits["train"], batch_size=settings.batch_size, shuffle=True,
                                num_workers=settings.num_workers, model=model, seed=settings.seed)
     module = ModelModule(model, lr=settings.lr, weight_decay=settings.weight_decay, channels_last=channels_last,
-                         seed=settings.seed, sampler=train_loader.sampler)
+                         seed=settings.seed, sampler=train_loader.sampler, smoothing=settings.smoothing)
     val_idx = splits["val"] if splits["val"].size else splits["train"][: max(1, settings.batch_size)]
     val_loader = make_loader(store, val_idx, batch_size=settings.batch_size, shuffle=False,
                              num_workers=settings.num_workers, model=model)
@@ -380,7 +385,7 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
                                  save_top_k=1, save_last=True)
     callbacks = [checkpoint, history, interrupt, throughput, *extra_callbacks]
     if settings.patience > 0:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=settings.patience))
+        callbacks.append(EarlyStopping(monitor="val_loss_smooth", mode="min", patience=settings.patience))
     if settings.progress:
         from deepfield.train.module import EpochBar
 
@@ -420,7 +425,8 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
         "lr": settings.lr, "seed": settings.seed, "precision": settings.precision,
         "accelerator": str(trainer.accelerator.__class__.__name__).replace("Accelerator", "").lower(),
         "devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
-        "early_stopping_patience": settings.patience, "resumed": resume,
+        "early_stopping_patience": settings.patience, "early_stopping_smoothing": settings.smoothing,
+        "resumed": resume,
         "initialised_from": str(Path(settings.init).resolve()) if settings.init is not None else None,
         "gradient_clip": trainer.gradient_clip_val,
     }

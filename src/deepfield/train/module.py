@@ -42,8 +42,13 @@ class ModelModule(L.LightningModule):
     WARMUP_STEPS = 1000
 
     def __init__(self, model, lr: float = 1e-3, weight_decay: float = 0.0, channels_last: bool = False,
-                 seed: int = 0, sampler=None):
+                 seed: int = 0, sampler=None, smoothing: float = 0.0):
         super().__init__()
+        #: weight of the past in the exponential moving average of the validation loss
+        #: (``val_loss_smooth``) that early stopping reads
+        self.smoothing = float(smoothing)
+        self._val_sum = self._val_count = 0.0
+        self._val_smooth: float | None = None
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
@@ -68,16 +73,15 @@ class ModelModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx):
         self._reseed(0, int(self.global_step))
 
-    def on_validation_epoch_start(self):
-        self._reseed(1, int(self.current_epoch))
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["deepfield"] = {"recent_losses": list(self._recent), "skips_in_a_row": self._skips_in_a_row}
+        checkpoint["deepfield"] = {"recent_losses": list(self._recent), "skips_in_a_row": self._skips_in_a_row,
+                                   "val_loss_smooth": self._val_smooth}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("deepfield", {})
         self._recent = [float(v) for v in state.get("recent_losses", [])]
         self._skips_in_a_row = int(state.get("skips_in_a_row", 0))
+        self._val_smooth = state.get("val_loss_smooth")
         if self.sampler is not None:
             self.sampler.resume_at(int(checkpoint.get("global_step", 0)))
 
@@ -119,9 +123,30 @@ class ModelModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         batch = self._prepare(batch)
         n = batch["x"].shape[0]
-        for k, v in self.model.loss(batch).logged().items():
+        out = self.model.loss(batch)
+        for k, v in out.logged().items():
             self.log(f"val_{k}" if k != "loss" else "val_loss", v.detach(), on_step=False, on_epoch=True,
                      prog_bar=k == "loss", batch_size=n, sync_dist=True)
+        self._val_sum += float(out.loss.detach()) * n
+        self._val_count += n
+
+    def on_validation_epoch_start(self):
+        self._reseed(1, int(self.current_epoch))
+        self._val_sum = self._val_count = 0.0
+
+    def on_validation_epoch_end(self):
+        """Log ``val_loss_smooth``: the validation loss (the same object-weighted mean as
+        ``val_loss``, over every rank) averaged over epochs with weight `smoothing` on the past.
+        A validation split of a few hundred galaxies gives a loss that jumps from epoch to epoch
+        while the trend still falls; early stopping reads the average, not one lucky epoch."""
+        if self.trainer.sanity_checking or not self._val_count:
+            return
+        totals = torch.tensor([self._val_sum, self._val_count], dtype=torch.float64)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        value = float(totals[0] / totals[1])
+        self._val_smooth = value if self._val_smooth is None else (
+            self.smoothing * self._val_smooth + (1 - self.smoothing) * value)
+        self.log("val_loss_smooth", self._val_smooth, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
         # fused: one kernel for all parameters' updates (CPU and CUDA); 4-5% faster steps for the conv VAE here.
@@ -163,9 +188,11 @@ class HistoryCallback(L.Callback):
             self.rows.append(row)
 
     def on_train_epoch_end(self, trainer, pl_module):
+        # the epoch's training means, and what the module logged after this callback's validation hook
+        # (val_loss_smooth)
         if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
             for k, v in trainer.callback_metrics.items():
-                if k.startswith("train_"):
+                if k.startswith(("train_", "val_")):
                     self.rows[-1][k] = float(v)
 
     def state_dict(self):
