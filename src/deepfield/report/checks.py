@@ -22,11 +22,12 @@ import numpy as np
 __all__ = ["collapse_warning", "prior_warning", "mean_image_mse", "reconstruction_warning", "outside_range", "histogram_range",
            "histogram_warning", "EXPLAINED_FRACTION_MIN", "OUTSIDE_FRACTION_MAX"]
 
-#: reconstructions are 'explaining little' below this fraction of the data's variance about the
-#: mean image that is not noise (or of all of it, without per-pixel noise to subtract). Measured
-#: on the quick demo's survey: PCA 0.99, autoencoders and VAE trained 6 epochs 0.88-0.92; a
-#: convolutional autoencoder drawing one grey plate scaled by each galaxy's brightness 0.45 (the
-#: brightness alone explains that much), autoencoders worse than the mean image below 0
+#: with per-pixel noise known (ivar), reconstructions 'explain little' below this fraction of the
+#: variance about the mean image that is not noise. Measured on the quick demo's survey: PCA 0.99,
+#: autoencoders and VAE trained 6 epochs 0.88-0.92; a convolutional autoencoder drawing one grey
+#: plate scaled by each galaxy's brightness 0.45 (brightness alone explains that much). Without
+#: ivar the noise is unknown (a good PCA of noisy stamps explains 27% of all their variance), so
+#: only a model no better than the mean image is flagged.
 EXPLAINED_FRACTION_MIN = 0.5
 #: samples of one statistic outside the histogram's range above this fraction get a warning
 #: (a faithful model's samples fall outside about as often as the held-out galaxies: ~2%)
@@ -105,19 +106,26 @@ def mean_image_mse(model, store, rows: np.ndarray, batch_size: int = 512) -> tup
 
 def reconstruction_warning(name: str, mse: float, baseline: float, noise: float | None) -> str | None:
     """A warning when the reconstruction MSE explains less than EXPLAINED_FRACTION_MIN of the
-    data's variance about the mean image (less its noise, when known)."""
-    signal = baseline - (noise or 0.0)
-    if not np.isfinite(mse) or signal <= 0:
+    data's variance about the mean image less its noise (`noise` known), or is no better than
+    the mean image (`noise` None)."""
+    if not np.isfinite(mse):
+        return f"{name}'s reconstructions are not finite numbers (MSE {mse}): the model is broken; retrain it."
+    if noise is None:
+        if mse < baseline:
+            return None
+        return (f"{name}'s reconstructions explain nothing: MSE {mse:.4g}, no better than {baseline:.4g} for "
+                "predicting every object by the mean image. It has not learned the objects: train longer or with "
+                "another learning rate.")
+    signal = baseline - noise
+    if signal <= 0:
         return None
     explained = (baseline - mse) / signal
     if explained >= EXPLAINED_FRACTION_MIN:
         return None
-    what = "of the variance about the mean image that is not noise" if noise is not None else \
-        "of the variance about the mean image"
     return (f"{name}'s reconstructions explain little: MSE {mse:.4g} against {baseline:.4g} for predicting every "
-            f"object by the mean image" + (f" (noise alone: {noise:.4g})" if noise is not None else "")
-            + f", i.e. {max(explained, -9.99):.0%} {what}. It has not learned the objects: train longer or with "
-            "another learning rate.")
+            f"object by the mean image (noise alone: {noise:.4g}), i.e. {max(explained, -9.99):.0%} of the variance "
+            "about the mean image that is not noise. It has not learned the objects: train longer or with another "
+            "learning rate.")
 
 
 def histogram_range(reference: np.ndarray, others: list[np.ndarray]) -> tuple[float, float]:
