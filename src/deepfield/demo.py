@@ -81,12 +81,13 @@ class DemoPlan:
 
 
 PLANS = {
-    # about 4 minutes on a quiet 2-core CPU (stage seconds below, measured)
-    "full": DemoPlan(n_galaxies=1600, size=32, depth=24.5, latent_dim=16, epochs=10, channels=(16, 32, 64),
-                     hidden=(256, 64), workers=2, vae_epochs=10, flow_epochs=40, morphology=160,
+    # about 3.5 minutes on a quiet 2-core CPU; stage seconds measured on a busy machine (load 4-5)
+    # divided by 2.6, the quick demo's busy / quiet ratio
+    "full": DemoPlan(n_galaxies=1600, size=32, depth=24.5, latent_dim=16, epochs=8, channels=(16, 32, 64),
+                     hidden=(256, 64), workers=2, vae_epochs=10, flow_epochs=30, morphology=160,
                      batch_size=32, lr=2e-3,
-                     seconds={"survey": 25, "pca": 4, "ae": 10, "conv-ae": 60, "report": 20, "vae": 60,
-                              "prior": 15, "report-vae": 35, "samples": 5}),
+                     seconds={"survey": 10, "pca": 2, "ae": 6, "conv-ae": 57, "report": 14, "vae": 67,
+                              "prior": 13, "report-vae": 11, "samples": 1}),
     # CI: well under a minute
     "quick": DemoPlan(n_galaxies=400, size=32, depth=23.5, latent_dim=8, epochs=6, channels=(8, 16, 32),
                       hidden=(128,), workers=1, vae_epochs=6, flow_epochs=10, morphology=40,
@@ -151,13 +152,11 @@ class _StageClock:
         self.ran_expected += self.expected[name]
         self.ran_seconds += seconds
 
-    def eta(self, running: str | None = None, running_for: float = 0.0) -> float:
-        # the machine's speed relative to the plan's quiet one, once a stage has shown it
+    def eta(self) -> float:
+        """Seconds left: the remaining stages' expected seconds times the machine's speed
+        relative to the plan's quiet one, as the stages run so far have shown it."""
         speed = self.ran_seconds / self.ran_expected if self.ran_expected > 0 else 1.0
-        left = sum(self.expected[n] for n in self.remaining) * speed
-        if running is not None:
-            left -= min(running_for, self.expected[running] * speed)
-        return max(left, 0.0)
+        return sum(self.expected[n] for n in self.remaining) * speed
 
     def fraction(self) -> float:
         total = sum(self.expected.values())
@@ -211,8 +210,12 @@ def run_demo(out="deepfield-demo", quick: bool = False, seed: int = 0, progress:
             raise InputError(f"the demo in {out} was started with other options ({was}, seed {state.get('seed')}, "
                              f"its plan in {state_path}): resume with the same ones, or run without --resume to "
                              "start afresh")
-        # a stage counts as done only while its output is still there
-        done = [name for name, _, output in STAGES if name in state.get("done", []) and (out / output).exists()]
+        # the finished stages up to the first one not finished or whose output has gone: every
+        # later stage read that one's output, so it is redone too
+        for name, _, output in STAGES:
+            if name not in state.get("done", []) or not (out / output).exists():
+                break
+            done.append(name)
     out.mkdir(parents=True, exist_ok=True)
     state = {"quick": bool(quick), "seed": seed, "plan": plan_record, "done": done}
     write_json_atomic(state_path, state, indent=2)
