@@ -88,12 +88,13 @@ PLANS = {
                      batch_size=32, lr=2e-3,
                      seconds={"survey": 10, "pca": 2, "ae": 6, "conv-ae": 57, "report": 14, "vae": 67,
                               "prior": 13, "report-vae": 11, "samples": 1}),
-    # CI: well under a minute
+    # CI: about 25 s on a quiet 2-core CPU (58 s at load 4-5); bright, large galaxies and 6 epochs of
+    # small networks, so that its reports show galaxies (2 epochs of the full networks collapsed)
     "quick": DemoPlan(n_galaxies=400, size=32, depth=23.5, latent_dim=8, epochs=6, channels=(8, 16, 32),
                       hidden=(128,), workers=1, vae_epochs=6, flow_epochs=10, morphology=40,
                       batch_size=32, lr=2e-3,
-                      seconds={"survey": 5, "pca": 1, "ae": 2, "conv-ae": 8, "report": 6, "vae": 8,
-                               "prior": 3, "report-vae": 8, "samples": 2}),
+                      seconds={"survey": 3, "pca": 1, "ae": 1, "conv-ae": 3, "report": 5, "vae": 4,
+                               "prior": 1, "report-vae": 6, "samples": 1}),
 }
 
 #: the demo's stages in order: (name, what it does, its output under the demo folder)
