@@ -144,3 +144,20 @@ def test_cli_demo_ctrl_c_offers_resume(tmp_path, capsys, monkeypatch):
     code, out = cli(capsys, "demo", "--out", tmp_path / "d", "--no-progress")
     assert code == 130 and "Traceback" not in out
     assert f"Continue with: deepfield demo --resume --out {tmp_path / 'd'}" in out.replace("\n", "")
+
+
+def test_resume_redoes_every_stage_after_a_missing_output(interrupted):
+    import shutil
+
+    # run after the fixture's demo finished: remove the prior, which the VAE report and the samples read
+    weights = interrupted["out"] / "models" / "vae" / "weights.safetensors"
+    vae_written = weights.stat().st_mtime_ns
+    shutil.rmtree(interrupted["out"] / "models" / "vae" / "prior")
+    lines: list[str] = []
+    _run(interrupted["out"], lines, resume=True)
+    skipped = [line.split(":")[1].split()[0] for line in lines if line.endswith(", skipped")]
+    redone = [line.split(":")[1].split()[0] for line in lines if " done in " in line]
+    assert skipped == ["survey", "pca", "ae", "conv-ae", "report", "vae"], lines
+    assert redone == ["prior", "report-vae", "samples"], lines
+    assert (interrupted["out"] / "models" / "vae" / "prior" / "metrics.json").is_file()
+    assert weights.stat().st_mtime_ns == vae_written  # the VAE itself was kept

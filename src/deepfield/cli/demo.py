@@ -9,6 +9,12 @@ import typer
 from deepfield.cli._app import app, console
 
 
+def _print(line: str) -> None:
+    # stage lines stand out from the stages' own bars and messages; markup off: paths may hold brackets
+    style = "bold cyan" if line.startswith("stage ") else "bold green" if line.endswith("index.html") else None
+    console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("deepfield-demo"), "--out", "-o", help="Folder for the survey, models and report."),
@@ -24,7 +30,7 @@ def demo(
 
     try:
         report = run_demo(out, quick=quick, seed=seed, progress=progress, resume=resume,
-                          log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+                          log=_print)
     except DemoInterrupted as err:
         console.print(f"[yellow]{err}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
