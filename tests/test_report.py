@@ -256,6 +256,21 @@ def test_collapse_and_prior_checks_on_recorded_numbers(tmp_path):
     assert prior_warning("none", tmp_path / "no-prior") is None
 
 
+def test_divergence_check_on_recorded_numbers():
+    from deepfield.report.checks import divergence_warning
+
+    # validation MSEs of the full demo's conv AE: at lr 2e-3 over 12 epochs it diverged after epoch 1,
+    # at lr 2e-3 over 8 epochs (a bump at epoch 4) it converged
+    diverged = [0.464, 0.559, 0.781, 1.145, 1.108, 1.08, 1.058, 1.045, 1.036, 1.031, 1.028, 1.028]
+    converged = [0.464, 0.538, 0.385, 1.074, 0.235, 0.228, 0.207, 0.204, 0.198, 0.196]
+    text = divergence_warning("conv-ae", {"history": [{"epoch": k, "val_loss": v} for k, v in enumerate(diverged)]})
+    assert text.startswith("conv-ae's training went unstable: the validation loss rose from 0.464 (epoch 1")
+    assert "to 1.028 by the last epoch (12)" in text
+    assert divergence_warning("conv-ae", {"history": [{"epoch": k, "val_loss": v}
+                                                      for k, v in enumerate(converged)]}) is None
+    assert divergence_warning("pca", {}) is None
+
+
 def test_histogram_range_counts_samples_outside():
     from deepfield.report.checks import histogram_warning, outside_range
 

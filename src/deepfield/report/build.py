@@ -293,7 +293,8 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
 
     for m in members:
         baseline, noise = checks.mean_image_mse(m.model, store, rows)
-        for text in (checks.collapse_warning(m.name, m.metrics), checks.prior_warning(m.name, m.path),
+        for text in (checks.collapse_warning(m.name, m.metrics), checks.divergence_warning(m.name, m.metrics),
+                     checks.prior_warning(m.name, m.path),
                      checks.reconstruction_warning(m.name, float(m.mse.mean()), baseline, noise)):
             if text:
                 page.banner(text)
