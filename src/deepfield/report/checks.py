@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["collapse_warning", "divergence_warning", "prior_warning", "mean_image_mse", "reconstruction_warning", "outside_range", "histogram_range",
-           "histogram_warning", "EXPLAINED_FRACTION_MIN", "OUTSIDE_FRACTION_MAX"]
+__all__ = ["collapse_warning", "divergence_warning", "prior_warning", "mean_image_mse", "reconstruction_warning",
+           "histogram_range", "outside_range", "histogram_warning", "DIVERGED_RATIO", "EXPLAINED_FRACTION_MIN",
+           "OUTSIDE_FRACTION_MAX"]
 
 #: the last epoch's validation loss this many times above the best one: training went unstable
 DIVERGED_RATIO = 2.0
