@@ -205,3 +205,88 @@ def test_cli_report(runs, capsys):
 def test_errors_are_deepfield_errors(runs):
     with pytest.raises(DeepfieldError):
         make_report(runs["pca"], runs["store"], runs["root"] / "r-n", n_examples=-1)
+
+
+# -- banners: the page says when a model is unusable
+
+
+def test_banner_for_an_autoencoder_that_learned_nothing(runs):
+    # lr 1e-7 for one epoch: the decoder's output is its initialisation, worse than the mean image
+    bad = train("ae", runs["store"], runs["root"] / "untrained-ae", model_options={"latent_dim": 4, "hidden": (32,)},
+                settings=TrainSettings(epochs=1, lr=1e-7, progress=False, batch_size=64))
+    index = make_report(runs["pca"], runs["store"], runs["root"] / "report-banner", compare=[bad])
+    summary = json.loads((index.parent / "report.json").read_text())
+    assert len(summary["warnings"]) == 1, summary["warnings"]
+    assert summary["warnings"][0].startswith("untrained-ae's reconstructions explain nothing")
+    pca, ae = summary["models"]["pca"]["mse"], summary["models"]["untrained-ae"]["mse"]
+    baseline = summary["mean_image_mse"]["untrained-ae"]
+    assert pca < baseline <= ae  # PCA beats the mean image, the untrained autoencoder does not
+    page = index.read_text()
+    assert page.count('<p class="banner">') == 1 and page.index('class="banner"') < page.index("<h2")
+
+
+def test_no_banner_for_models_that_learned(runs):
+    summary = json.loads((make_report(runs["pca"], runs["store"], runs["root"] / "report-good").parent
+                          / "report.json").read_text())
+    assert summary["warnings"] == []
+    assert 'class="banner"' not in (runs["root"] / "report-good" / "index.html").read_text()
+
+
+def test_collapse_and_prior_checks_on_recorded_numbers(tmp_path):
+    from deepfield.report.checks import collapse_warning, prior_warning
+
+    # validation rows as the quick demo's VAEs recorded them (nats per object): before this
+    # change its 2-epoch VAE kept an epoch with 0.22 nats; the 6-epoch one keeps 5.06
+    collapsed = {"history": [{"epoch": 0, "val_loss": 3.63, "val_kl": 0.52},
+                             {"epoch": 1, "val_loss": 3.41, "val_kl": 0.22}]}
+    learned = {"history": [{"epoch": 0, "val_loss": 3.63, "val_kl": 0.52},
+                           {"epoch": 4, "val_loss": 3.37, "val_kl": 5.06}]}
+    assert "kept epoch (2) carries 0.22 nats per object" in collapse_warning("vae", collapsed)
+    assert collapse_warning("vae", learned) is None
+    assert collapse_warning("ae", {"history": [{"epoch": 0, "val_loss": 0.3}]}) is None  # no KL: not a VAE
+    # held-out code log-densities: the 'train flow' of issue 14 (-33.1 vs -22.1) and the quick demo's
+    for name, flow, normal, bad in (("issue", -33.1, -22.1, True), ("quick", -10.65, -15.07, False)):
+        (tmp_path / name / "prior").mkdir(parents=True)
+        (tmp_path / name / "prior" / "metrics.json").write_text(json.dumps(
+            {"val_log_prob": flow, "val_log_prob_standard_normal": normal}))
+        text = prior_warning(name, tmp_path / name)
+        assert (text is not None) == bad
+        if bad:
+            assert "log p = -33.10 nats per object under it against -22.10" in text
+    assert prior_warning("none", tmp_path / "no-prior") is None
+
+
+def test_divergence_check_on_recorded_numbers():
+    from deepfield.report.checks import divergence_warning
+
+    # validation MSEs of the full demo's conv AE: at lr 2e-3 over 12 epochs it diverged after epoch 1,
+    # at lr 2e-3 over 8 epochs (a bump at epoch 4) it converged
+    diverged = [0.464, 0.559, 0.781, 1.145, 1.108, 1.08, 1.058, 1.045, 1.036, 1.031, 1.028, 1.028]
+    converged = [0.464, 0.538, 0.385, 1.074, 0.235, 0.228, 0.207, 0.204, 0.198, 0.196]
+    text = divergence_warning("conv-ae", {"history": [{"epoch": k, "val_loss": v} for k, v in enumerate(diverged)]})
+    assert text.startswith("conv-ae's training went unstable: the validation loss rose from 0.464 (epoch 1")
+    assert "to 1.028 by the last epoch (12)" in text
+    assert divergence_warning("conv-ae", {"history": [{"epoch": k, "val_loss": v}
+                                                      for k, v in enumerate(converged)]}) is None
+    assert divergence_warning("pca", {}) is None
+
+
+def test_histogram_range_counts_samples_outside():
+    from deepfield.report.checks import histogram_warning, outside_range
+
+    rng = np.random.default_rng(0)
+    held_out = {"sigma_arcsec": rng.normal(0.6, 0.1, 400), "e": rng.uniform(0, 0.6, 400)}
+    faithful = {"sigma_arcsec": rng.normal(0.6, 0.1, 400), "e": rng.uniform(0, 0.6, 400)}
+    # sizes 3 arcsec: 24 sigma out, past twice the held-out range, so the plot cannot show them
+    broken = {"sigma_arcsec": rng.normal(3.0, 0.1, 400), "e": rng.uniform(0, 0.6, 400)}
+    good = outside_range({"held-out": held_out, "flow": faithful})
+    assert good["flow"]["sigma_arcsec"][0] <= 12 and good["held-out"]["sigma_arcsec"][0] <= 8  # ~1-2%
+    assert histogram_warning(good) is None
+    bad = outside_range({"held-out": held_out, "flow": broken})
+    outside, n, lo, hi = bad["flow"]["sigma_arcsec"]
+    assert (outside, n) == (400, 400) and hi < 3.0
+    assert "flow: 400 of 400 in sigma_arcsec" in histogram_warning(bad)
+    # a modest shift widens the range to show the samples instead of dropping them
+    shifted = {"sigma_arcsec": rng.normal(0.9, 0.1, 400), "e": rng.uniform(0, 0.6, 400)}
+    wide = outside_range({"held-out": held_out, "flow": shifted})
+    assert wide["flow"]["sigma_arcsec"][0] <= 12 and histogram_warning(wide) is None

@@ -9,16 +9,29 @@ import typer
 from deepfield.cli._app import app, console
 
 
+def _print(line: str) -> None:
+    # stage lines stand out from the stages' own bars and messages; markup off: paths may hold brackets
+    style = "bold cyan" if line.startswith("stage ") else "bold green" if line.endswith("index.html") else None
+    console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("deepfield-demo"), "--out", "-o", help="Folder for the survey, models and report."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (under a minute)."),
     seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo in --out: finished stages are "
+                                "kept, an interrupted training run continues from its checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Simulate a small galaxy survey; train PCA, autoencoders and a flow-VAE; draw conditional samples; write
-    the reports."""
-    from deepfield.demo import run_demo
+    the reports (each as soon as its models are trained)."""
+    from deepfield.demo import DemoInterrupted, run_demo
 
-    report = run_demo(out, quick=quick, seed=seed, progress=progress, log=console.print)
+    try:
+        report = run_demo(out, quick=quick, seed=seed, progress=progress, resume=resume,
+                          log=_print)
+    except DemoInterrupted as err:
+        console.print(f"[yellow]{err}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     console.print(f"[bold green]report:[/] {report.resolve()}")

@@ -288,6 +288,18 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
         figures.append(filename)
         body.append(H.figure(filename, caption))
 
+    # -- is any model unusable? (banners at the top of the page)
+    from deepfield.report import checks
+
+    for m in members:
+        baseline, noise = checks.mean_image_mse(m.model, store, rows)
+        for text in (checks.collapse_warning(m.name, m.metrics), checks.divergence_warning(m.name, m.metrics),
+                     checks.prior_warning(m.name, m.path),
+                     checks.reconstruction_warning(m.name, float(m.mse.mean()), baseline, noise)):
+            if text:
+                page.banner(text)
+        summary.setdefault("mean_image_mse", {})[m.name] = baseline
+
     # -- model card
     body = page.section("Model")
     body.append(H.definition_list([
@@ -474,5 +486,6 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
                                      "mse": float(m.mse.mean()), "median_mse": float(np.median(m.mse))}
     summary["figures"] = figures
     summary["notes"] = notes
+    summary["warnings"] = list(page.banners)
     (tmp / _MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return page.render(footer=f"deepfield {deepfield.__version__} · machine-readable summary: {_MARKER}")

@@ -25,6 +25,8 @@ figure { margin: 1em 0 1.6em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .9em; color: #444; margin-top: .3em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4em .8em; margin: .6em 0; }
+.banner { background: #fdecea; border-left: 6px solid #c62828; padding: .5em .9em; margin: .6em 0;
+          font-weight: 600; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .15em 1.2em; }
 dt { font-weight: 600; } dd { margin: 0; }
 footer { margin-top: 3em; font-size: .8em; color: #777; }
@@ -92,6 +94,12 @@ class Page:
     def __init__(self, title: str):
         self.title = title
         self.sections: list[tuple[str, list[str]]] = []
+        self.banners: list[str] = []
+
+    def banner(self, text: str) -> None:
+        """A warning shown at the top of the page, above every section: the model is unusable
+        in some way (a collapsed posterior, a prior worse than N(0, I), ...)."""
+        self.banners.append(text)
 
     def section(self, heading: str) -> list[str]:
         """Start a section; returns the list to append its HTML fragments to."""
@@ -103,6 +111,7 @@ class Page:
         parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
                  f"<title>{escape(self.title)}</title><style>{_CSS}</style></head><body>",
                  f"<h1>{escape(self.title)}</h1>"]
+        parts += [f'<p class="banner">Warning: {escape(text)}</p>' for text in self.banners]
         for heading, body in self.sections:
             anchor = "".join(c if c.isalnum() else "-" for c in heading.lower()).strip("-")
             parts.append(f'<h2 id="{escape(anchor)}">{escape(heading)}</h2>')

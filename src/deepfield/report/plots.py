@@ -557,7 +557,8 @@ MORPHOLOGY_LABELS = {"magnitude": "magnitude (zeropoint 30, counts)", "sigma_arc
 def plot_morphology_histograms(measurements: Mapping[str, Mapping[str, np.ndarray]], path, *,
                                reference: str = "held-out") -> Path:
     """One panel per statistic: histograms of the held-out galaxies (grey, filled) and of each
-    prior's samples observed the same way (lines), on the held-out 1st-99th percentile range."""
+    prior's samples observed the same way (lines), on the held-out 1st-99th percentile range widened
+    towards the samples (deepfield.report.checks.histogram_range); legends count values outside it."""
     sets = list(measurements)
     stats = [k for k in measurements[reference] if k in MORPHOLOGY_LABELS] or list(measurements[reference])
     cols = 4
@@ -571,23 +572,30 @@ def plot_morphology_histograms(measurements: Mapping[str, Mapping[str, np.ndarra
             if ref.size < 2:
                 ax.set_axis_off()
                 continue
-            lo, hi = np.percentile(ref, (1, 99))
+            from deepfield.report.checks import histogram_range
+
+            lo, hi = histogram_range(ref, [np.asarray(measurements[n][stat], dtype=float)[
+                np.isfinite(np.asarray(measurements[n][stat], dtype=float))] for n in sets if n != reference])
             bins = np.linspace(lo, hi, 31)
             for k, name in enumerate(sets):
                 v = np.asarray(measurements[name][stat], dtype=float)
                 v = v[np.isfinite(v)]
-                if not ((v >= lo) & (v <= hi)).any():  # nothing in the held-out range: say so in the legend
+                if not ((v >= lo) & (v <= hi)).any():  # nothing in the plotted range: say so in the legend
                     ax.plot([], [], color=model_colour(k), label=f"{name}: all {v.size} outside")
                     continue
+                outside = int(((v < lo) | (v > hi)).sum())
+                label = f"{name} ({v.size}" + (f", {outside} outside)" if outside else ")")
                 if name == reference:
-                    ax.hist(v, bins, density=True, color="0.75", label=f"{name} ({v.size})")
+                    ax.hist(v, bins, density=True, color="0.75", label=label)
                 else:
-                    ax.hist(v, bins, density=True, histtype="step", lw=1.4, color=model_colour(k), label=f"{name} ({v.size})")
+                    ax.hist(v, bins, density=True, histtype="step", lw=1.4, color=model_colour(k), label=label)
             ax.set_xlabel(MORPHOLOGY_LABELS.get(stat, stat))
             ax.set_yticks([])
         for ax in axes[len(stats):]:
             ax.set_axis_off()
-        axes[0].legend(fontsize=6, loc="upper left")
+        for ax in axes[:len(stats)]:  # each panel's counts outside its own range
+            if ax.axison:
+                ax.legend(fontsize=5, loc="upper left")
         return save_figure(fig, path)
 
 

@@ -59,10 +59,18 @@ def sample_section(page, model, store: Store, rows: np.ndarray, examples: np.nda
     if n_morphology and rows.size >= 20:
         result = evaluate_morphology(model, store, split="all", n=None, seed=seed, measurements=True,
                                      rows=rows[:n_morphology])
+        from deepfield.report.checks import histogram_warning, outside_range
+
+        outside = outside_range(result["measurements"])
         plots.plot_morphology_histograms(result["measurements"], tmp / "morphology_histograms.png")
         add_figure(body, "morphology_histograms.png",
                    f"Morphology of {result['n']} held-out galaxies (grey) and of model samples with their conditions, "
-                   "observed through their PSFs and noise (lines): GalSim HSM moments and non-parametric statistics.")
+                   "observed through their PSFs and noise (lines): GalSim HSM moments and non-parametric statistics, "
+                   "on the held-out galaxies' 1st-99th percentile range widened (up to twice its width) towards the "
+                   "samples'; legends count the values outside it.")
+        warning = histogram_warning(outside)
+        if warning:
+            page.banner(warning)
         table_rows = []
         for prior, r in result["priors"].items():
             for row in r["rows"]:
@@ -83,4 +91,6 @@ def sample_section(page, model, store: Store, rows: np.ndarray, examples: np.nda
                                + "; on the held-out galaxies themselves: "
                                + ", ".join(f"{k} {v:.3f}" for k, v in result["reference"]["spearman"].items()) + "."))
         if summary is not None:
-            summary["morphology"] = {"n": result["n"], "priors": result["priors"], "reference": result["reference"]}
+            summary["morphology"] = {"n": result["n"], "priors": result["priors"], "reference": result["reference"],
+                                     "outside_plotted_range": {name: {k: v[0] for k, v in stats.items()}
+                                                               for name, stats in outside.items()}}
