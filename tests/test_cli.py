@@ -150,3 +150,18 @@ def test_encode_batch_size_and_index_recall_are_checked(capsys, blob_store, trai
 
     with pytest.raises(ConfigError, match="target recall 2"):
         build_index(np.zeros((20, 3), "f4"), target_recall=2)
+
+
+def test_an_interrupted_training_says_how_to_continue_once(blob_store, tmp_path, capsys, monkeypatch):
+    from conftest import cli
+
+    import deepfield.train as training
+    from deepfield.train import TrainingInterrupted
+
+    def stopped(*args, **kwargs):
+        raise TrainingInterrupted(tmp_path / "last.ckpt", 3)
+
+    monkeypatch.setattr(training, "train", stopped)
+    code, out = cli(capsys, "train", "ae", "--store", str(blob_store.path), "--out", str(tmp_path / "m"))
+    assert code == 130 and "--resume" in out and "interrupted in epoch 3" in out
+    assert "\ninterrupted" not in out  # the command's own message, not a second generic one

@@ -88,7 +88,7 @@ class CtrlCAt:
 
 
 # 5 steps into epoch 1; after epoch 1's last step, before its validation (the run goes back to epoch 0's end)
-@pytest.mark.parametrize("epoch, step_into_epoch", [(1, 5), (2, 0)])
+@pytest.mark.parametrize("epoch, step_into_epoch", [(1, 5), (2, 0)], ids=["mid-epoch", "before-validation"])
 def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(blob_store, uninterrupted, tmp_path, epoch, step_into_epoch):
     steps = SeededShuffle(blob_store.split()["train"].size, 0, SETTINGS["batch_size"]).batches_per_epoch
     out = tmp_path / "vae"
@@ -124,3 +124,19 @@ def test_ctrl_c_before_the_first_checkpoint_keeps_nothing_and_a_rerun_starts_afr
     assert info.value.checkpoint is None and not training_dir(out).exists() and not out.exists()
     assert_same_run(uninterrupted, train("vae", blob_store, out, model_options=OPTIONS,
                                          settings=TrainSettings(**SETTINGS)))
+
+
+def test_ctrl_c_after_an_epochs_validation_then_resume_is_bit_identical(blob_store, uninterrupted, tmp_path):
+    import lightning as L
+
+    class CtrlCAfterValidation(L.Callback):  # as the user presses it while epoch 1's end is being recorded
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "vae"
+    with pytest.raises(TrainingInterrupted):
+        train("vae", blob_store, out, model_options=OPTIONS, settings=TrainSettings(**SETTINGS),
+              callbacks=[CtrlCAfterValidation()])
+    resumed = train("vae", blob_store, out, model_options=OPTIONS, settings=TrainSettings(**SETTINGS), resume=True)
+    assert_same_run(uninterrupted, resumed)

@@ -30,6 +30,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class Interrupted(Exception):
+    """Raised by a command that caught Ctrl-C and said what to do next (e.g. rerun with --resume):
+    exit 130 without run_app's own "interrupted"."""
+
+
+def interrupted(message: str):
+    """Print `message` (what was kept, how to continue) and end the command with exit code 130."""
+    console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+    raise Interrupted
+
+
 def _version(value: bool) -> None:
     if value:
         from deepfield import __version__
@@ -91,6 +102,8 @@ def run_app(argv=None) -> None:
         sys.exit(2)
     except typer.Exit as err:
         sys.exit(err.exit_code)
+    except Interrupted:
+        sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted")
         sys.exit(130)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from deepfield.cli._app import app, console
+from deepfield.cli._app import app, console, interrupted
 
 
 def _print(line: str) -> None:
@@ -32,6 +32,5 @@ def demo(
         report = run_demo(out, quick=quick, seed=seed, progress=progress, resume=resume,
                           log=_print)
     except DemoInterrupted as err:
-        console.print(f"[yellow]{err}[/]", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        interrupted(str(err))
     console.print(f"[bold green]report:[/] {report.resolve()}")

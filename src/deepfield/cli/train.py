@@ -25,7 +25,7 @@ from pathlib import Path
 import typer
 
 from deepfield._names import comma_list
-from deepfield.cli._app import app, console
+from deepfield.cli._app import app, console, interrupted
 
 #: flags of earlier releases -> the key they set (model config, training settings or prior options)
 DEPRECATED_FLAGS = {
@@ -291,8 +291,7 @@ def _train_family(family, store, out, config, sets, epochs, seed, resume, overwr
             path = train_model(family, store, out, model_options=model_options, settings=settings, resume=resume,
                                overwrite=overwrite)
     except TrainingInterrupted as err:
-        console.print(f"[yellow]{err}[/]")
-        raise typer.Exit(130) from None
+        interrupted(str(err))
     if path is None:  # a non-zero DDP rank
         return
     metrics = json.loads((path / "metrics.json").read_text())

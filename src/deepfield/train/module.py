@@ -47,6 +47,7 @@ class ModelModule(L.LightningModule):
         #: weight of the past in the exponential moving average of the validation loss
         #: (``val_loss_smooth``) that early stopping reads
         self.smoothing = float(smoothing)
+        self.validated_epoch: int | None = None
         self._val_sum = self._val_count = 0.0
         self._val_smooth: float | None = None
         self.model = model
@@ -141,6 +142,8 @@ class ModelModule(L.LightningModule):
         while the trend still falls; early stopping reads the average, not one lucky epoch."""
         if self.trainer.sanity_checking or not self._val_count:
             return
+        #: the last epoch whose validation finished (a Ctrl-C after it may be saved where it falls)
+        self.validated_epoch = int(self.current_epoch)
         totals = torch.tensor([self._val_sum, self._val_count], dtype=torch.float64)
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         value = float(totals[0] / totals[1])
@@ -219,9 +222,10 @@ class InterruptCheckpoint(L.Callback):
         self.interrupted = True
         self.epoch = int(trainer.current_epoch)
         per_epoch = trainer.num_training_batches
-        if (pl_module.automatic_optimization and math.isfinite(per_epoch)  # one step per batch
+        validated = getattr(pl_module, "validated_epoch", None) == trainer.current_epoch
+        if (pl_module.automatic_optimization and math.isfinite(per_epoch) and not validated  # one step per batch
                 and trainer.global_step >= (trainer.current_epoch + 1) * per_epoch):
-            # the epoch's steps are done but its validation (and end-of-epoch checkpoint) may not be: Lightning
+            # the epoch's steps are done but its validation (and end-of-epoch checkpoint) is not: Lightning
             # would resume such a checkpoint in the next epoch and skip this one's validation, so the run
             # would no longer be the uninterrupted one. Keep the previous end-of-epoch checkpoint instead
             # (this epoch is trained again, the same way, on resume)
