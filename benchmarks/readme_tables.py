@@ -152,7 +152,11 @@ SECTIONS = [
      "the spectral critic (collapsed onto dense samples). Per-bin rows in the JSON, the Figure-2-like panels in "
      "the PNG beside them."),
     ("import_cosmos", "Importing a RealGalaxyCatalog (COSMOS layout) into a store",
-     "python benchmarks/import_cosmos.py --n 10000 --repeat 2", ""),
+     "python benchmarks/import_cosmos.py --n 10000 --repeat 2",
+     "Measured on a quiet 2-core machine. The importer does much more than GalSim's loop (it cuts and writes every "
+     "stamp, resamples each PSF, builds ivar, mask and the noise power spectrum) and still runs at 0.69x its "
+     "rate on one worker and 0.86x on two, in a third of its memory: the GalSim reader keeps every image file it "
+     "opened in memory, the importer streams memory-mapped files."),
     ("real_morphology", "A VAE of simulated galaxies, fine-tuned on real morphologies",
      "python benchmarks/real_morphology.py",
      "Reconstruction chi^2 per pixel against each object's own noise (1: a fit to the noise) on fresh draws of the "
