@@ -681,3 +681,14 @@ def test_a_prior_worse_than_the_standard_normal_is_said_and_not_used_by_auto(pix
     code, out = cli(capsys, "sample", vae_dir, "--out", tmp_path / "s", "--n", "4", "--no-progress")
     assert code == 0 and "warning: the fitted latent prior scored" in out
     assert json.loads((tmp_path / "s" / "meta.json").read_text())["provenance"]["prior"] == "gaussian"
+
+
+def test_train_flow_cli_honours_epochs(pixel_vae, tmp_path, capsys):
+    import shutil
+
+    vae_dir = shutil.copytree(pixel_vae, tmp_path / "vae")
+    code, out = cli(capsys, "train", "flow", "--model", vae_dir, "--epochs", "3", "--no-progress")
+    assert code == 0 and "now `deepfield train prior --kind" in out and "held-out codes: log p" in out
+    metrics = json.loads((vae_dir / "prior" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3
+    assert json.loads((vae_dir / "prior" / "config.json").read_text())["training"]["epochs"] == 3
