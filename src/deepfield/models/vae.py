@@ -52,6 +52,11 @@ PROFILE_UNIT = 64.0
 SIZE_REFERENCE_QUANTILE = 0.9
 
 
+#: below this KL to the prior (nats per object) a VAE's codes say almost nothing about the object: its
+#: posterior has collapsed (training warns, the report says so)
+COLLAPSE_KL_NATS = 1.5
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     """Arguments:

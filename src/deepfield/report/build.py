@@ -30,7 +30,7 @@ from deepfield.models import Model
 from deepfield.progress import progress_bar
 from deepfield.report import html as H
 from deepfield.report import plots
-from deepfield.tasks.evaluate import reconstruct_rows, reconstruction_errors
+from deepfield.tasks.evaluate import mean_image_mse, reconstruct_rows, reconstruction_errors
 
 __all__ = ["make_report", "COLOUR_COLUMNS"]
 
@@ -292,7 +292,7 @@ def _build_page(main: _Member, members: list[_Member], store: Store, rows: np.nd
     from deepfield.report import checks
 
     for m in members:
-        baseline, noise = checks.mean_image_mse(m.model, store, rows)
+        baseline, noise = mean_image_mse(m.model, store, rows)
         for text in (checks.collapse_warning(m.name, m.metrics), checks.divergence_warning(m.name, m.metrics),
                      checks.prior_warning(m.name, m.path),
                      checks.reconstruction_warning(m.name, float(m.mse.mean()), baseline, noise)):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["collapse_warning", "divergence_warning", "prior_warning", "mean_image_mse", "reconstruction_warning",
+__all__ = ["collapse_warning", "divergence_warning", "prior_warning", "reconstruction_warning",
            "histogram_range", "outside_range", "histogram_warning", "DIVERGED_RATIO", "EXPLAINED_FRACTION_MIN",
            "OUTSIDE_FRACTION_MAX"]
 
@@ -39,9 +39,9 @@ OUTSIDE_FRACTION_MAX = 0.1
 
 def collapse_warning(name: str, metrics: Mapping) -> str | None:
     """A warning when the VAE's kept epoch (lowest validation loss) carries less than
-    ``deepfield.train.fit.COLLAPSE_KL_NATS`` nats per object (its validation KL to the prior):
+    ``deepfield.models.vae.COLLAPSE_KL_NATS`` nats per object (its validation KL to the prior):
     the codes then say almost nothing about each object and samples all look alike."""
-    from deepfield.train.fit import COLLAPSE_KL_NATS
+    from deepfield.models.vae import COLLAPSE_KL_NATS
 
     rows = [r for r in metrics.get("history") or [] if isinstance(r, Mapping)
             and isinstance(r.get("val_kl"), (int, float)) and isinstance(r.get("val_loss"), (int, float))]
@@ -94,35 +94,6 @@ def prior_warning(name: str, model_dir: Path) -> str | None:
             f"object under it against {normal:.2f} under the standard normal. Its samples ('flow' rows and "
             "histograms) are less faithful than N(0, I)'s: refit it (deepfield train prior, more epochs) or sample "
             "with --prior gaussian.")
-
-
-def mean_image_mse(model, store, rows: np.ndarray, batch_size: int = 512) -> tuple[float, float | None]:
-    """(MSE of predicting every object by the mean image, the noise's share of it), over rows
-    `rows` of `store`, in the model's normalised units (so comparable with its reconstruction
-    MSE). The noise share is the mean of 1 / ivar / scale**2 when the store has ``ivar``
-    (None without): an MSE at that level is all a perfect model can reach."""
-    import torch
-
-    rows = np.asarray(rows, dtype=np.int64)
-    total = total_sq = None
-    noise = 0.0
-    for lo in range(0, rows.size, batch_size):
-        idx = rows[lo:lo + batch_size]
-        with torch.no_grad():
-            x = model.normalise(torch.from_numpy(np.ascontiguousarray(store.read("x", idx), dtype=np.float32)))
-        x = x.double().numpy()
-        total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
-        total_sq = (x**2).sum(axis=0) if total_sq is None else total_sq + (x**2).sum(axis=0)
-        if store.kind == "image" and store.has("ivar"):
-            ivar = store.read("ivar", idx).astype(np.float64)
-            scale = model.data_scale.double().numpy()
-            with np.errstate(divide="ignore"):
-                variance_of_noise = np.where(ivar > 0, 1.0 / ivar, 0.0) / scale**2  # normalised units
-            noise += float(variance_of_noise.reshape(len(idx), -1).mean(axis=1).sum())
-    n = rows.size
-    variance = total_sq / n - (total / n) ** 2
-    has_noise = store.kind == "image" and store.has("ivar")
-    return float(variance.mean()), (noise / n if has_noise else None)
 
 
 def reconstruction_warning(name: str, mse: float, baseline: float, noise: float | None) -> str | None:

@@ -22,7 +22,7 @@ from deepfield.models.protocol import has
 from deepfield.progress import progress_bar
 from deepfield.tasks.apply import resolve_indices
 
-__all__ = ["evaluate_morphology", "STATISTICS", "reconstruction_errors", "reconstruct_rows", "condition_names",
+__all__ = ["mean_image_mse", "evaluate_morphology", "STATISTICS", "reconstruction_errors", "reconstruct_rows", "condition_names",
            "prior_choices", "samples_beside", "conditional_sweep", "check_observable", "held_out_rows",
            "observed_samples", "ObservedSamples", "prior_label"]
 
@@ -293,3 +293,30 @@ def conditional_sweep(model, store: Store, rows, column: str, *, n_columns: int 
         cond = {k: torch.full((n_columns,), float(v if k == column else base[k])) for k in names}
         panels[f"{column} = {v:.3g}"] = model.sample(n_columns, condition=cond, generator=g).numpy()
     return panels, base
+
+
+def mean_image_mse(model, store, rows: np.ndarray, batch_size: int = 512) -> tuple[float, float | None]:
+    """(MSE of predicting every object by the mean image, the noise's share of it), over rows
+    `rows` of `store`, in the model's normalised units (so comparable with its reconstruction
+    MSE). The noise share is the mean of 1 / ivar / scale**2 when the store has ``ivar``
+    (None without): an MSE at that level is all a perfect model can reach."""
+    rows = np.asarray(rows, dtype=np.int64)
+    total = total_sq = None
+    noise = 0.0
+    for lo in range(0, rows.size, batch_size):
+        idx = rows[lo:lo + batch_size]
+        with torch.no_grad():
+            x = model.normalise(torch.from_numpy(np.ascontiguousarray(store.read("x", idx), dtype=np.float32)))
+        x = x.double().numpy()
+        total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
+        total_sq = (x**2).sum(axis=0) if total_sq is None else total_sq + (x**2).sum(axis=0)
+        if store.kind == "image" and store.has("ivar"):
+            ivar = store.read("ivar", idx).astype(np.float64)
+            scale = model.data_scale.double().numpy()
+            with np.errstate(divide="ignore"):
+                variance_of_noise = np.where(ivar > 0, 1.0 / ivar, 0.0) / scale**2  # normalised units
+            noise += float(variance_of_noise.reshape(len(idx), -1).mean(axis=1).sum())
+    n = rows.size
+    variance = total_sq / n - (total / n) ** 2
+    has_noise = store.kind == "image" and store.has("ivar")
+    return float(variance.mean()), (noise / n if has_noise else None)

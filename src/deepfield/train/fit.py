@@ -33,6 +33,7 @@ from deepfield.data.store import Store, open_store
 from deepfield.errors import ConfigError, InputError, ModelFolderError, TrainingDiverged
 from deepfield.models import Model, save_model
 from deepfield.models.base import config_from_dict, family_class
+from deepfield.models.vae import COLLAPSE_KL_NATS
 
 __all__ = ["TrainSettings", "TrainingInterrupted", "TrainingDiverged", "train", "build_model",
            "load_yaml_config", "evaluate_mse", "training_dir", "launched_rank", "prepare_work_dir", "quiet_lightning",
@@ -436,8 +437,6 @@ def _fit_lightning(model, store, splits, out, record, settings, resume, overwrit
     return path
 
 
-#: below this KL (nats per object) a VAE's codes say almost nothing about the object
-COLLAPSE_KL_NATS = 1.5
 
 
 def collapse_advice(config) -> str:
