@@ -140,3 +140,25 @@ def test_ctrl_c_after_an_epochs_validation_then_resume_is_bit_identical(blob_sto
               callbacks=[CtrlCAfterValidation()])
     resumed = train("vae", blob_store, out, model_options=OPTIONS, settings=TrainSettings(**SETTINGS), resume=True)
     assert_same_run(uninterrupted, resumed)
+
+
+GAN_OPTIONS = {"latent_dim": 4, "channels": (8, 16), "encoder_epochs": 0}
+GAN_SETTINGS = dict(epochs=3, batch_size=32, progress=False, seed=5)
+
+
+def test_sigkill_of_a_gan_then_resume_is_bit_identical(blob_store, tmp_path):
+    """The two-player game too: killed in its third epoch, resumed from the end of the second."""
+    reference = train("dcgan", blob_store, tmp_path / "ref", model_options=GAN_OPTIONS,
+                      settings=TrainSettings(**GAN_SETTINGS))
+    out = tmp_path / "gan"
+    script = KILLER.replace('"vae"', '"dcgan"').replace("trainer.global_step == {step}", "trainer.current_epoch == 2 "
+                                                        "and batch_idx == 2").format(options=GAN_OPTIONS,
+                                                                                     settings=GAN_SETTINGS)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script, str(blob_store.path), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    resumed = train("dcgan", blob_store, out, model_options=GAN_OPTIONS, settings=TrainSettings(**GAN_SETTINGS),
+                    resume=True)
+    wa, wb = weights(reference), weights(resumed)
+    assert max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa if wa[k].numel()) == 0.0

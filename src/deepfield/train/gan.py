@@ -96,9 +96,10 @@ class GANModule(L.LightningModule):
     with manual optimisation; then (GANs) trains the encoder."""
 
     def __init__(self, model, gan_epochs: int, checkpoint: Path, channels_last: bool = False,
-                 resample_b: tuple[float, float] | None = None):
+                 resample_b: tuple[float, float] | None = None, seed: int = 0):
         super().__init__()
         self.automatic_optimization = False
+        self.seed = int(seed)
         self.model = model
         self.gan_epochs = int(gan_epochs)
         self.checkpoint = Path(checkpoint)
@@ -190,6 +191,13 @@ class GANModule(L.LightningModule):
         self.log(bar_name, parts.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         for k, v in parts.logged().items():
             self.log(f"{prefix}{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # the noise of this batch's steps (z, dropout) from (seed, rank, epoch, batch) alone: a run resumed from
+        # an end-of-epoch checkpoint draws what the uninterrupted one drew (the loader's order is a SeededShuffle's)
+        state = np.random.SeedSequence([self.seed, int(self.global_rank), int(self.current_epoch),
+                                        int(batch_idx)]).generate_state(2)
+        torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def on_train_epoch_start(self):
         # the encoder phase keeps G and D in eval mode (batch-norm statistics, no dropout)
@@ -453,7 +461,8 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
     is_gan = isinstance(model, GAN)
     gan_epochs = settings.epochs
     total_epochs = gan_epochs + (model.config.encoder_epochs if is_gan else 0)
-    module = GANModule(model, gan_epochs, last, channels_last=channels_last, resample_b=resample_b)
+    module = GANModule(model, gan_epochs, last, channels_last=channels_last, resample_b=resample_b,
+                       seed=settings.seed)
 
     train_a = store.dataset(splits["train"], arrays=model_arrays(model, store), columns=model.data_columns)
     val_rows = splits["val"] if splits["val"].size else splits["train"][: max(1, settings.batch_size)]
@@ -468,7 +477,7 @@ def _fit(model, store, splits, out, record, settings, resume, overwrite, extra_c
         dataset = train_a
         examples = {c: torch.from_numpy(store.column(c)[val_rows[:16]].astype(np.float32)) for c in model.data_columns}
     # drop the last short batch: batch norm cannot normalise a batch of one
-    train_loader = batch_loader(dataset, batch_size=settings.batch_size, shuffle=True,
+    train_loader = batch_loader(dataset, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
                                 num_workers=settings.num_workers, drop_last=len(dataset) > settings.batch_size)
 
     history = _History()
