@@ -124,11 +124,15 @@ def test_dcgan_learns_the_blob_fluxes_and_round_trips(dcgan, blob_store, tmp_pat
           real.max((1, 2, 3)).mean())
     assert flux_s.mean() == pytest.approx(flux_r.mean(), rel=0.2)
     assert samples.max((1, 2, 3)).mean() == pytest.approx(real.max((1, 2, 3)).mean(), rel=0.3)
-    # a fresh, untrained generator is nowhere near
-    fresh = DCGAN(model.config)
-    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("data_", "stretch"))},
-                          strict=False)
-    assert abs(fresh.eval().sample(400).sum((1, 2, 3)).mean() / flux_r.mean() - 1) > 0.5
+    # fresh, untrained generators (three initialisations) are far further off
+    trained_error = abs(flux_s.mean() / flux_r.mean() - 1)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        fresh = DCGAN(model.config)
+        fresh.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("data_", "stretch"))},
+                              strict=False)
+        flux_fresh = fresh.eval().sample(400, generator=torch.Generator().manual_seed(0)).sum((1, 2, 3)).mean()
+        assert abs(flux_fresh / flux_r.mean() - 1) > max(0.2, 4 * trained_error)
     # a sample grid per epoch lands in the model folder
     assert len(list((dcgan / "logs" / "samples").glob("epoch_*.png"))) == 23
     # save / load: identical samples and codes
