@@ -159,6 +159,14 @@ SECTIONS = [
      "stamp, resamples each PSF, builds ivar, mask and the noise power spectrum) and still runs at 0.69x its "
      "rate on one worker and 0.86x on two, in a third of its memory: the GalSim reader keeps every image file it "
      "opened in memory, the importer streams memory-mapped files."),
+    ("demo", "`deepfield demo`, stage by stage",
+     "python benchmarks/demo.py",
+     "Issue 14's target: the full demo under 5 minutes on a quiet 2-core machine, with no warning banner in its "
+     "reports (a collapsed posterior, a prior worse than N(0, I), reconstructions that explain little, diverged "
+     "training, samples outside the histograms). The baseline is the demo before its stages were resized, as issue 14 "
+     "measured it: over 20 minutes on a loaded 2-core machine, with a collapsed quick VAE."),
+    ("demo_quick", "`deepfield demo --quick` (what CI runs), stage by stage",
+     "python benchmarks/demo.py --quick", ""),
     ("real_morphology", "A VAE of simulated galaxies, fine-tuned on real morphologies",
      "python benchmarks/real_morphology.py",
      "Reconstruction chi^2 per pixel against each object's own noise (1: a fit to the noise) on fresh draws of the "
