@@ -88,12 +88,14 @@ def sample_store(model, out, n: int, *, condition: Mapping[str, float] | None = 
         psf = moffat_psf(psf_fwhm, size=25, pixel_scale=pixel_scale).float()
         psf = psf.expand(shape[0], -1, -1) if psf.ndim == 2 else psf
         observation = ObservationModel("pixel")
-    # the prior 'auto' resolves to here (N(0, I) when the fitted one is worse), so the catalog says what was used
+    # 'auto' is resolved here (N(0, I) when the fitted prior scored worse), so the catalog says what was used
     if prior == "auto" and hasattr(model, "usable_prior"):
-        chosen = model.usable_prior()
-        prior = chosen if chosen is not None else "gaussian"
-    chosen = model.prior if prior == "fitted" else None if prior == "gaussian" else getattr(model, "prior", None) \
-        if prior == "auto" else prior
+        usable = model.usable_prior()
+        prior = "gaussian" if usable is None else usable
+    if isinstance(prior, str):
+        chosen = None if prior == "gaussian" else getattr(model, "prior", None)
+    else:
+        chosen = prior
     used_prior = "gaussian" if chosen is None else type(chosen).__name__
     generator = torch.Generator().manual_seed(seed)
     # the protocol's sample(n, *, condition, generator); a latent prior and bf16 where the family has them

@@ -30,7 +30,7 @@ from deepfield._atomic import WriteLock
 from deepfield.data.batches import iterate_batches, make_loader, normalisation_sample
 from deepfield.data.splits import split_record, training_splits
 from deepfield.data.store import Store, open_store
-from deepfield.errors import ConfigError, InputError, ModelFolderError, TrainingDiverged
+from deepfield.errors import ConfigError, ModelFolderError, TrainingDiverged
 from deepfield.models import Model, save_model
 from deepfield.models.base import config_from_dict, family_class
 from deepfield.models.vae import COLLAPSE_KL_NATS
@@ -186,15 +186,9 @@ def initial_model(family: str, store: Store, init, options: dict | None = None) 
     if options:
         raise ConfigError(f"fine-tuning keeps the config of {path}; model options ({', '.join(sorted(options))}) "
                           "would change it: drop them, or train afresh without init")
-    if store.sample_shape[1:] != tuple(model.input_shape)[1:] or store.sample_shape[0] != model.input_shape[0]:
-        raise InputError(f"init {path} reads samples of shape {tuple(model.input_shape)} but store {store.path} holds "
-                         f"{store.sample_shape}: fine-tune on a store of the same bands and stamp size")
-    check_model_store(model, store)
+    check_model_store(model, store)  # bands, stamp size, pixel scale, the arrays it reads
     for column in model.data_columns:
         store.column(column)
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
     return model
 
 
