@@ -182,6 +182,43 @@ def test_positive_decoder_never_predicts_negative_flux():
     assert float(dense.decode(torch.randn(64, 2) * 10).min()) < 0  # no constraint unless asked
 
 
+def test_conv_autoencoder_starts_as_the_linear_compressor_and_is_proportional_to_flux():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    widths = rng.uniform(1.5, 4, (300, 1, 1, 1))
+    x = (rng.lognormal(0, 1.5, (300, 1, 1, 1)) * np.exp(-(xx**2 + yy**2) / (2 * widths**2))
+         + rng.normal(0, 0.05, (300, 1, 16, 16))).astype("f4")
+    x[:, :, :5, :] *= 1.5  # the images' orientation matters: their rotations add information
+    ae = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(8, 16),
+                                               symmetry="none"))
+    ae.fit_normalisation(x)
+    # untrained, the model is the rank-4 truncated SVD of the normalised images (PCA through the origin)
+    flat = (x / ae.data_scale.numpy()).reshape(300, -1).astype("f8")
+    vt = np.linalg.svd(flat, full_matrices=False)[2][:4]
+    linear = (flat @ vt.T @ vt).reshape(x.shape) * ae.data_scale.numpy()
+    with torch.no_grad():
+        recon = ae.reconstruct(torch.from_numpy(x)).numpy()
+    assert np.abs(recon - linear).max() < 1e-4 * np.abs(x).max()
+    # symmetry='dihedral': the SVD of the images with their 8 rotations and reflections
+    turned = np.concatenate([np.rot90(f, k, axes=(2, 3)) for k in range(4) for f in (x, x[..., ::-1])])
+    dihedral = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(8, 16)))
+    dihedral.fit_normalisation(x)
+    vt8 = np.linalg.svd((turned / ae.data_scale.numpy()).reshape(2400, -1).astype("f8"), full_matrices=False)[2][:4]
+    basis = dihedral.linear_basis.numpy().astype("f8")  # rotations pair up equal singular values: compare subspaces
+    np.testing.assert_allclose(basis.T @ basis, vt8.T @ vt8, atol=1e-4)
+    # with the networks' corrections switched on, codes and images still scale with flux (a galaxy
+    # twice as bright is encoded and drawn twice as bright)
+    with torch.no_grad():
+        for layer in (ae.encoder.head, ae.decoder.output_conv):
+            layer.weight.normal_(0, 0.1)
+        z = ae.encode(torch.from_numpy(x[:20]))
+        torch.testing.assert_close(ae.encode(torch.from_numpy(3 * x[:20])), 3 * z, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ae.decode(2.5 * z), 2.5 * ae.decode(z), rtol=1e-4, atol=1e-5)
+        assert float((ae.decode(z) - torch.from_numpy(linear[:20])).abs().max()) > 1e-3  # the corrections act
+    with pytest.raises(ConfigError, match="set one of them false"):
+        ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, split_amplitude=True))
+
+
 def test_denoising_autoencoder_reconstructs_truth_better_than_the_noisy_input(blob_store, tmp_path):
     """A denoising AE's output is closer to the noiseless truth than the observation itself."""
     out = train("conv-ae", blob_store, tmp_path / "dae",

@@ -14,11 +14,30 @@ factorises each object as amplitude x shape, as a galaxy is flux x profile: the 
 asinh(x / a) with a the object's RMS, the code's first coordinate is log a, and the decoder
 makes an order-one shape that a multiplies back. The code stays a plain vector
 (``decode(encode(x))`` as usual), one of whose coordinates is the log amplitude.
+
+The convolutional autoencoder goes further by default (``linear_path``): its code is the
+projection of the image on the leading singular vectors of the training images (PCA through
+the origin, fitted with the normalisation), plus a correction from the convolutional encoder,
+and its reconstruction is the linear one plus a correction from the convolutional decoder.
+Both corrections start at zero, so the untrained model is that linear compressor, and they
+are scaled by the code's own amplitude, so the networks work on shapes while the linear path
+carries the flux (a galaxy twice as bright has twice the code and twice the reconstruction,
+up to the corrections' response to noise). The amplitude then comes from the projection,
+which averages the noise down, not from the noisy image's RMS: with the split-amplitude
+design the reconstruction of a faint galaxy kept the RMS of its noise, and the held-out error
+against the noiseless images was 13x PCA's at 16-D codes (benchmarks/compression.py).
+
+Sky images have no preferred orientation (``symmetry='dihedral'``): the basis is then fitted
+on the training images with their rotations by 90 degrees and reflections, and training turns
+and flips each batch at random. With fewer training images than pixels, plain PCA's higher
+components are mostly noise (its basis misses signal that a noiseless fit captures 4x better
+at 16 components); the eightfold set gives the network's starting point a cleaner basis.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +49,34 @@ from deepfield.models.base import Model, register
 from deepfield.models.protocol import Encoding, LossOutput, Trainable
 from deepfield.nn import MLP, ConvDecoder, ConvEncoder
 
-__all__ = ["AutoencoderConfig", "ConvAutoencoderConfig", "DenseAutoencoder", "ConvAutoencoder"]
+__all__ = ["AutoencoderConfig", "ConvAutoencoderConfig", "DenseAutoencoder", "ConvAutoencoder", "random_dihedral"]
+
+#: the eight rotations by multiples of 90 degrees, each with or without a left-right flip
+DIHEDRAL = tuple((k, flip) for k in range(4) for flip in (False, True))
+
+
+def _transform(images: torch.Tensor, g: tuple[int, bool], inverse: bool = False) -> torch.Tensor:
+    """Images (N, C, H, W) rotated by g[0] quarter turns after a flip if g[1] (or the inverse)."""
+    k, flip = g
+    if inverse:
+        out = torch.rot90(images, -k, dims=(-2, -1))
+        return out.flip(-1) if flip else out
+    out = images.flip(-1) if flip else images
+    return torch.rot90(out, k, dims=(-2, -1))
+
+
+def random_dihedral(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image (N, C, H, W), H = W, turned by a random multiple of 90 degrees and flipped or
+    not, one of the eight with equal probability: the sky has no preferred orientation, so a
+    model trained on these sees every galaxy in all of them."""
+    which = torch.randint(len(DIHEDRAL), (images.shape[0],), generator=generator, device=images.device)
+    out = images.clone()
+    for i, g in enumerate(DIHEDRAL[1:], start=1):
+        rows = (which == i).nonzero().flatten()
+        if rows.numel():
+            out[rows] = _transform(images[rows], g)
+    return out
+
 
 
 @dataclass(frozen=True)
@@ -47,6 +93,7 @@ class AutoencoderConfig:
     normalisation: 'channel' (images/spectra) or 'feature' (tables).
     split_amplitude: code = (log RMS amplitude, shape code); the network sees and makes
         unit-RMS shapes and the amplitude scales them (see the module docstring).
+    linear_path: as for the convolutional model (off by default here).
     """
 
     input_shape: tuple[int, ...]
@@ -58,6 +105,7 @@ class AutoencoderConfig:
     sparse_l1: float = 0.0
     normalisation: str = "channel"
     split_amplitude: bool = False
+    linear_path: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +117,16 @@ class ConvAutoencoderConfig:
     blocks: residual blocks per resolution.
     activation, positive, denoise_sigma, sparse_l1, normalisation, split_amplitude: as for
         the dense model.
+    linear_path: code = linear projection + amplitude-scaled network correction, image =
+        linear reconstruction + amplitude-scaled network correction, with the linear basis
+        fitted on the training images (see the module docstring); excludes split_amplitude.
+    symmetry: 'dihedral': the data have no preferred orientation (the sky), so the linear basis
+        is fitted on the training images and their rotations by 90 degrees and reflections, and
+        training turns and flips each batch's images at random; 'none' for data that do
+        (digits, letters). Default: 'dihedral' for stores that carry a PSF (sky images), else
+        'none'. With 4,000 64x64 training galaxies (fewer images than pixels) the eightfold set
+        halves the basis' share of noise: held-out error against the noiseless images 0.66x
+        plain PCA's at 16 components.
     """
 
     input_shape: tuple[int, ...]
@@ -80,7 +138,9 @@ class ConvAutoencoderConfig:
     denoise_sigma: float = 0.0
     sparse_l1: float = 0.0
     normalisation: str = "channel"
-    split_amplitude: bool = True
+    split_amplitude: bool = False
+    linear_path: bool = True
+    symmetry: str = "dihedral"
 
 
 class _Autoencoder(Model, Encoding, Trainable):
@@ -89,7 +149,11 @@ class _Autoencoder(Model, Encoding, Trainable):
     @classmethod
     def config_values(cls, store, options, family):
         fields = {f.name for f in dataclasses.fields(cls.config_class)}
-        values = {"split_amplitude": store.kind == "image"}
+        # one amplitude design per model: the linear path's (default for the conv AE) or the split
+        linear = options.get("linear_path", getattr(cls.config_class, "linear_path", False))
+        values = {"split_amplitude": store.kind == "image" and not linear}
+        if "symmetry" in fields:
+            values["symmetry"] = "dihedral" if store.kind == "image" and store.has("psf") else "none"
         if "positive" in fields and store.kind == "image" and "positive" not in options:
             # non-negative decoder for non-negative data (digits, noiseless truth); noisy
             # sky-subtracted stamps fit better unconstrained
@@ -110,11 +174,71 @@ class _Autoencoder(Model, Encoding, Trainable):
         if config.split_amplitude and config.latent_dim < 2:
             raise ConfigError("split_amplitude uses one code coordinate for the amplitude: latent_dim must be >= 2 "
                               "(or set split_amplitude: false)")
+        if getattr(config, "symmetry", "none") not in ("dihedral", "none"):
+            raise ConfigError(f"symmetry {config.symmetry!r}: choose 'dihedral' (sky images) or 'none'")
+        if config.split_amplitude and config.linear_path:
+            raise ConfigError("split_amplitude and linear_path are two ways of carrying the amplitude: set one of "
+                              "them false")
+        if config.linear_path and config.latent_dim > int(np.prod(config.input_shape)):
+            raise ConfigError(f"linear_path projects on latent_dim={config.latent_dim} singular vectors, more than "
+                              f"the {int(np.prod(config.input_shape))} data values: lower latent_dim")
 
     @property
     def code_dim(self) -> int:
         """Length of the network's code (latent_dim less the amplitude coordinate)."""
         return self.config.latent_dim - int(self.config.split_amplitude)
+
+    def _init_linear_path(self, encoder_head: torch.nn.Linear, decoder_out: torch.nn.Module) -> None:
+        """Buffers of the linear path; the networks' last layers start at zero so that the
+        untrained model is the linear compressor."""
+        if not self.config.linear_path:
+            return
+        d = int(np.prod(self.config.input_shape))
+        self.register_buffer("linear_basis", torch.zeros(self.config.latent_dim, d))
+        with torch.no_grad():
+            for layer in (encoder_head, decoder_out):
+                layer.weight.zero_()
+                layer.bias.zero_()
+
+    def fit_normalisation(self, x: np.ndarray) -> None:
+        """Fit the normalisation on training data `x` (N, *input_shape) in store units and, with
+        ``linear_path``, the linear basis: the leading right singular vectors of the normalised
+        samples (no centring, so the code is proportional to the flux), of the samples and their
+        rotations and reflections with ``symmetry='dihedral'``."""
+        super().fit_normalisation(x)
+        if not self.config.linear_path:
+            return
+        flat = self.normalise(torch.as_tensor(np.asarray(x, dtype=np.float32))).reshape(len(x), -1).double()
+        if flat.shape[0] < self.config.latent_dim:
+            raise ConfigError(f"linear_path needs at least latent_dim={self.config.latent_dim} training samples, "
+                              f"got {flat.shape[0]}")
+        shape = self.input_shape
+        transforms = DIHEDRAL if self._symmetry == "dihedral" else DIHEDRAL[:1]
+
+        def gram(v: torch.Tensor) -> torch.Tensor:
+            """The (augmented) second-moment matrix times v (D, k), without forming the matrix:
+            sum over transforms g of g(X^T X g^-1(v))."""
+            out = torch.zeros_like(v)
+            for g in transforms:
+                back = _transform(v.T.reshape(-1, *shape), g, inverse=True).reshape(v.shape[1], -1).T
+                out += _transform((flat.T @ (flat @ back)).T.reshape(-1, *shape), g).reshape(v.shape[1], -1).T
+            return out
+
+        # randomised subspace iteration (Halko et al. 2011) with generous oversampling: the
+        # leading eigenvectors to round-off at a fraction of a full decomposition's cost
+        k = min(self.config.latent_dim + 24, flat.shape[1])
+        q = torch.randn(flat.shape[1], k, dtype=flat.dtype, generator=torch.Generator().manual_seed(0))
+        for _ in range(6):
+            q, _ = torch.linalg.qr(gram(q))
+        values, vectors = torch.linalg.eigh(q.T @ gram(q))
+        basis = (q @ vectors[:, values.argsort(descending=True)])[:, : self.config.latent_dim].T
+        # a fixed sign convention (largest entry positive) so that the codes do not flip between fits
+        signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
+        self.linear_basis.copy_((basis * signs).float())
+
+    @property
+    def _symmetry(self) -> str:
+        return getattr(self.config, "symmetry", "none")
 
     def _output(self, h: torch.Tensor) -> torch.Tensor:
         return F.softplus(h) if self.config.positive else h
@@ -126,15 +250,28 @@ class _Autoencoder(Model, Encoding, Trainable):
         return self.decoder(code)
 
     def _encode_normalised(self, xn: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, xn.ndim))
+        if self.config.linear_path:
+            linear = xn.flatten(1) @ self.linear_basis.T
+            rms = xn.pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-4)
+            amplitude = linear.pow(2).mean(dim=1, keepdim=True).sqrt()
+            return linear + amplitude * self._encoder_net(torch.asinh(xn / rms))
         if not self.config.split_amplitude:
             return self._encoder_net(xn)
-        dims = tuple(range(1, xn.ndim))
         amplitude = xn.pow(2).mean(dim=dims).sqrt().clamp_min(1e-4)
         shape = torch.asinh(xn / amplitude.view(-1, *([1] * (xn.ndim - 1))))
         return torch.cat([amplitude.log()[:, None], self._encoder_net(shape)], dim=1)
 
     def _decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's raw output (before the positivity transform), normalised units."""
+        if self.config.linear_path:
+            norm = z.pow(2).sum(dim=1, keepdim=True).sqrt()
+            linear = (z @ self.linear_basis).view(z.shape[0], *self.input_shape)
+            # the network draws the shape of the unit code; the code's length (= the linear
+            # reconstruction's norm) scales it to the image's RMS
+            shape = self._decoder_net(z / norm.clamp_min(1e-6))
+            scale = (norm / math.sqrt(linear[0].numel())).view(-1, *([1] * (shape.ndim - 1)))
+            return linear + scale * shape
         if not self.config.split_amplitude:
             return self._decoder_net(z)
         shape = self._decoder_net(z[:, 1:])
@@ -153,6 +290,8 @@ class _Autoencoder(Model, Encoding, Trainable):
     def loss(self, batch: dict) -> LossOutput:
         x = self.check_input(batch["x"])
         target = self.normalise(x)
+        if self.training and self._symmetry == "dihedral":
+            target = random_dihedral(target)
         inp = target
         if self.training and self.config.denoise_sigma > 0:
             inp = target + self.config.denoise_sigma * torch.randn_like(target)
@@ -188,6 +327,7 @@ class DenseAutoencoder(_Autoencoder):
         d = int(np.prod(config.input_shape))
         self.encoder = MLP((d, *config.hidden, self.code_dim), config.activation)
         self.decoder = MLP((self.code_dim, *config.hidden[::-1], d), config.activation)
+        self._init_linear_path(self.encoder[-1], self.decoder[-1])
 
     def _encoder_net(self, inp):
         return self.encoder(inp.reshape(inp.shape[0], -1))
@@ -220,3 +360,4 @@ class ConvAutoencoder(_Autoencoder):
         c, h, _ = shape
         self.encoder = ConvEncoder(c, h, self.code_dim, config.channels, config.blocks, config.activation)
         self.decoder = ConvDecoder(self.code_dim, c, h, config.channels, config.blocks, config.activation)
+        self._init_linear_path(self.encoder.head, self.decoder.output_conv)

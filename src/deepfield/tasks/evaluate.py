@@ -22,7 +22,8 @@ from deepfield.models.protocol import has
 from deepfield.progress import progress_bar
 from deepfield.tasks.apply import resolve_indices
 
-__all__ = ["mean_image_mse", "evaluate_morphology", "STATISTICS", "reconstruction_errors", "reconstruct_rows", "condition_names",
+__all__ = ["mean_image_mse", "evaluate_morphology", "STATISTICS", "reconstruction_errors", "noiseless_observation",
+           "reconstruct_rows", "condition_names",
            "prior_choices", "samples_beside", "conditional_sweep", "check_observable", "held_out_rows",
            "observed_samples", "ObservedSamples", "prior_label"]
 
@@ -193,30 +194,53 @@ def _spearman(catalog: dict, measured: dict, spearman, size: str = "sigma_arcsec
 
 @torch.no_grad()
 def reconstruction_errors(model, store: Store, rows, *, batch_size: int = 256, codes: bool = False,
-                          advance=None) -> tuple[np.ndarray, np.ndarray | None]:
+                          advance=None, against: str = "data") -> tuple[np.ndarray, np.ndarray | None]:
     """Per-object reconstruction MSE of `model` over rows `rows` of `store`, and their codes.
 
     The error is the mean over pixels (and bands) of the squared difference in normalised units
-    (data / the training set's per-band pixel std, per feature for tables), between the data
-    and the model's own reconstruction in the data space (through the PSF for observation-model
-    VAEs, with conditions for conditional ones): the number training's evaluate_mse records.
+    (data / the training set's per-band pixel std, per feature for tables), between a reference
+    and the model's reconstruction of the data in the data space (through the PSF for
+    observation-model VAEs, with conditions for conditional ones). `against`: 'data' compares
+    with the data themselves (the number training's evaluate_mse records); 'noiseless' with the
+    simulator's noiseless observation, i.e. its PSF-free ``truth`` convolved with each object's
+    ``psf`` (the truth itself in stores without PSFs, e.g. spectra): how much of the signal the
+    reconstruction keeps, free of the noise no compressor should keep.
 
     Returns ((N,) float64 MSE, (N, latent_dim) float64 posterior-mean codes or None without
     `codes`). `advance` (optional) is called with the number of objects after each batch.
     """
     from deepfield.data.batches import iterate_batches
 
+    if against not in ("data", "noiseless"):
+        raise InputError(f"against={against!r}: choose 'data' or 'noiseless'")
+    if against == "noiseless" and not store.has("truth"):
+        raise InputError(f"{store.path} has no 'truth' array: errors against the noiseless observation need a "
+                         "simulated store (deepfield simulate ...); use against='data'")
     model.eval()
     errs, zs = [], []
-    for batch in iterate_batches(store, np.asarray(rows, dtype=np.int64), model, batch_size):
+    rows = np.asarray(rows, dtype=np.int64)
+    for start, batch in zip(range(0, rows.size, batch_size), iterate_batches(store, rows, model, batch_size)):
         x = model.check_input(batch["x"])
-        err = (model.normalise(model.reconstruct_batch(batch)) - model.normalise(x)) ** 2
+        reference = x if against == "data" else noiseless_observation(store, rows[start:start + batch_size])
+        err = (model.normalise(model.reconstruct_batch(batch)) - model.normalise(reference)) ** 2
         errs.append(err.reshape(err.shape[0], -1).double().mean(dim=1).numpy())
         if codes:
             zs.append(model.encode_batch(batch).double().numpy())
         if advance is not None:
             advance(x.shape[0])
     return np.concatenate(errs), np.concatenate(zs) if codes else None
+
+
+def noiseless_observation(store: Store, rows) -> torch.Tensor:
+    """The simulator's noiseless observation of rows `rows` (store units, float32): the PSF-free
+    ``truth`` convolved with each object's ``psf``, or the truth where the store has no PSFs."""
+    truth = torch.from_numpy(np.ascontiguousarray(store.read("truth", rows), dtype=np.float32))
+    if not store.has("psf"):
+        return truth
+    from deepfield.physics import ObservationModel
+
+    psf = torch.from_numpy(np.ascontiguousarray(store.read("psf", rows), dtype=np.float32))
+    return ObservationModel("pixel").predict(truth, psf)
 
 
 @torch.no_grad()
