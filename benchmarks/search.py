@@ -12,14 +12,29 @@ interleaved rounds, so other jobs on the machine slow every index alike), and re
 the exact top 10; each approximate index also at half and twice its tuned search effort.
 Target: recall@10 >= 0.95 at >= 20x the exact index's queries/s.
 
-Part 2, what neighbours share: simulated 32x32 r-band galaxies (GalSim); a conv autoencoder
-and PCA, both with 16-D codes, trained on the same split; exact cosine and L2 indexes of all
-codes. For every galaxy (excluding itself) the fraction of its 10 nearest neighbours with the
-same type (bulge-dominated: bulge_fraction > 0.5, else disk) and the same 1-mag magnitude bin,
-against the fraction expected for random neighbours.
+Part 2, what codes carry (issue 18, target 2): PCA, a conv autoencoder and a VAE (posterior-mean
+codes), all 16-D, trained on 4,000 simulated 32x32 r-band galaxies (GalSim, sample seed 5), and the
+raw pixels as a fourth set of "codes"; everything is measured on 2,000 held-out galaxies of another
+sample seed (6) and on their noise twin (the same galaxies, PSFs and noise levels under a fresh
+noise draw, deepfield.data.galaxies.redraw_noise):
+- linear probes: the 5-fold cross-validated R^2 of a ridge regression (deepfield.metrics.linear_probe)
+  from the codes to log10 half-light radius, e1, e2, bulge fraction and magnitude, for all
+  galaxies and for S/N > 30;
+- what neighbours share: for every held-out galaxy (itself excluded) the fraction of its 10
+  nearest neighbours with the same type (bulge-dominated: bulge_fraction > 0.5, else disk) and
+  the same 1-mag magnitude bin, against the fraction expected for random neighbours;
+- the same galaxy under a fresh noise draw: each twin's code queries the held-out codes; top-1
+  and top-10 recall of its own galaxy, by magnitude bin;
+each search exact, with cosine, l2, and l2 after scaling every code coordinate to unit variance.
+Targets: the deep codes' R^2 above PCA's on each quantity; same-type purity for S/N > 30 queries
+>= PCA's + 0.10; twin recall above PCA's and the raw pixels'.
 
-    python benchmarks/search.py           # the numbers of docs/benchmarks.md (~15 min on 2 cores)
-    python benchmarks/search.py --quick   # 100,000 codes and 1,000 galaxies, a few minutes
+    python benchmarks/search.py                         # the numbers of docs/benchmarks.md
+    python benchmarks/search.py --only galaxies         # part 2 alone (part 1's results are kept)
+    python benchmarks/search.py --quick                 # 100,000 codes; 1,000 + 600 galaxies, 5 epochs
+    python benchmarks/search.py --only galaxies --ae-set channels=32,64 --vae-epochs 0   # another AE, no VAE
+
+Stores are cached in benchmarks/.cache (DEEPFIELD_BENCH_CACHE); models are trained afresh each run.
 """
 
 from __future__ import annotations
@@ -131,52 +146,204 @@ def _faiss_threads() -> int:
     return faiss.omp_get_max_threads()
 
 
-def part_galaxies(args, work: Path) -> dict:
-    from deepfield.data.galaxies import simulate_galaxies
-    from deepfield.tasks.search import build_index, embed_store
+#: what the linear probes predict: (label, catalog column, transform)
+PROBES = (("log10 r_half", "half_light_radius", np.log10), ("e1", "e1", None), ("e2", "e2", None),
+          ("bulge fraction", "bulge_fraction", None), ("magnitude", "magnitude", None))
+#: magnitude bins of the twin-recall table (r, AB); 22.5-23.5 is issue 18's reference bin
+MAG_EDGES = (18.0, 20.5, 21.5, 22.5, 23.5, 24.5, 25.3)
+#: the searches compared: FAISS metric, and whether each code coordinate is first scaled to unit
+#: variance (over the searched codes): l2 on raw codes lets the largest coordinate decide
+METRICS = (("cosine", "cosine", False), ("l2", "l2", False), ("l2, standardised", "l2", True))
+
+
+def galaxy_stores(args):
+    """The training store, the held-out store (another sample seed) and its noise twin (cached)."""
+    from deepfield.data.galaxies import redraw_noise, simulate_galaxies
+
+    def simulate(n, seed):
+        return lambda p: simulate_galaxies(p, n, size=32, bands=("r",), seed=seed, workers=2, progress=True)
+
+    training = cached_store(f"search-galaxies-{args.n_galaxies}-32", simulate(args.n_galaxies, 5))
+    heldout = cached_store(f"search-heldout-{args.n_heldout}-32", simulate(args.n_heldout, 6))
+    twin = cached_store(f"search-heldout-{args.n_heldout}-32-noise1",
+                        lambda p: redraw_noise(heldout, p, noise_seed=1, progress=False))
+    return training, heldout, twin
+
+
+def code_sets(args, work: Path, training, heldout, twin) -> dict:
+    """{name: (held-out codes (N, d), twin codes (N, d), train seconds)} for PCA, the conv AE, the VAE
+    (posterior means) and the raw pixels, every model trained on `training` only."""
+    from deepfield.tasks.search import embed_store
     from deepfield.train import TrainSettings, train
 
-    store = cached_store(f"search-galaxies-{args.n_galaxies}-32",
-                         lambda p: simulate_galaxies(p, args.n_galaxies, size=32, bands=("r",), seed=5, workers=2,
-                                                     progress=True))
-    bulge = store.column("bulge_fraction") > 0.5
-    magnitude = store.column("magnitude")
+    sets = {"raw pixels": (heldout.read("x").reshape(len(heldout), -1), twin.read("x").reshape(len(twin), -1), 0.0)}
+    families = [("pca", "pca", 1, {}), ("conv-ae", "conv-ae", args.ae_epochs, parse_set(args.ae_set))]
+    if args.vae_epochs > 0:
+        families.append(("vae (posterior mean)", "vae", args.vae_epochs, parse_set(args.vae_set)))
+    for name, family, epochs, options in families:
+        t0 = time.perf_counter()
+        folder = train(family, training, work / family, model_options={"latent_dim": args.latent_dim, **options},
+                       settings=TrainSettings(epochs=epochs, batch_size=64, patience=5, progress=False,
+                                              threads=args.threads))
+        seconds = time.perf_counter() - t0
+        codes = [np.asarray(embed_store(folder, store, work / f"codes-{family}-{tag}", progress=False).read("x"))
+                 for tag, store in (("heldout", heldout), ("twin", twin))]
+        sets[name] = (codes[0], codes[1], seconds)
+        print(f"{name}: trained in {seconds:.0f} s", flush=True)
+    return sets
+
+
+def parse_set(items: list[str]) -> dict:
+    """key=value model options, values read as YAML scalars ('a,b' as a list)."""
+    import yaml
+
+    def value(text: str):
+        return [yaml.safe_load(v) for v in text.split(",")] if "," in text else yaml.safe_load(text)
+
+    return {k.strip(): value(v) for k, _, v in (item.partition("=") for item in items)}
+
+
+def neighbours(database: np.ndarray, queries: np.ndarray | None, metric: str, standardise: bool,
+               k: int) -> np.ndarray:
+    """Positions (Q, k) of the exact k nearest database codes of each query (None: every database
+    code, itself excluded)."""
+    from deepfield.tasks.search import build_index
+
+    if standardise:  # scales fitted on the searched codes, applied to the queries alike
+        mean, scale = database.mean(axis=0), database.std(axis=0) + 1e-12
+        database = (database - mean) / scale
+        queries = None if queries is None else (queries - mean) / scale
+    index = build_index(database.astype(np.float32), metric=metric, kind="flat", progress=False)
+    if queries is None:
+        table = index.search(list(range(len(database))), k=k, exclude_self=True)
+        return np.asarray(table.column("neighbour_id")).reshape(len(database), k)
+    table = index.search_codes(queries.astype(np.float32), k=k)
+    return np.asarray(table.column("neighbour_id")).reshape(len(queries), k)
+
+
+def code_geometry(codes: np.ndarray, magnitude: np.ndarray) -> dict:
+    """Why l2 and cosine differ on these codes: how much of the variance one direction holds, and
+    how closely the code length follows brightness."""
+    centred = codes - codes.mean(axis=0)
+    variances = np.sort(centred.var(axis=0))[::-1]
+    singular = np.linalg.svd(centred, compute_uv=False) ** 2
+    norm = np.linalg.norm(codes, axis=1)
+    return {"top_coordinate_variance_fraction": float(variances[0] / variances.sum()),
+            "top_direction_variance_fraction": float(singular[0] / singular.sum()),
+            "coordinate_std_max_over_min": float(np.sqrt(variances[0] / max(variances[-1], 1e-30))),
+            "spearman_norm_vs_magnitude": float(_spearman(norm, magnitude))}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return spearmanr(a, b).statistic
+
+
+def part_galaxies(args, work: Path) -> dict:
+    from deepfield.metrics import linear_probe
+
+    t_start = time.perf_counter()
+    training, heldout, twin = galaxy_stores(args)
+    bulge = heldout.column("bulge_fraction") > 0.5
+    magnitude = heldout.column("magnitude")
     mag_bin = np.floor(magnitude).astype(int)
-    resolved = store.column("snr") > 30  # morphology is measurable: roughly the brightest quarter
+    resolved = heldout.column("snr") > 30  # morphology is measurable: roughly the brightest quarter
 
     def chance_type(queries: np.ndarray) -> float:
         """P(a random galaxy has the type of a query drawn from `queries`)."""
         return float(bulge[queries].mean() * bulge.mean() + (~bulge[queries]).mean() * (~bulge).mean())
 
-    chance = {"same_type": chance_type(np.ones(len(store), bool)), "same_type_snr_gt_30": chance_type(resolved),
+    chance = {"same_type": chance_type(np.ones(len(heldout), bool)), "same_type_snr_gt_30": chance_type(resolved),
               "same_mag_bin": float(sum(np.mean(mag_bin == b) ** 2 for b in np.unique(mag_bin)))}
-    position = {int(i): p for p, i in enumerate(store.ids)}
-    results = []
-    for family, epochs in (("pca", 1), ("conv-ae", args.ae_epochs)):
-        t0 = time.perf_counter()
-        path = train(family, store, work / family, model_options={"latent_dim": 16},
-                     settings=TrainSettings(epochs=epochs, batch_size=64, patience=5, progress=False,
-                                            threads=args.threads))
-        train_s = time.perf_counter() - t0
-        codes = embed_store(path, store, work / f"codes-{family}", progress=False)
-        for metric in ("cosine", "l2"):
-            index = build_index(codes, metric=metric, progress=False)
-            table = index.search(store, k=10, exclude_self=True)
-            q = np.array([position[i] for i in table.column("query_id").to_pylist()])
-            nb = np.array([position[i] for i in table.column("neighbour_id").to_pylist()])
-            same_type = bulge[q] == bulge[nb]
-            entry = {"model": family, "metric": metric, "train_s": train_s,
-                     "same_type": float(same_type.mean()),
-                     "same_type_snr_gt_30": float(same_type[resolved[q]].mean()),
-                     "same_mag_bin": float((mag_bin[q] == mag_bin[nb]).mean()),
-                     "median_abs_dmag": float(np.median(np.abs(magnitude[q] - magnitude[nb])))}
-            results.append(entry)
-            print(f"{family} {metric}: same type {entry['same_type']:.3f} (chance {chance['same_type']:.3f}), "
-                  f"S/N > 30: {entry['same_type_snr_gt_30']:.3f} (chance {chance['same_type_snr_gt_30']:.3f}), "
-                  f"same mag bin {entry['same_mag_bin']:.3f} (chance {chance['same_mag_bin']:.3f})", flush=True)
-    return {"n_galaxies": len(store), "size": 32, "latent_dim": 16, "ae_epochs": args.ae_epochs,
+    sets = code_sets(args, work, training, heldout, twin)
+    which_bin = np.digitize(magnitude, MAG_EDGES[1:-1])
+    probes, purity, recall, geometry = [], [], [], {}
+    for name, (codes, twin_codes, train_s) in sets.items():
+        geometry[name] = {"dim": int(codes.shape[1]), "train_s": train_s, **code_geometry(codes, magnitude)}
+        for subset, rows in (("all", np.ones(len(heldout), bool)), ("S/N > 30", resolved)):
+            entry = {"codes": name, "subset": subset, "n": int(rows.sum())}
+            for label, column, transform in PROBES:
+                y = heldout.column(column)[rows]
+                entry[label] = linear_probe(codes[rows], transform(y) if transform else y, folds=5, seed=0).r2
+            probes.append(entry)
+        print(f"{name} probes R^2: " + ", ".join(f"{label} {probes[-2][label]:.3f}" for label, *_ in PROBES),
+              flush=True)
+        for label, metric, standardise in METRICS:
+            nb = neighbours(codes, None, metric, standardise, 10)
+            same_type = bulge[:, None] == bulge[nb]
+            purity.append({"codes": name, "metric": label, "same_type": float(same_type.mean()),
+                           "same_type_snr_gt_30": float(same_type[resolved].mean()),
+                           "same_mag_bin": float((mag_bin[:, None] == mag_bin[nb]).mean()),
+                           "median_abs_dmag": float(np.median(np.abs(magnitude[:, None] - magnitude[nb])))})
+            # the same galaxy under a fresh noise draw: its twin's code queries the held-out codes
+            found = neighbours(codes, twin_codes, metric, standardise, 10) == np.arange(len(heldout))[:, None]
+            entry = {"codes": name, "metric": label, "top1": float(found[:, 0].mean()),
+                     "top10": float(found.any(axis=1).mean()), "bins": []}
+            for b in range(len(MAG_EDGES) - 1):
+                rows = which_bin == b
+                entry["bins"].append({"mag": [MAG_EDGES[b], MAG_EDGES[b + 1]], "n": int(rows.sum()),
+                                      "top1": float(found[rows, 0].mean()) if rows.any() else None,
+                                      "top10": float(found[rows].any(axis=1).mean()) if rows.any() else None})
+            recall.append(entry)
+            print(f"{name} {label}: same type {purity[-1]['same_type']:.3f} (S/N > 30: "
+                  f"{purity[-1]['same_type_snr_gt_30']:.3f}), twin recall top-1 {entry['top1']:.3f}, "
+                  f"top-10 {entry['top10']:.3f}", flush=True)
+    return {"n_training": len(training), "n_heldout": len(heldout), "size": 32, "latent_dim": args.latent_dim,
+            "ae_epochs": args.ae_epochs, "vae_epochs": args.vae_epochs, "ae_set": args.ae_set,
+            "vae_set": args.vae_set, "stores": {"training": training.fingerprint, "heldout": heldout.fingerprint,
+                                                 "twin": twin.fingerprint},
             "bulge_dominated_fraction": float(bulge.mean()), "snr_gt_30_fraction": float(resolved.mean()),
-            "chance": chance, "results": results}
+            "chance": chance, "geometry": geometry, "probes": probes, "purity": purity, "recall": recall,
+            "seconds": time.perf_counter() - t_start}
+
+
+def galaxy_tables(g: dict) -> list[str]:
+    """The markdown of part 2."""
+    lines = [f"\n**What codes carry**: {g['n_training']:,} simulated 32x32 r-band galaxies (sample seed 5) train "
+             f"PCA, the conv AE ({g['ae_epochs']} epochs) and the VAE ({g['vae_epochs']} epochs), all with "
+             f"{g['latent_dim']}-D codes; every number is measured on {g['n_heldout']:,} held-out galaxies of "
+             f"another sample seed ({g['bulge_dominated_fraction']:.0%} bulge-dominated, "
+             f"{g['snr_gt_30_fraction']:.0%} with S/N > 30). Cross-validated (5-fold) R^2 of a ridge regression "
+             "from the codes (standardised) to each catalog quantity:\n"]
+    labels = [label for label, *_ in PROBES]
+    lines.append(markdown_table(["codes", "galaxies", "n", *[f"R^2 {label}" for label in labels]],
+                                [[r["codes"], r["subset"], r["n"], *[round(r[label], 3) for label in labels]]
+                                 for r in g["probes"]]))
+    lines.append("\nThe 10 nearest neighbours of every held-out galaxy (itself excluded, exact search): the fraction "
+                 "of the same type (bulge-dominated: bulge_fraction > 0.5) and 1-mag magnitude bin. 'l2, "
+                 "standardised' scales each code coordinate to unit variance first.\n")
+    c = g["chance"]
+    rows = [["random neighbours", "-", round(c["same_type"], 3), round(c["same_type_snr_gt_30"], 3),
+             round(c["same_mag_bin"], 3), "-"]]
+    rows += [[r["codes"], r["metric"], round(r["same_type"], 3), round(r["same_type_snr_gt_30"], 3),
+              round(r["same_mag_bin"], 3), round(r["median_abs_dmag"], 3)] for r in g["purity"]]
+    lines.append(markdown_table(["codes", "metric", "same type", "same type (S/N > 30 queries)", "same mag bin",
+                                 "median abs dmag"], rows))
+    bins = g["recall"][0]["bins"]
+    lines.append(f"\nThe same galaxy under a fresh noise draw (`deepfield simulate galaxies TWIN --like HELDOUT "
+                 f"--noise-seed 1`): each twin's code queries the {g['n_heldout']:,} held-out codes; the fraction "
+                 "whose own galaxy is the nearest (top-1) and among the 10 nearest (top-10), by r magnitude "
+                 "(galaxies per bin: " + ", ".join(f"{b['mag'][0]:g}-{b['mag'][1]:g}: {b['n']}" for b in bins)
+                 + ").\n")
+    header = ["codes", "metric", "top-1", "top-10", *[f"top-1 / top-10, r {b['mag'][0]:g}-{b['mag'][1]:g}"
+                                                       for b in bins]]
+
+    def pair(b):
+        return "-" if b["top1"] is None else f"{b['top1']:.2f} / {b['top10']:.2f}"
+
+    lines.append(markdown_table(header, [[r["codes"], r["metric"], round(r["top1"], 3), round(r["top10"], 3),
+                                          *[pair(b) for b in r["bins"]]] for r in g["recall"]]))
+    lines.append("\nThe codes' geometry: the share of the codes' variance in their largest coordinate and their "
+                 "first principal direction, the spread of coordinate scales, and the Spearman correlation of "
+                 "the code length with magnitude (brightness, which cosine drops).\n")
+    lines.append(markdown_table(["codes", "dim", "train (s)", "largest coordinate", "first direction",
+                                 "std max / min", "rho(|z|, mag)"],
+                                [[name, e["dim"], round(e["train_s"]), round(e["top_coordinate_variance_fraction"], 3),
+                                  round(e["top_direction_variance_fraction"], 3),
+                                  round(e["coordinate_std_max_over_min"], 1),
+                                  round(e["spearman_norm_vs_magnitude"], 3)] for name, e in g["geometry"].items()]))
+    return lines
 
 
 def main():
@@ -184,14 +351,21 @@ def main():
     ap.add_argument("--n-codes", type=int, default=1_000_000)
     ap.add_argument("--n-queries", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=2, help="timing rounds; each setting keeps its best")
-    ap.add_argument("--n-galaxies", type=int, default=4000)
+    ap.add_argument("--n-galaxies", type=int, default=4000, help="training galaxies (part 2)")
+    ap.add_argument("--n-heldout", type=int, default=2000, help="held-out galaxies and their noise twins (part 2)")
+    ap.add_argument("--latent-dim", type=int, default=16)
     ap.add_argument("--ae-epochs", type=int, default=8)
+    ap.add_argument("--vae-epochs", type=int, default=8, help="0: leave the VAE out")
+    ap.add_argument("--ae-set", action="append", default=[], help="conv AE option key=value (repeatable)")
+    ap.add_argument("--vae-set", action="append", default=[], help="VAE option key=value (repeatable)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
-    ap.add_argument("--quick", action="store_true", help="100,000 codes, 1,000 galaxies, 5 AE epochs")
+    ap.add_argument("--quick", action="store_true", help="100,000 codes; 1,000 + 600 galaxies, 5 epochs per model")
     ap.add_argument("--only", choices=["speed", "galaxies"], help="run one part")
     args = ap.parse_args()
     if args.quick:
-        args.n_codes, args.n_queries, args.n_galaxies, args.ae_epochs = 100_000, 1000, 1000, 5
+        args.n_codes, args.n_queries, args.n_galaxies, args.n_heldout = 100_000, 1000, 1000, 600
+        args.ae_epochs = min(args.ae_epochs, 5)
+        args.vae_epochs = min(args.vae_epochs, 5)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
     t_start = time.perf_counter()
@@ -229,19 +403,8 @@ def main():
                                     [[r["kind"], f"{'ef_search' if 'ef_search' in r else 'nprobe'}="
                                       f"{r.get('ef_search', r.get('nprobe'))}", round(r["qps"]), round(r["speedup"], 1),
                                       round(r["recall_at_10"], 4)] for r in s["sweeps"]]))
-    if "galaxies" in payload:
-        g = payload["galaxies"]
-        lines.append(f"\n**What neighbours share**: {g['n_galaxies']:,} simulated 32x32 r-band galaxies "
-                     f"({g['bulge_dominated_fraction']:.0%} bulge-dominated, {g['snr_gt_30_fraction']:.0%} with "
-                     "S/N > 30), 16-D codes, exact index, the 10 nearest neighbours of every galaxy (itself "
-                     "excluded): the fraction of neighbours of the same type and 1-mag magnitude bin.\n")
-        c = g["chance"]
-        rows = [["random neighbours", "-", round(c["same_type"], 3), round(c["same_type_snr_gt_30"], 3),
-                 round(c["same_mag_bin"], 3), "-"]]
-        rows += [[r["model"], r["metric"], round(r["same_type"], 3), round(r["same_type_snr_gt_30"], 3),
-                  round(r["same_mag_bin"], 3), round(r["median_abs_dmag"], 3)] for r in g["results"]]
-        lines.append(markdown_table(["codes", "metric", "same type", "same type (S/N > 30 queries)",
-                                     "same mag bin", "median abs dmag"], rows))
+    if "galaxies" in payload and "probes" in payload["galaxies"]:
+        lines += galaxy_tables(payload["galaxies"])
     write_results("search", payload, "\n".join(lines))
 
 
