@@ -25,7 +25,9 @@ noise draw, deepfield.data.galaxies.redraw_noise):
   the same 1-mag magnitude bin, against the fraction expected for random neighbours;
 - the same galaxy under a fresh noise draw: each twin's code queries the held-out codes; top-1
   and top-10 recall of its own galaxy, by magnitude bin;
-each search exact, with cosine, l2, and l2 after scaling every code coordinate to unit variance.
+each search exact, with cosine, l2, l2 after scaling every code coordinate to unit variance, and l2
+in units of the codes' noise (the Mahalanobis distance whose covariance comes from the training
+galaxies and their own noise twin: the best linear metric for finding a galaxy again).
 Targets: the deep codes' R^2 above PCA's on each quantity; same-type purity for S/N > 30 queries
 >= PCA's + 0.10; twin recall above PCA's and the raw pixels'.
 
@@ -153,13 +155,19 @@ PROBES = (("log10 r_half", "half_light_radius", np.log10), ("e1", "e1", None), (
 MAG_EDGES = (18.0, 20.5, 21.5, 22.5, 23.5, 24.5, 25.3)
 #: the magnitude bin (index into MAG_EDGES' bins: 22.5-23.5) in which the codes' noise share is measured
 NOISE_BIN = 3
-#: the searches compared: FAISS metric, and whether each code coordinate is first scaled to unit
-#: variance (over the searched codes): l2 on raw codes lets the largest coordinate decide
-METRICS = (("cosine", "cosine", False), ("l2", "l2", False), ("l2, standardised", "l2", True))
+#: the searches compared: FAISS metric, and what is done to the codes first: nothing; each coordinate
+#: scaled to unit variance over the searched codes ('standardise'); or the codes whitened by the
+#: covariance of their noise, measured on the *training* galaxies and their noise twin ('whiten':
+#: the Mahalanobis distance in units of the noise, the best a linear metric can do for finding a
+#: galaxy again; codes of at most 64 dimensions)
+METRICS = (("cosine", "cosine", None), ("l2", "l2", None), ("l2, standardised", "l2", "standardise"),
+           ("l2, noise-whitened", "l2", "whiten"))
+MAX_WHITENED_DIM = 64
 
 
 def galaxy_stores(args):
-    """The training store, the held-out store (another sample seed) and its noise twin (cached)."""
+    """The training store and its noise twin, the held-out store (another sample seed) and its noise
+    twin (cached)."""
     from deepfield.data.galaxies import redraw_noise, simulate_galaxies
 
     def simulate(n, seed):
@@ -169,16 +177,20 @@ def galaxy_stores(args):
     heldout = cached_store(f"search-heldout-{args.n_heldout}-32", simulate(args.n_heldout, 6))
     twin = cached_store(f"search-heldout-{args.n_heldout}-32-noise1",
                         lambda p: redraw_noise(heldout, p, noise_seed=1, progress=False))
-    return training, heldout, twin
+    training_twin = cached_store(f"search-galaxies-{args.n_galaxies}-32-noise1",
+                                 lambda p: redraw_noise(training, p, noise_seed=1, progress=False))
+    return training, training_twin, heldout, twin
 
 
-def code_sets(args, work: Path, training, heldout, twin) -> dict:
-    """{name: (held-out codes (N, d), twin codes (N, d), train seconds)} for PCA, the conv AE, the VAE
-    (posterior means) and the raw pixels, every model trained on `training` only."""
+def code_sets(args, work: Path, training, training_twin, heldout, twin) -> dict:
+    """{name: (held-out codes (N, d), twin codes (N, d), train seconds, noise whitening (d, d) or None)}
+    for PCA, the conv AE, the VAE (posterior means) and the raw pixels, every model trained on
+    `training` only; the whitening W (codes @ W) comes from the training galaxies' noise twins."""
     from deepfield.tasks.search import embed_store
     from deepfield.train import TrainSettings, train
 
-    sets = {"raw pixels": (heldout.read("x").reshape(len(heldout), -1), twin.read("x").reshape(len(twin), -1), 0.0)}
+    sets = {"raw pixels": (heldout.read("x").reshape(len(heldout), -1), twin.read("x").reshape(len(twin), -1), 0.0,
+                           None)}
     families = [("pca", "pca", 1, {}), ("conv-ae", "conv-ae", args.ae_epochs, parse_set(args.ae_set))]
     if args.vae_epochs > 0:
         families.append(("vae (posterior mean)", "vae", args.vae_epochs, parse_set(args.vae_set)))
@@ -188,9 +200,11 @@ def code_sets(args, work: Path, training, heldout, twin) -> dict:
                        settings=TrainSettings(epochs=epochs, batch_size=64, patience=5, progress=False,
                                               threads=args.threads))
         seconds = time.perf_counter() - t0
-        codes = [np.asarray(embed_store(folder, store, work / f"codes-{family}-{tag}", progress=False).read("x"))
-                 for tag, store in (("heldout", heldout), ("twin", twin))]
-        sets[name] = (codes[0], codes[1], seconds)
+        codes = [np.asarray(embed_store(folder, store, work / f"codes-{family}-{tag}", progress=False).read("x"),
+                            dtype=np.float64)
+                 for tag, store in (("heldout", heldout), ("twin", twin), ("training", training),
+                                    ("training-twin", training_twin))]
+        sets[name] = (codes[0], codes[1], seconds, noise_whitening(codes[2], codes[3]))
         print(f"{name}: trained in {seconds:.0f} s", flush=True)
     return sets
 
@@ -205,16 +219,29 @@ def parse_set(items: list[str]) -> dict:
     return {k.strip(): value(v) for k, _, v in (item.partition("=") for item in items)}
 
 
-def neighbours(database: np.ndarray, queries: np.ndarray | None, metric: str, standardise: bool,
+def noise_whitening(codes: np.ndarray, twin_codes: np.ndarray) -> np.ndarray | None:
+    """W (d, d) such that one noise draw's displacement of ``codes @ W`` has unit covariance
+    (Cholesky factor of the inverse noise covariance); None for codes longer than MAX_WHITENED_DIM."""
+    if codes.shape[1] > MAX_WHITENED_DIM:
+        return None
+    noise = np.cov((twin_codes - codes).T) / 2  # the difference of two draws holds the noise twice
+    noise += 1e-9 * np.trace(noise) / len(noise) * np.eye(len(noise))
+    return np.linalg.cholesky(np.linalg.inv(noise))
+
+
+def neighbours(database: np.ndarray, queries: np.ndarray | None, metric: str, transform,
                k: int) -> np.ndarray:
     """Positions (Q, k) of the exact k nearest database codes of each query (None: every database
-    code, itself excluded)."""
+    code, itself excluded); `transform` is None, 'standardise' or a whitening matrix (d, d)."""
     from deepfield.tasks.search import build_index
 
-    if standardise:  # scales fitted on the searched codes, applied to the queries alike
+    if isinstance(transform, str):  # scales fitted on the searched codes, applied to the queries alike
         mean, scale = database.mean(axis=0), database.std(axis=0) + 1e-12
         database = (database - mean) / scale
         queries = None if queries is None else (queries - mean) / scale
+    elif transform is not None:
+        database = database @ transform
+        queries = None if queries is None else queries @ transform
     index = build_index(database.astype(np.float32), metric=metric, kind="flat", progress=False)
     if queries is None:
         table = index.search(list(range(len(database))), k=k, exclude_self=True)
@@ -272,7 +299,7 @@ def part_galaxies(args, work: Path) -> dict:
     from deepfield.metrics import linear_probe
 
     t_start = time.perf_counter()
-    training, heldout, twin = galaxy_stores(args)
+    training, training_twin, heldout, twin = galaxy_stores(args)
     bulge = heldout.column("bulge_fraction") > 0.5
     magnitude = heldout.column("magnitude")
     mag_bin = np.floor(magnitude).astype(int)
@@ -284,10 +311,10 @@ def part_galaxies(args, work: Path) -> dict:
 
     chance = {"same_type": chance_type(np.ones(len(heldout), bool)), "same_type_snr_gt_30": chance_type(resolved),
               "same_mag_bin": float(sum(np.mean(mag_bin == b) ** 2 for b in np.unique(mag_bin)))}
-    sets = code_sets(args, work, training, heldout, twin)
+    sets = code_sets(args, work, training, training_twin, heldout, twin)
     which_bin = np.digitize(magnitude, MAG_EDGES[1:-1])
     probes, purity, recall, geometry = [], [], [], {}
-    for name, (codes, twin_codes, train_s) in sets.items():
+    for name, (codes, twin_codes, train_s, whitening) in sets.items():
         geometry[name] = {"dim": int(codes.shape[1]), "train_s": train_s,
                           **code_geometry(codes, twin_codes, magnitude, which_bin == NOISE_BIN)}
         for subset, rows in (("all", np.ones(len(heldout), bool)), ("S/N > 30", resolved)):
@@ -298,15 +325,18 @@ def part_galaxies(args, work: Path) -> dict:
             probes.append(entry)
         print(f"{name} probes R^2: " + ", ".join(f"{label} {probes[-2][label]:.3f}" for label, *_ in PROBES),
               flush=True)
-        for label, metric, standardise in METRICS:
-            nb = neighbours(codes, None, metric, standardise, 10)
+        for label, metric, how in METRICS:
+            if how == "whiten" and whitening is None:
+                continue
+            transform = whitening if how == "whiten" else how
+            nb = neighbours(codes, None, metric, transform, 10)
             same_type = bulge[:, None] == bulge[nb]
             purity.append({"codes": name, "metric": label, "same_type": float(same_type.mean()),
                            "same_type_snr_gt_30": float(same_type[resolved].mean()),
                            "same_mag_bin": float((mag_bin[:, None] == mag_bin[nb]).mean()),
                            "median_abs_dmag": float(np.median(np.abs(magnitude[:, None] - magnitude[nb])))})
             # the same galaxy under a fresh noise draw: its twin's code queries the held-out codes
-            found = neighbours(codes, twin_codes, metric, standardise, 10) == np.arange(len(heldout))[:, None]
+            found = neighbours(codes, twin_codes, metric, transform, 10) == np.arange(len(heldout))[:, None]
             entry = {"codes": name, "metric": label, "top1": float(found[:, 0].mean()),
                      "top10": float(found.any(axis=1).mean()), "bins": []}
             for b in range(len(MAG_EDGES) - 1):
@@ -320,7 +350,8 @@ def part_galaxies(args, work: Path) -> dict:
                   f"top-10 {entry['top10']:.3f}", flush=True)
     return {"n_training": len(training), "n_heldout": len(heldout), "size": 32, "latent_dim": args.latent_dim,
             "ae_epochs": args.ae_epochs, "vae_epochs": args.vae_epochs, "ae_set": args.ae_set,
-            "vae_set": args.vae_set, "stores": {"training": training.fingerprint, "heldout": heldout.fingerprint,
+            "vae_set": args.vae_set, "stores": {"training": training.fingerprint, "training_twin": training_twin.fingerprint,
+                                                 "heldout": heldout.fingerprint,
                                                  "twin": twin.fingerprint},
             "bulge_dominated_fraction": float(bulge.mean()), "snr_gt_30_fraction": float(resolved.mean()),
             "chance": chance, "geometry": geometry, "probes": probes, "purity": purity, "recall": recall,
@@ -341,7 +372,9 @@ def galaxy_tables(g: dict) -> list[str]:
                                  for r in g["probes"]]))
     lines.append("\nThe 10 nearest neighbours of every held-out galaxy (itself excluded, exact search): the fraction "
                  "of the same type (bulge-dominated: bulge_fraction > 0.5) and 1-mag magnitude bin. 'l2, "
-                 "standardised' scales each code coordinate to unit variance first.\n")
+                 "standardised' scales each code coordinate to unit variance first; 'l2, noise-whitened' "
+                 "measures distances in units of the codes' noise, whose covariance comes from the training "
+                 "galaxies and their noise twin (codes of at most 64 dimensions).\n")
     c = g["chance"]
     rows = [["random neighbours", "-", round(c["same_type"], 3), round(c["same_type_snr_gt_30"], 3),
              round(c["same_mag_bin"], 3), "-"]]
