@@ -130,8 +130,12 @@ SECTIONS = [
      "`benchmarks/results/anomaly.md`. The ensembles' members were fixed before the run and weighted equally; "
      "the members near chance (latent density, the short-trained PixelCNN, the likelihood ratio, the GAN score) "
      "drag the rank average down. 'calibrated': scores as robust z-scores among galaxies of similar magnitude."),
-    ("search", "Similarity search: FAISS indexes on 1M codes; what neighbours share", "python benchmarks/search.py",
-     ""),
+    ("search", "Similarity search: FAISS indexes on 1M codes; what codes carry", "python benchmarks/search.py",
+     "Part 2 (`--only galaxies`) trains its models afresh and measures them on held-out galaxies of another "
+     "sample seed and on their noise twin (`deepfield simulate galaxies --like --noise-seed`). A linear probe's "
+     "R^2 is out of fold: 0 predicts no better than the mean, and heavy-tailed codes can send it below 0. Twin "
+     "recall depends on how many galaxies are searched: it is the chance that no other galaxy's code lies "
+     "nearer than the noise moves a galaxy's own."),
     ("pm", "Particle-mesh N-body: deepfield vs JaxPM from the same initial field",
      "pip install jaxpm packaging 'setuptools<81' && python benchmarks/pm.py --meshes 32 64 --rounds 3",
      "msre: mean squared relative error of the two final fields' P(k) (JaxPM's own gate against FastPM is 1e-3); "

@@ -232,3 +232,46 @@ def test_morphology_of_simulated_galaxies(tmp_path):
     bright = magnitude <= np.median(magnitude)
     assert spearman(m["sigma_arcsec"][bright], store.column("half_light_radius")[bright]).rho > 0.6
     assert np.nanmax(np.abs(m["asymmetry"])) < 0.5
+
+
+# -- linear probes -------------------------------------------------------------------------------
+
+
+def test_linear_probe_recovers_the_explained_variance():
+    from deepfield.metrics import linear_probe
+
+    rng = np.random.default_rng(3)
+    codes = rng.normal(size=(3000, 8)) * np.geomspace(0.01, 100, 8)  # scales that must not matter
+    signal = codes[:, 0] / 0.01 - 0.5 * codes[:, 7] / 100  # variance 1.25, carried by the extreme scales
+    target = 4.0 + signal + rng.normal(0, np.sqrt(1.25 / 3), 3000)  # R^2 = 1.25 / (1.25 + 1.25/3) = 0.75
+    result = linear_probe(codes, target, folds=5, seed=0)
+    assert abs(result.r2 - 0.75) < 0.02
+    assert result.fold_r2.shape == (5,) and result.n == 3000
+    assert np.all(np.abs(result.fold_r2 - 0.75) < 0.05)
+    again = linear_probe(codes, target, folds=5, seed=0)
+    assert again.r2 == result.r2  # seeded folds
+    assert linear_probe(codes, target, folds=5, seed=1).r2 != result.r2
+
+
+def test_linear_probe_finds_nothing_in_unrelated_or_nonlinear_targets():
+    from deepfield.metrics import linear_probe
+
+    rng = np.random.default_rng(4)
+    codes = rng.normal(size=(2000, 6))
+    assert abs(linear_probe(codes, rng.normal(size=2000)).r2) < 0.01  # noise: R^2 ~ -d/N
+    # |z| depends on the codes, but not linearly: a linear probe sees (almost) none of it
+    assert abs(linear_probe(codes, np.abs(codes[:, 0])).r2) < 0.01
+    assert linear_probe(codes, codes[:, 2] * 3 - 1).r2 > 0.999  # exactly linear
+
+
+def test_linear_probe_bad_input_names_the_fix():
+    from deepfield.errors import InputError
+    from deepfield.metrics import linear_probe
+
+    codes = np.zeros((10, 2))
+    with pytest.raises(InputError, match="one value per code"):
+        linear_probe(codes, np.arange(9.0))
+    with pytest.raises(InputError, match="leave them out"):
+        linear_probe(np.random.default_rng(0).normal(size=(10, 2)), np.r_[np.arange(9.0), np.nan])
+    with pytest.raises(InputError, match="2 <= folds <= 5"):
+        linear_probe(codes, np.arange(10.0), folds=6)

@@ -12,7 +12,7 @@ import pytest
 
 from deepfield.data import store as store_module
 from deepfield.data.galaxies import (ZEROPOINT, _colour_table, _TEMPLATES, _Z_GRID,
-                                     galaxy_parameters, simulate_galaxies)
+                                     galaxy_parameters, redraw_noise, simulate_galaxies)
 from deepfield.data.spectra import EMISSION_LINES, simulate_spectra
 from deepfield.data.store import open_store
 from deepfield.errors import InputError, StoreError
@@ -230,6 +230,20 @@ def test_parameters_depend_only_on_seed_and_index():
     assert not np.array_equal(galaxy_parameters(10, seed=10).magnitude, whole.magnitude[:10])
 
 
+def test_noise_seed_changes_only_the_noise_seeds():
+    from dataclasses import fields
+
+    whole = galaxy_parameters(5000, seed=9)
+    twin = galaxy_parameters(5000, seed=9, noise_seed=0)
+    for f in fields(whole):
+        if f.name != "noise_seed":
+            np.testing.assert_array_equal(getattr(twin, f.name), getattr(whole, f.name))
+    assert len(np.intersect1d(twin.noise_seed, whole.noise_seed)) < 3  # 5000 draws of 2^31: ~0 collisions
+    part = galaxy_parameters(10, seed=9, start=4090, noise_seed=0)  # spans two blocks
+    np.testing.assert_array_equal(part.noise_seed, twin.noise_seed[4090:4100])
+    assert not np.array_equal(galaxy_parameters(10, seed=9, noise_seed=1).noise_seed, twin.noise_seed[:10])
+
+
 # -- determinism -----------------------------------------------------------------------------
 
 
@@ -293,6 +307,111 @@ def test_bad_input_names_the_problem(tmp_path, kwargs, message):
 def test_existing_store_needs_overwrite(tmp_path, r_store):
     with pytest.raises(StoreError, match="overwrite"):
         simulate_galaxies(r_store.path, 2, size=16, progress=False)
+
+
+# -- noise twins ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def r_twin(r_store, tmp_path_factory):
+    return redraw_noise(r_store, tmp_path_factory.mktemp("twin") / "r7", noise_seed=7, progress=False)
+
+
+def test_noise_twin_keeps_the_galaxies_bit_for_bit(r_store, r_twin):
+    np.testing.assert_array_equal(r_twin.ids, r_store.ids)
+    assert r_twin.catalog.equals(r_store.catalog)  # snr included: it is the noiseless S/N
+    for name in ("truth", "psf", "ivar"):
+        np.testing.assert_array_equal(r_twin.read(name), r_store.read(name))
+    assert r_twin.units == r_store.units and r_twin.pixel_scale == r_store.pixel_scale
+    twin_of = r_twin.meta["provenance"]["noise_twin_of"]
+    assert twin_of["fingerprint"] == r_store.fingerprint and twin_of["noise_seed"] is None
+    assert r_twin.fingerprint != r_store.fingerprint
+
+
+def test_noise_twin_has_fresh_noise_of_the_same_sigma(r_store, r_twin):
+    from scipy.signal import fftconvolve
+
+    x, y = r_store.read("x")[:, 0].astype(np.float64), r_twin.read("x")[:, 0].astype(np.float64)
+    sigma = r_store.column("noise_sigma")[:, None, None]
+    assert not np.any(np.all(x == y, axis=(1, 2)))  # every stamp's noise was drawn again
+    # the difference of two independent draws has variance 2 sigma^2 (64 stamps of 48^2 pixels)
+    assert abs((y - x).std(axis=(1, 2)) / (np.sqrt(2) * sigma[:, 0, 0]) - 1).max() < 0.05
+    assert abs(((y - x) / sigma).std() / np.sqrt(2) - 1) < 0.01
+    clean = np.stack([fftconvolve(t[0], p[0], mode="same") for t, p in zip(r_store.read("truth"),
+                                                                            r_store.read("psf"))])
+    faint = r_store.column("snr") < 30  # where truth (*) psf is exact to well below the noise
+    noise_x, noise_y = (x - clean)[faint] / sigma[faint], (y - clean)[faint] / sigma[faint]
+    assert abs(noise_y.std() - 1) < 0.02 and abs(noise_x.std() - 1) < 0.02
+    assert abs(np.corrcoef(noise_x.ravel(), noise_y.ravel())[0, 1]) < 0.02  # ~1e5 pixels: sigma 0.003
+
+
+def test_noise_twin_is_what_the_simulator_draws_with_that_noise_seed(gri_store, tmp_path):
+    twin = redraw_noise(gri_store, tmp_path / "twin", noise_seed=3, progress=False)
+    direct = simulate_galaxies(tmp_path / "direct", 16, size=32, bands="g,r,i", seed=3, progress=False,
+                               psf="kolmogorov", noise_seed=3)
+    # the twin takes the old noise off float32 pixels: equal to float32 rounding
+    x, y = twin.read("x"), direct.read("x")
+    assert np.abs(x - y).max() <= 2 * np.spacing(np.abs(y).max())
+    np.testing.assert_array_equal(twin.read("truth"), direct.read("truth"))
+    # and a twin of the twin, back to the catalog's own seeds, is the original store
+    back = redraw_noise(twin, tmp_path / "back", noise_seed=0, progress=False)
+    zero = simulate_galaxies(tmp_path / "zero", 16, size=32, bands="g,r,i", seed=3, progress=False,
+                             psf="kolmogorov", noise_seed=0)
+    assert np.abs(back.read("x") - zero.read("x")).max() <= 4 * np.spacing(np.abs(y).max())
+
+
+def test_noise_twin_of_a_subset_follows_the_ids(r_store, r_twin, tmp_path):
+    from deepfield.data.store import copy_store
+
+    rows = np.array([3, 17, 40, 41])
+    part = copy_store(r_store, tmp_path / "part", rows)
+    twin = redraw_noise(part, tmp_path / "part7", noise_seed=7, progress=False)
+    np.testing.assert_allclose(twin.read("x"), r_twin.read("x", rows), rtol=0, atol=1e-3)
+
+
+def test_noise_twin_of_correlated_noise_keeps_the_correlation(tmp_path):
+    store = simulate_galaxies(tmp_path / "cn", 12, size=32, seed=2, correlated_noise=True, depth=23.0,
+                              progress=False)
+    twin = redraw_noise(store, tmp_path / "cn5", noise_seed=5, progress=False)
+    sigma = store.column("noise_sigma")[:, None, None]
+    corner = twin.read("x")[:, 0, :10, :10].astype(np.float64) / sigma
+    assert abs(corner.std() - 1.0) < 0.1
+    assert np.mean(corner[:, :, 1:] * corner[:, :, :-1]) / np.mean(corner**2) > 0.3
+    before = store.read("x")[:, 0, :10, :10] / sigma
+    assert abs(np.corrcoef(before.ravel(), corner.ravel())[0, 1]) < 0.1
+
+
+def test_noise_twin_bad_arguments_name_the_fix(r_store, r_twin, spectra_store, tmp_path):
+    with pytest.raises(InputError, match="non-negative integer"):
+        redraw_noise(r_store, tmp_path / "t", noise_seed=-1, progress=False)
+    with pytest.raises(InputError, match="choose another --noise-seed"):
+        redraw_noise(r_twin, tmp_path / "t", noise_seed=7, progress=False)
+    with pytest.raises(InputError, match="deepfield simulate galaxies"):
+        redraw_noise(spectra_store, tmp_path / "t", noise_seed=1, progress=False)
+    with pytest.raises(InputError, match="another path"):
+        redraw_noise(r_store, r_store.path, noise_seed=1, overwrite=True, progress=False)
+    with pytest.raises(StoreError, match="overwrite"):
+        redraw_noise(r_store, r_twin.path, noise_seed=8, progress=False)
+    assert not (tmp_path / "t").exists()
+
+
+def test_cli_noise_twin_and_its_bad_input(r_store, r_twin, tmp_path, capsys):
+    from deepfield.cli._app import run_app
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_app(["simulate", "galaxies", str(tmp_path / "t7"), "--like", str(r_store.path), "--noise-seed", "7",
+                 "--no-progress"])
+    assert exit_info.value.code == 0
+    assert str(tmp_path / "t7") in capsys.readouterr().out
+    np.testing.assert_array_equal(open_store(tmp_path / "t7").read("x"), r_twin.read("x"))
+    for argv, message in ([["--like", str(r_store.path)], "--noise-seed 7"],
+                          [["--like", str(r_store.path), "--noise-seed", "2", "--size", "16"], "drop them"],
+                          [[], "--n 1000"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run_app(["simulate", "galaxies", str(tmp_path / "bad"), *argv, "--no-progress"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 # -- spectra -------------------------------------------------------------------------------------

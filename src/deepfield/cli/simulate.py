@@ -1,7 +1,8 @@
 """`deepfield simulate galaxies|spectra`: simulate survey data into a store.
 
-Thin: parse options, call :func:`deepfield.data.galaxies.simulate_galaxies` or
-:func:`deepfield.data.spectra.simulate_spectra`, print where the store is and a summary.
+Thin: parse options, call :func:`deepfield.data.galaxies.simulate_galaxies` (or, with --like,
+:func:`deepfield.data.galaxies.redraw_noise`) or :func:`deepfield.data.spectra.simulate_spectra`,
+print where the store is and a summary.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["galaxies", "spectra"]
 @simulate_app.command()
 def galaxies(
     out: Path = typer.Argument(..., help="Store directory to create."),
-    n: int = typer.Option(..., "--n", help="Number of galaxies."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of galaxies (not with --like)."),
     size: int = typer.Option(64, "--size", help="Stamp side in pixels (>= 8)."),
     bands: str = typer.Option("r", "--bands", help="Comma-separated LSST bands, e.g. g,r,i."),
     seed: int = typer.Option(0, "--seed", help="Sample seed."),
@@ -37,17 +38,46 @@ def galaxies(
                                               "(default: the catalog's folder)."),
     shear: Optional[str] = typer.Option(None, "--shear", help="Constant reduced shear g1,g2 applied to "
                                         "real galaxies."),
+    noise_seed: Optional[int] = typer.Option(None, "--noise-seed", help="Draw each object's noise from this "
+                                             "seed instead of its catalog row's: with --like STORE, a noise twin of "
+                                             "STORE (the same galaxies under independent noise)."),
+    like: Optional[Path] = typer.Option(None, "--like", help="A simulated store whose galaxies, PSFs, truth and "
+                                        "catalog OUT copies, with the noise drawn again from --noise-seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at OUT."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted write at OUT."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Simulate galaxy stamps with GalSim: bulge + disk (x, truth, psf, ivar, catalog), or real
-    COSMOS morphologies seen through the survey (--morphology cosmos)."""
+    COSMOS morphologies seen through the survey (--morphology cosmos). With --like STORE
+    --noise-seed K: a noise twin of STORE."""
     import time
 
     from deepfield._names import comma_list
-    from deepfield.data.galaxies import simulate_galaxies
+    from deepfield.data.galaxies import redraw_noise, simulate_galaxies
     from deepfield.errors import InputError
+
+    if like is not None:
+        # the twin's galaxies are STORE's: any option that would draw other galaxies contradicts --like
+        given = [flag for flag, value, default in (
+            ("--n", n, None), ("--size", size, 64), ("--bands", bands, "r"), ("--seed", seed, 0),
+            ("--pixel-scale", pixel_scale, 0.2), ("--depth", depth, 25.3), ("--psf", psf, "moffat"),
+            ("--correlated-noise", correlated_noise, False), ("--morphology", morphology, "parametric"),
+            ("--cosmos", cosmos, None), ("--cosmos-dir", cosmos_dir, None), ("--shear", shear, None),
+            ("--resume", resume, False)) if value != default]
+        if given:
+            raise InputError(f"--like {like} copies that store's galaxies, so {', '.join(given)} cannot apply: "
+                             "drop them (only --noise-seed, --overwrite and --progress go with --like)")
+        if noise_seed is None:
+            raise InputError(f"--like {like} makes a noise twin: pass its noise seed, e.g. --noise-seed 7")
+        start = time.perf_counter()
+        store = redraw_noise(like, out, noise_seed=noise_seed, overwrite=overwrite, progress=progress)
+        typer.echo(str(store.path))
+        console.print(f"{len(store)} galaxies of {like} under noise seed {noise_seed}, in "
+                      f"{time.perf_counter() - start:.1f} s; fingerprint {store.fingerprint[:12]}", highlight=False)
+        return
+    if n is None:
+        raise InputError("pass the number of galaxies, e.g. --n 1000 (or --like STORE --noise-seed K for a "
+                         "noise twin of STORE)")
 
     sheared = None
     if shear is not None:
@@ -62,7 +92,7 @@ def galaxies(
                               workers=workers, depth=depth, psf=psf,
                               correlated_noise=correlated_noise, overwrite=overwrite,
                               resume=resume, progress=progress, morphology=morphology,
-                              cosmos=cosmos, cosmos_dir=cosmos_dir, shear=sheared)
+                              cosmos=cosmos, cosmos_dir=cosmos_dir, shear=sheared, noise_seed=noise_seed)
     elapsed = time.perf_counter() - start
     snr = store.column("snr")
     typer.echo(str(store.path))

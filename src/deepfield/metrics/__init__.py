@@ -1,6 +1,7 @@
 """Statistics that validate generative models of galaxy images: measure the same morphology on
 held-out real galaxies and on model samples observed through the same PSFs and noise, then
-compare the two distributions.
+compare the two distributions; and what latent codes carry: :func:`linear_probe`, the
+cross-validated R^2 of a ridge regression from codes to a catalog quantity.
 
 Units, stated once:
 
@@ -34,6 +35,7 @@ from deepfield.metrics.morphology import (
     morphology,
     petrosian_radius,
 )
+from deepfield.metrics.probes import ProbeResult, linear_probe
 from deepfield.metrics.stats import (
     SpearmanResult,
     bootstrap_mean,
@@ -65,4 +67,6 @@ __all__ = [
     "SpearmanResult",
     "compare_samples",
     "format_table",
+    "linear_probe",
+    "ProbeResult",
 ]

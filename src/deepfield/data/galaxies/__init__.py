@@ -36,6 +36,10 @@ one sample per pixel further out where the profile is smooth) and, for the 5x5 p
 the cusp, by exact enclosed-flux integrals along rays; it matches a GalSim real-space pixel
 convolution to <~1% of the peak and the flux to ~0.1%.
 
+Noise twins: :func:`redraw_noise` (``deepfield simulate galaxies OUT --like STORE --noise-seed K``)
+writes the same galaxies, PSFs, truth and catalog under an independent noise draw of the same
+``noise_sigma``, for measuring what codes, denoisers or scores do with the noise alone.
+
 Example:
     >>> import tempfile, os
     >>> from deepfield.data.galaxies import simulate_galaxies
@@ -53,13 +57,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from deepfield.data.galaxies.parameters import (_BRIGHT_MAG, BANDS, ZEROPOINT, GalaxyParameters,
-                                               _check_bands, _reference_band, catalog_units,
-                                               galaxy_parameters)
+                                               _check_bands, _check_noise_seed, _reference_band,
+                                               catalog_units, galaxy_parameters)
 # re-exported from where they lived before the split (tests and benchmarks import them here)
 from deepfield.data.galaxies.parameters import (_TEMPLATES, _Z_GRID, SKY_MAGNITUDE,  # noqa: F401
                                                _colour_table)
 from deepfield.data.galaxies.pool import _made_batches
 from deepfield.data.galaxies.rendering import _PSF_STAMP
+from deepfield.data.galaxies.twins import redraw_noise
 from deepfield.errors import InputError
 from deepfield.progress import progress_task
 
@@ -69,6 +74,7 @@ __all__ = [
     "GalaxyParameters",
     "catalog_units",
     "galaxy_parameters",
+    "redraw_noise",
     "simulate_galaxies",
 ]
 
@@ -93,6 +99,7 @@ def simulate_galaxies(
     cosmos: str | os.PathLike | None = None,
     cosmos_dir: str | os.PathLike | None = None,
     shear: tuple[float, float] | None = None,
+    noise_seed: int | None = None,
 ):
     """Simulate `n` bulge + disk galaxy stamps with GalSim and write them to a store at `out`.
 
@@ -138,6 +145,10 @@ def simulate_galaxies(
         cosmos: the RealGalaxyCatalog FITS file (``morphology="cosmos"`` only).
         cosmos_dir: folder of its image files (default: the catalog's folder).
         shear: a constant reduced shear (g1, g2) applied to every real galaxy (``"cosmos"``).
+        noise_seed: None draws each object's noise from the seed drawn with its catalog row;
+            an integer draws it from (seed, noise_seed, index) instead (parametric only): the
+            same galaxies, PSFs and noise levels under independent noise. :func:`redraw_noise`
+            makes such a noise twin of an existing store without drawing the galaxies again.
 
     Returns:
         The committed :class:`~deepfield.data.store.Store`.
@@ -160,6 +171,7 @@ def simulate_galaxies(
         raise InputError(f"batch={batch}: use a batch of 1 or more objects")
     if seed < 0:
         raise InputError(f"seed={seed}: use a non-negative integer seed")
+    noise_seed = _check_noise_seed(noise_seed)
     if not pixel_scale > 0:
         raise InputError(f"pixel_scale={pixel_scale}: give a positive scale in arcsec/pixel")
     if not _BRIGHT_MAG + 0.5 <= depth <= 32.0:
@@ -186,9 +198,14 @@ def simulate_galaxies(
                   "parameters": parameters, "seed": seed, "galsim_version": galsim_version,
                   "numpy_version": np.__version__}
     survey = {"bands": bands, "depth": float(depth), "pixel_scale": float(pixel_scale), "seed": seed}
+    if noise_seed is not None:  # only then: stores simulated before noise seeds existed keep their provenance
+        parameters["noise_seed"] = survey["noise_seed"] = noise_seed
     render = {"size": size, "pixel_scale": float(pixel_scale), "n_bands": C, "psf": psf,
               "correlated_noise": bool(correlated_noise)}
     if morphology == "cosmos":
+        if noise_seed is not None:
+            raise InputError("noise_seed applies to parametric galaxies; a real galaxy's noise includes its "
+                             "whitened HST noise, which cannot be drawn again on its own")
         return _simulate_real(out, n, bands, size, pixel_scale, seed, workers, psf, correlated_noise,
                               overwrite, resume, progress, batch, cosmos, cosmos_dir, shear, survey,
                               render, provenance)

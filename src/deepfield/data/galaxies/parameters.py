@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -33,6 +33,7 @@ _TEMPLATES = ("E", "Sbc", "Scd", "Im")  # CWW templates: bulges are E, disks one
 _Z_GRID = np.round(np.arange(0.0, 4.0 + 1e-9, 0.01), 2)
 _Z_MAX = 3.5
 _BLOCK = 4096  # catalog parameters are drawn in blocks of this many objects, seeded by (seed, block)
+_NOISE_TAG = 0x6E6F6973  # "nois": marks the stream of re-drawn noise seeds (see _noise_seeds)
 
 
 @dataclass(frozen=True)
@@ -258,12 +259,27 @@ def _draw_block(seed: int, block: int, bands: tuple[str, ...], depth: float,
         psf_g2=psf_g2, noise_sigma=noise_sigma, noise_seed=noise_seed)
 
 
+def _noise_seeds(seed: int, block: int, noise_seed: int) -> np.ndarray:
+    """The per-object noise seeds of block `block` under the sample-wide `noise_seed`.
+
+    A stream of its own, apart from the catalog's (seed, block) stream: the tag word keeps the
+    entropy four words long, since SeedSequence pads shorter entropy with zeros and
+    (seed, block, 0) would otherwise be the catalog's stream itself.
+    """
+    rng = np.random.default_rng([seed, block, _NOISE_TAG, noise_seed])
+    return rng.integers(1, 2**31 - 1, _BLOCK)
+
+
 def galaxy_parameters(n: int, *, bands: Sequence[str] = ("r",), depth: float = 25.3,
-                      pixel_scale: float = 0.2, seed: int = 0, start: int = 0) -> GalaxyParameters:
+                      pixel_scale: float = 0.2, seed: int = 0, start: int = 0,
+                      noise_seed: int | None = None) -> GalaxyParameters:
     """Draw the parameters of galaxies ``start ... start + n - 1`` of the sample `seed`.
 
     Object i's parameters depend only on (seed, i) and the survey settings, so a larger
-    sample extends a smaller one and any slice can be drawn on its own.
+    sample extends a smaller one and any slice can be drawn on its own. `noise_seed` changes
+    only the per-object ``noise_seed`` column: None keeps the seeds drawn with the catalog, an
+    integer draws them from (seed, noise_seed, i) instead, so that the same galaxies, PSFs and
+    noise levels get a fresh, independent noise realisation (a noise twin).
 
     Arguments:
         n: number of objects.
@@ -273,13 +289,19 @@ def galaxy_parameters(n: int, *, bands: Sequence[str] = ("r",), depth: float = 2
         pixel_scale: arcsec per pixel (sets the noise per pixel).
         seed: sample seed (non-negative integer).
         start: index of the first object.
+        noise_seed: sample-wide noise seed (non-negative integer), or None for the seeds drawn
+            with the catalog.
     """
     bands = _check_bands(bands)
     if n < 0 or start < 0:
         raise InputError(f"n={n} and start={start} must be non-negative")
+    noise_seed = _check_noise_seed(noise_seed)
     first, last = start // _BLOCK, (start + n - 1) // _BLOCK if n else start // _BLOCK
     parts = [_draw_block(int(seed), b, bands, float(depth), float(pixel_scale))
              for b in range(first, last + 1)]
+    if noise_seed is not None:
+        parts = [replace(p, noise_seed=_noise_seeds(int(seed), b, noise_seed))
+                 for b, p in zip(range(first, last + 1), parts)]
     lo = start - first * _BLOCK
     if len(parts) == 1:
         return parts[0][lo:lo + n]
@@ -302,3 +324,12 @@ def _check_bands(bands) -> tuple[str, ...]:
     if len(set(bands)) != len(bands):
         raise InputError(f"bands {bands} repeat a band; give each band once")
     return bands
+
+
+def _check_noise_seed(noise_seed) -> int | None:
+    if noise_seed is None:
+        return None
+    if isinstance(noise_seed, (bool, float)) or not isinstance(noise_seed, (int, np.integer)) or noise_seed < 0:
+        raise InputError(f"noise_seed={noise_seed!r}: give a non-negative integer (--noise-seed 7), or None "
+                         "for the noise drawn with the catalog")
+    return int(noise_seed)

@@ -98,20 +98,7 @@ class _StampRenderer:
         return self._kbuf[key]
 
     def _cosmos_noise_filter(self) -> np.ndarray:
-        """sqrt of the power spectrum of GalSim's COSMOS noise correlation function, rescaled to
-        unit variance on this pixel scale, for filtering white noise (periodic on the stamp)."""
-        galsim = self.galsim
-        cn = galsim.getCOSMOSNoise(
-            file_name=os.path.join(galsim.meta_data.share_dir, "acs_I_unrot_sci_20_cf.fits"),
-            cosmos_scale=self.scale, variance=1.0)
-        cf = galsim.ImageD(self.size, self.size, scale=self.scale)
-        cn.drawImage(cf)
-        c = self.size // 2
-        lagged = np.roll(cf.array, (-c, -c), axis=(0, 1))  # zero lag at [0, 0]
-        # filtering unit white noise by sqrt(P) gives variance mean(P) over the full spectrum
-        full = np.clip(np.fft.fft2(lagged).real, 0.0, None)
-        power = np.clip(np.fft.rfft2(lagged).real, 0.0, None) / full.mean()
-        return np.sqrt(power)
+        return cosmos_noise_filter(self.size, self.scale)
 
     # -- pieces of one object
     def _rays(self, jac: np.ndarray, radii: Sequence[float], tables: Sequence[np.ndarray],
@@ -231,8 +218,36 @@ class _StampRenderer:
             sigma = p.noise_sigma[i]
             clean = out["x"][i].astype(np.float64)
             out["snr"][i] = np.sqrt((clean**2).sum(axis=(1, 2))) / sigma
-            white = np.random.default_rng(int(p.noise_seed[i])).standard_normal((C, S, S))
-            if self._noise_filter is not None:
-                white = np.fft.irfft2(np.fft.rfft2(white) * self._noise_filter, s=(S, S))
-            out["x"][i] = clean + sigma[:, None, None] * white
+            out["x"][i] = clean + sigma[:, None, None] * unit_noise(int(p.noise_seed[i]), (C, S, S),
+                                                                    self._noise_filter)
         return out
+
+
+def cosmos_noise_filter(size: int, pixel_scale: float) -> np.ndarray:
+    """sqrt of the power spectrum (size, size // 2 + 1) of GalSim's COSMOS noise correlation
+    function, rescaled to unit variance at `pixel_scale` (arcsec/pixel), for filtering white
+    noise (periodic on the stamp)."""
+    import galsim
+
+    cn = galsim.getCOSMOSNoise(
+        file_name=os.path.join(galsim.meta_data.share_dir, "acs_I_unrot_sci_20_cf.fits"),
+        cosmos_scale=pixel_scale, variance=1.0)
+    cf = galsim.ImageD(size, size, scale=pixel_scale)
+    cn.drawImage(cf)
+    c = size // 2
+    lagged = np.roll(cf.array, (-c, -c), axis=(0, 1))  # zero lag at [0, 0]
+    # filtering unit white noise by sqrt(P) gives variance mean(P) over the full spectrum
+    full = np.clip(np.fft.fft2(lagged).real, 0.0, None)
+    power = np.clip(np.fft.rfft2(lagged).real, 0.0, None) / full.mean()
+    return np.sqrt(power)
+
+
+def unit_noise(noise_seed: int, shape: tuple[int, int, int], noise_filter: np.ndarray | None) -> np.ndarray:
+    """One object's unit-variance noise field (C, H, W), float64, from its `noise_seed`: white, or
+    filtered by `noise_filter` (:func:`cosmos_noise_filter`) into COSMOS-correlated noise. The
+    simulator adds ``noise_sigma`` times this to the noiseless stamp; the noise-twin writer takes it
+    off again to draw a twin (``deepfield.data.galaxies.redraw_noise``)."""
+    white = np.random.default_rng(int(noise_seed)).standard_normal(shape)
+    if noise_filter is not None:
+        white = np.fft.irfft2(np.fft.rfft2(white) * noise_filter, s=shape[-2:])
+    return white
