@@ -17,8 +17,8 @@ import deepfield
 from deepfield.data.anomalies import ANOMALY_TYPES, ARTEFACTS, inject_anomalies
 from deepfield.data.store import create_store, open_store
 from deepfield.errors import InputError
-from deepfield.tasks.anomaly import (calibrate_scores, calibrate_table, detection_metrics, ensemble_scores, score_store,
-                                    skipped_ids)
+from deepfield.tasks.anomaly import (calibrate_scores, calibrate_table, detection_metrics, ensemble_scores, score_metadata,
+                                    score_store, skipped_ids)
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +352,114 @@ def test_cli_inject_score_and_gallery(capsys, blob_store, blob_models, tmp_path)
     assert code == 2 and "--overwrite" in out
     code, out = cli(capsys, "inject", blob_store.path, "--out", tmp_path / "x", "--types", "extreme_colour")
     assert code == 2 and "one band" in out
+
+
+@pytest.fixture(scope="module")
+def holes(galaxies, tmp_path_factory):
+    """10 of 40 galaxies with a region whose signal is gone (zeroed in one band, or subtracted in all)."""
+    return inject_anomalies(galaxies, tmp_path_factory.mktemp("holes") / "holes", fraction=0.25,
+                            types="missing_signal", seed=2, progress=False)
+
+
+def test_missing_signal_removes_the_light_of_a_box_over_the_galaxy(galaxies, holes):
+    rows = np.flatnonzero(holes.column("anomaly_type") == "missing_signal")
+    assert rows.size == 10
+    kinds = set()
+    for r in rows:
+        x0, x1 = galaxies.read("x", [r])[0].astype(np.float64), holes.read("x", [r])[0].astype(np.float64)
+        truth, psf = galaxies.read("truth", [r])[0].astype(np.float64), galaxies.read("psf", [r])[0].astype(np.float64)
+        sigma = 1 / np.sqrt(galaxies.read("ivar", [r])[0][:, 0, 0])
+        p = json.loads(holes.column("anomaly_params")[r])
+        y0, y1, x0_, x1_ = p["box_yx"]
+        inside = np.zeros(x0.shape[1:], bool)
+        inside[y0:y1, x0_:x1_] = True
+        assert 0.2 * 32 <= y1 - y0 <= 0.5 * 32 and 0.2 * 32 <= x1_ - x0_ <= 0.5 * 32
+        yy, xx = np.mgrid[:32, :32]
+        light = truth.sum(0)
+        cy, cx = (light * yy).sum() / light.sum(), (light * xx).sum() / light.sum()
+        assert y0 <= cy <= y1 and x0_ <= cx <= x1_  # over the galaxy's core
+        changed = np.argwhere(x1 != x0)
+        assert inside[changed[:, 1], changed[:, 2]].all()  # nothing outside the box moves
+        assert np.array_equal(holes.read("truth", [r])[0], galaxies.read("truth", [r])[0])  # not sky light
+        observed = _observe(truth, psf)
+        if p["kind"] == "zero":  # a dead region: one band, no signal and no noise
+            assert len(p["bands"]) == 1 and np.all(x1[p["bands"][0]][inside] == 0)
+        else:  # the galaxy's light subtracted in every band; the noise (x - observed) stays as it was
+            assert p["bands"] == [0, 1]
+            assert np.allclose(x1[:, inside], (x0 - observed)[:, inside], atol=1e-4 * sigma.min())
+        removed = np.sqrt(sum(((np.clip(observed[c][inside], 0, None) / sigma[c]) ** 2).sum() for c in p["bands"]))
+        assert np.isclose(holes.column("anomaly_strength")[r], removed, rtol=1e-3)
+        kinds.add(p["kind"])
+    assert kinds == {"zero", "noise"}
+    # not among the default types: a seed injects what it did before the type existed
+    assert "missing_signal" not in ANOMALY_TYPES
+
+
+def test_local_score_flags_a_region_without_noise_that_a_mean_chi2_misses(holes, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from deepfield.data.galaxies import simulate_galaxies
+    from deepfield.train import TrainSettings, train
+
+    # PCA fitted on other galaxies of the same survey, so the scored galaxies' noise is not in its components
+    other = simulate_galaxies(tmp_path / "other", 300, size=32, bands=("g", "r"), seed=6, depth=24.0, progress=False)
+    pca = deepfield.load(train("pca", other, tmp_path / "pca", model_options={"latent_dim": 8},
+                               settings=TrainSettings(progress=False)))
+    local = score_store(holes, "local", pca, progress=False)
+    l2 = score_store(holes, "reconstruction", pca, progress=False)
+    parts = {k: local.column(k).to_numpy() for k in ("excess", "quiet", "missing")}
+    assert np.allclose(local.column("score").to_numpy(), np.maximum.reduce(list(parts.values())))
+    labels = np.asarray(holes.column("anomaly_type"), dtype=object)
+    params = [json.loads(p) if p else {} for p in holes.column("anomaly_params")]
+    zero = np.array([p.get("kind") == "zero" for p in params])
+    faint = zero & (holes.column("anomaly_strength") < 30)  # where the model draws little light in the dead region
+    normal = labels == "none"
+    # a dead region's 4x4 windows hold almost no residual power: P(chi^2_16 < it) is 1e-10 or less, where a normal
+    # galaxy's quietest window of ~1,700 sits near 1 / 1,700
+    assert faint.sum() >= 4 and parts["quiet"][faint].min() > 2 * parts["quiet"][normal].max()
+    assert 2 < np.median(parts["quiet"][normal]) < 5
+    # the stamp's mean chi^2 barely moves when a few dozen of its 2,048 pixels lose their noise (and falls, if it
+    # moves): it cannot tell the dead regions from normal galaxies, and the local score can
+    y, sel = zero[zero | normal], zero | normal
+    assert roc_auc_score(y, l2.column("score").to_numpy()[sel]) < 0.65
+    assert roc_auc_score(y, local.column("score").to_numpy()[sel]) > 0.9
+    with pytest.raises(InputError, match="window"):
+        score_store(holes, "local", pca, window=64, progress=False)
+
+
+def test_weighted_ensembles_and_weights_fitted_on_a_validation_store():
+    from deepfield.tasks.anomaly import fit_ensemble
+
+    rng = np.random.default_rng(0)
+    n, labels = 2000, np.array(["none"] * 1900 + ["cosmic_ray"] * 50 + ["ring"] * 50, dtype=object)
+
+    def member(shift_rays, shift_rings, seed):
+        r = np.random.default_rng(seed)
+        score = r.normal(0, 1, n)
+        score[labels == "cosmic_ray"] += shift_rays
+        score[labels == "ring"] += shift_rings
+        return pa.table({"id": np.arange(n), "score": score, "anomaly_type": labels})
+
+    def members(seed):  # 'rays' finds cosmic rays, 'rings' finds rings, 'noise' finds nothing
+        return {"rays": member(4.0, 0.0, seed), "rings": member(0.0, 4.0, seed + 1), "noise": member(0, 0, seed + 2)}
+
+    weights = fit_ensemble(members(10), metric="aupr")
+    assert weights["noise"] == 0 and weights["rays"] > 0 and weights["rings"] > 0
+    assert np.isclose(sum(weights.values()), 1)
+    test = members(20)
+    fitted = detection_metrics(ensemble_scores(test, weights=weights, combine="zscore"))["all"]["aupr"]
+    equal = detection_metrics(ensemble_scores(test, combine="rank"))["all"]["aupr"]
+    single = max(detection_metrics(t)["all"]["aupr"] for t in test.values())
+    assert fitted > single and fitted > equal
+    # the z-score rule: robust z of each member, weighted mean
+    e = ensemble_scores(test, weights={"rays": 3, "rings": 1}, combine="zscore")
+    z = {k: (t.column("score").to_numpy() - np.median(t.column("score").to_numpy())) for k, t in test.items()}
+    z = {k: v / (1.4826 * np.median(np.abs(v))) for k, v in z.items()}
+    assert np.allclose(e.column("score").to_numpy(), 0.75 * z["rays"] + 0.25 * z["rings"])
+    assert score_metadata(e)["members"] == ["rays", "rings"] and score_metadata(e)["weights"] == {"rays": 0.75,
+                                                                                                  "rings": 0.25}
+    with pytest.raises(InputError, match="not among the members"):
+        ensemble_scores(test, weights={"ray": 1})
+    with pytest.raises(InputError, match="zscore"):
+        ensemble_scores(test, combine="mean")
+
