@@ -163,7 +163,8 @@ def main():
                 ("VAE reconstruction L2", "vae", "reconstruction", {"norm": "l2"}),
                 ("VAE local chi2", "vae", "local", {}),
                 ("VAE -ELBO", "vae", "elbo", {}),
-                ("VAE latent flow -log p(z)", "vae", "density", {})]
+                ("VAE latent flow -log p(mean code)", "vae", "density", {"code": "mean"}),
+                ("VAE latent flow KL(q || p)", "vae", "density", {"code": "posterior"})]
         if "pixelcnn" in loaded:
             plan += [("PixelCNN -log p(x)", "pixelcnn", "pixelcnn", {}),
                      ("likelihood ratio", "pixelcnn", "ratio", {"background": loaded["pixelcnn-background"]})]
@@ -177,7 +178,7 @@ def main():
         for label, _, _, _ in plan:
             scores[f"{label}, calibrated"] = calibrate_table(scores[label], test, "magnitude")
             val_scores[f"{label}, calibrated"] = calibrate_table(val_scores[label], val, "magnitude")
-        members = ["PCA reconstruction L2", "conv-AE reconstruction L2", "VAE -ELBO", "VAE latent flow -log p(z)"]
+        members = ["PCA reconstruction L2", "conv-AE reconstruction L2", "VAE -ELBO", "VAE latent flow -log p(mean code)"]
         members += [m for m in ("PixelCNN -log p(x)", "likelihood ratio", "GAN score") if m in scores]
         singles = list(scores)
         scores["ensemble (rank average)"] = ensemble_scores({m: scores[m] for m in members})

@@ -316,7 +316,7 @@ def test_vae_elbo_and_latent_density_scores(blob_store):
         prior.fit_codes(prior.normalise(codes).numpy())
         vae.prior = prior
         expected = -prior.log_prob(codes).double().numpy()
-    d = score_store(blob_store, "density", vae, indices=idx, progress=False)
+    d = score_store(blob_store, "density", vae, indices=idx, progress=False, code="mean")
     assert np.allclose(d.column("score").to_numpy(), expected, rtol=1e-5)
     with pytest.raises(InputError, match="pixelcnn"):
         score_store(blob_store, "pixelcnn", vae, progress=False)
@@ -463,3 +463,43 @@ def test_weighted_ensembles_and_weights_fitted_on_a_validation_store():
     with pytest.raises(InputError, match="zscore"):
         ensemble_scores(test, combine="mean")
 
+
+
+def test_posterior_density_score_is_the_kl_from_posterior_to_prior(blob_store):
+    from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+    from deepfield.data.batches import iterate_batches
+    from deepfield.models import VAE, GaussianMixturePrior, LatentPriorConfig, VAEConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(input_shape=(1, 16, 16), latent_dim=3, channels=(8, 16)))
+    vae.fit_normalisation(blob_store.read("x"))
+    vae.eval()
+    idx = np.arange(40)
+    batch = next(iterate_batches(blob_store, idx, vae, idx.size))
+    with torch.no_grad():
+        mean, log_var, _ = vae.posterior_batch(batch)
+        # a one-component mixture is a Gaussian, whose KL from a diagonal Gaussian is exact
+        prior = GaussianMixturePrior(LatentPriorConfig(input_shape=(3,), kind="gmm", components=1))
+        # fitted to draws moved and widened, so each posterior costs a few nats under it
+        draws = (2 * (mean + (0.5 * log_var).exp() * torch.randn(mean.shape)) + 1).numpy()
+        prior.fit_normalisation(draws)
+        prior.fit_codes(prior.normalise(torch.from_numpy(draws)).numpy())
+        vae.prior = prior
+        mixture = prior._mixture().component_distribution
+        loc = prior.data_offset + prior.data_scale * mixture.loc[0]
+        tril = prior.data_scale[:, None] * mixture.scale_tril[0]
+        q = MultivariateNormal(mean, scale_tril=torch.diag_embed((0.5 * log_var).exp()))
+        exact = kl_divergence(q, MultivariateNormal(loc, scale_tril=tril)).double().numpy()
+    table = score_store(blob_store, "density", vae, indices=idx, samples=4000, seed=3, progress=False)
+    kl = table.column("score").to_numpy()
+    assert np.allclose(kl, table.column("cross_entropy").to_numpy() - table.column("entropy").to_numpy())
+    entropy = Normal(mean, (0.5 * log_var).exp()).entropy().sum(1).double().numpy()
+    assert np.allclose(table.column("entropy").to_numpy(), entropy, rtol=1e-5)
+    assert exact.min() > 1 and np.allclose(kl, exact, atol=0.05, rtol=0.02)
+    again = score_store(blob_store, "density", vae, indices=idx, samples=8, seed=3, progress=False)
+    assert np.array_equal(again.column("score").to_numpy(),
+                          score_store(blob_store, "density", vae, indices=idx, samples=8, seed=3,
+                                      progress=False).column("score").to_numpy())  # seeded
+    with pytest.raises(InputError, match="posterior"):
+        score_store(blob_store, "density", vae, indices=idx, code="median", progress=False)

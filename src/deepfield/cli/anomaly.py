@@ -65,6 +65,8 @@ def anomalies(
     norm: str = typer.Option("l2", "--norm", help="Reconstruction: l2 or l1."),
     weighting: str = typer.Option("auto", "--weighting", help="Reconstruction: ivar, none or auto."),
     window: int = typer.Option(4, "--window", help="Local: side (pixels) of the windows the residual is tested in."),
+    code: str = typer.Option("posterior", "--code", help="Density: posterior (KL(q || prior), the code's cost with "
+                                                         "its width) or mean (-log prior at the posterior mean)."),
     combine: str = typer.Option("rank", "--combine", help="Ensemble: rank (rank average) or zscore (mean robust "
                                                           "z-score, keeps how far out the tail lies)."),
     fit_on: Path = typer.Option(None, "--fit-on", help="Ensemble: a store with injected anomalies (deepfield inject) "
@@ -94,7 +96,7 @@ def anomalies(
         raise InputError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     s = open_store(store)
     options = {"batch_size": batch_size, "skip_nan": skip_nan, "progress": progress, "norm": norm,
-               "weighting": weighting, "calibrate": calibrate, "window": window}
+               "weighting": weighting, "calibrate": calibrate, "window": window, "code": code}
     if method != "ensemble" and (fit_on is not None or combine != "rank"):
         raise InputError("--fit-on and --combine choose an ensemble's weights and rule: use them with --method ensemble")
     if method == "ensemble":
