@@ -164,7 +164,7 @@ def main():
                 ("VAE local chi2", "vae", "local", {}),
                 ("VAE -ELBO", "vae", "elbo", {}),
                 ("VAE latent flow -log p(mean code)", "vae", "density", {"code": "mean"}),
-                ("VAE latent flow KL(q || p)", "vae", "density", {"code": "posterior"})]
+                ("VAE latent flow KL(q, p)", "vae", "density", {"code": "posterior"})]
         if "pixelcnn" in loaded:
             plan += [("PixelCNN -log p(x)", "pixelcnn", "pixelcnn", {}),
                      ("likelihood ratio", "pixelcnn", "ratio", {"background": loaded["pixelcnn-background"]})]
@@ -178,7 +178,8 @@ def main():
         for label, _, _, _ in plan:
             scores[f"{label}, calibrated"] = calibrate_table(scores[label], test, "magnitude")
             val_scores[f"{label}, calibrated"] = calibrate_table(val_scores[label], val, "magnitude")
-        members = ["PCA reconstruction L2", "conv-AE reconstruction L2", "VAE -ELBO", "VAE latent flow -log p(mean code)"]
+        members = ["PCA reconstruction L2", "conv-AE reconstruction L2", "VAE -ELBO",
+                   "VAE latent flow -log p(mean code)"]
         members += [m for m in ("PixelCNN -log p(x)", "likelihood ratio", "GAN score") if m in scores]
         singles = list(scores)
         scores["ensemble (rank average)"] = ensemble_scores({m: scores[m] for m in members})
@@ -226,14 +227,18 @@ def main():
     # issue 18, target 4: a deep score at or above PCA's calibrated L2 in AUROC and AUPR on every type
     baseline = "PCA reconstruction L2, calibrated"
     deep_scores = [label for label in metrics if label.startswith(("conv-AE", "VAE")) or label == FITTED_DEEP]
-    per_type, met = [], {}
+    per_type, met, met_ensemble = [], {}, {}
     for t in types:
         b = metrics[baseline][t]
         both = [d for d in deep_scores if metrics[d][t]["auroc"] >= b["auroc"] and metrics[d][t]["aupr"] >= b["aupr"]]
         pick = max(both or deep_scores, key=lambda d: (metrics[d][t]["aupr"], metrics[d][t]["auroc"]))
         met[t] = bool(both)
+        e = metrics[FITTED_DEEP][t]
+        met_ensemble[t] = bool(e["auroc"] >= b["auroc"] and e["aupr"] >= b["aupr"])
         per_type.append([t, f"{b['auroc']:.3f} / {b['aupr']:.3f}", pick,
-                         f"{metrics[pick][t]['auroc']:.3f} / {metrics[pick][t]['aupr']:.3f}", "yes" if both else "no"])
+                         f"{metrics[pick][t]['auroc']:.3f} / {metrics[pick][t]['aupr']:.3f}", "yes" if both else "no",
+                         f"{e['auroc']:.3f} / {e['aupr']:.3f}",
+                         "yes" if met_ensemble[t] else "no"])
     # the fitted ensembles against their members and every candidate, on the test survey
     ensemble_rows = []
     for label, candidates in ((FITTED, [c for c in singles if c.endswith(", calibrated")]),
@@ -250,7 +255,9 @@ def main():
     fitted_all = metrics[FITTED]["all"]
     best_member = max((metrics[c]["all"] for c in fitted[FITTED]), key=lambda m: m["aupr"])
     verdict = (f"Issue 18 target 4: a deep score at or above PCA's calibrated L2 in both AUROC and AUPR on "
-               f"{sum(met.values())} of {len(types)} types (short on: {', '.join(t for t in types if not met[t]) or 'none'}); "
+               f"{sum(met.values())} of {len(types)} types (short on: "
+               f"{', '.join(t for t in types if not met[t]) or 'none'}; the deep ensemble fitted on validation "
+               f"alone on {sum(met_ensemble.values())}); "
                f"the ensemble fitted on validation scores {fitted_all['auroc']:.3f} / {fitted_all['aupr']:.3f} "
                f"(AUROC / AUPR, all anomalies) against {best_member['auroc']:.3f} / {best_member['aupr']:.3f} for its "
                f"best member. Earlier targets (AUROC): artefacts >= 0.95: best single ({best['artefacts']}) "
@@ -270,11 +277,15 @@ def main():
         f"{sum(val_counts.values())} anomalies of their own. Scores of PCA, conv-AE, VAE and its latent flow"
         f"{', ' + ', '.join(extras) if extras else ' (no PixelCNN or GAN: run with --pixelcnn --gan for them)'}. "
         f"Rank-average ensemble = {', '.join(members)}. Run time {timings['total_s'] / 60:.1f} min "
-        f"on {args.threads} threads ({timings['cpu_s'] / 60:.1f} CPU-min; 1-min load average at the end "
+        f"on {args.threads} thread{'s' if args.threads > 1 else ''} ({timings['cpu_s'] / 60:.1f} CPU-min; "
+        f"1-min load average at the end "
         f"{timings['load_average_1min_at_end']:.1f} on {os.cpu_count()} cores).",
-        "Deep scores against PCA's calibrated L2, per type (AUROC / AUPR; the deep score shown meets both when "
-        "one does, else has the best AUPR)\n\n"
-        + markdown_table(["type", "PCA L2, calibrated", "deep score", "its AUROC / AUPR", "both >= PCA"], per_type),
+        "Deep scores against PCA's calibrated L2, per type (AUROC / AUPR). The deep score shown is the best of "
+        f"{len(deep_scores)} chosen per type on the test labels (one that meets both when one does, else the best "
+        "AUPR), so it flatters the deep models; the deep ensemble, fitted on the validation survey, is one score "
+        "for every type\n\n"
+        + markdown_table(["type", "PCA L2, calibrated", "best deep score", "its AUROC / AUPR", "both >= PCA",
+                          "deep ensemble", "both >= PCA"], per_type),
         "Ensembles fitted on the validation survey, on the test survey (all anomalies, AUROC / AUPR)\n\n"
         + markdown_table(["ensemble", "weights", "ensemble", "its best member", "best candidate"], ensemble_rows),
         "AUROC\n\n" + markdown_table(header, auroc_rows),
@@ -284,7 +295,8 @@ def main():
     write_results("anomaly", {"args": vars(args), "counts": counts, "validation_counts": val_counts,
                               "ensemble_members": members, "fitted_ensembles": fitted,
                               "validation_metrics_all": val_metrics, "metrics": metrics, "best_single": best,
-                              "targets": targets, "deep_meets_pca_per_type": met, "timings": timings,
+                              "targets": targets, "deep_meets_pca_per_type": met,
+                              "deep_ensemble_meets_pca_per_type": met_ensemble, "timings": timings,
                               "notes": notes}, table)
 
 

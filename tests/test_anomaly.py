@@ -17,8 +17,8 @@ import deepfield
 from deepfield.data.anomalies import ANOMALY_TYPES, ARTEFACTS, inject_anomalies
 from deepfield.data.store import create_store, open_store
 from deepfield.errors import InputError
-from deepfield.tasks.anomaly import (calibrate_scores, calibrate_table, detection_metrics, ensemble_scores, score_metadata,
-                                    score_store, skipped_ids)
+from deepfield.tasks.anomaly import (calibrate_scores, calibrate_table, detection_metrics, ensemble_scores,
+                                    score_metadata, score_store, skipped_ids)
 
 
 @pytest.fixture(scope="module")
@@ -503,3 +503,31 @@ def test_posterior_density_score_is_the_kl_from_posterior_to_prior(blob_store):
                                       progress=False).column("score").to_numpy())  # seeded
     with pytest.raises(InputError, match="posterior"):
         score_store(blob_store, "density", vae, indices=idx, code="median", progress=False)
+
+
+def test_cli_ensemble_weights_fitted_on_another_injected_store(capsys, blob_store, blob_models, tmp_path):
+    from deepfield.train import TrainSettings, train
+
+    odd, pca = blob_models
+    small = train("pca", blob_store, tmp_path / "pca2", model_options={"latent_dim": 1},
+                  settings=TrainSettings(progress=False))
+    validation = inject_anomalies(blob_store, tmp_path / "val", fraction=0.25, types=ARTEFACTS, seed=7, progress=False)
+    code, out = cli(capsys, "anomalies", odd.path, "--method", "ensemble", "--models", f"{pca},{small}",
+                    "--combine", "zscore", "--fit-on", validation.path, "--out", tmp_path / "e.parquet",
+                    "--no-progress")
+    assert code == 0 and "weights fitted on" in out
+    meta = score_metadata(pq.read_table(tmp_path / "e.parquet"))
+    assert meta["combine"] == "zscore" and np.isclose(sum(meta["weights"].values()), 1)
+    # the weights are those fit_ensemble gives on the validation store's scores
+    from deepfield.tasks.anomaly import fit_ensemble
+
+    tables = {f"{p.name}:reconstruction": score_store(validation, "reconstruction", deepfield.load(p), progress=False)
+              for p in (pca, small)}
+    expected = {k: v for k, v in fit_ensemble(tables, combine="zscore").items() if v > 0}
+    assert meta["weights"] == pytest.approx(expected)
+    code, out = cli(capsys, "anomalies", odd.path, "--method", "ensemble", "--models", f"{pca},{small}",
+                    "--fit-on", odd.path, "--out", tmp_path / "f.parquet")
+    assert code == 2 and "the store being scored" in out
+    code, out = cli(capsys, "anomalies", odd.path, "--model", pca, "--fit-on", validation.path,
+                    "--out", tmp_path / "g.parquet")
+    assert code == 2 and "--method ensemble" in out

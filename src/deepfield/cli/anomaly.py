@@ -98,7 +98,8 @@ def anomalies(
     options = {"batch_size": batch_size, "skip_nan": skip_nan, "progress": progress, "norm": norm,
                "weighting": weighting, "calibrate": calibrate, "window": window, "code": code}
     if method != "ensemble" and (fit_on is not None or combine != "rank"):
-        raise InputError("--fit-on and --combine choose an ensemble's weights and rule: use them with --method ensemble")
+        raise InputError("--fit-on and --combine choose an ensemble's weights and rule: use them with "
+                         "--method ensemble")
     if method == "ensemble":
         loaded = [(deepfield.load(path), path, m) for path, m in _members(models, model)]
         idx = resolve_indices(s, where, split, getattr(loaded[0][0], "record", None))

@@ -70,7 +70,8 @@ from deepfield.errors import InputError
 from deepfield.models.folder import as_model
 from deepfield.models.protocol import has
 
-__all__ = ["METHODS", "COMBINES", "score_store", "ensemble_scores", "fit_ensemble", "calibrate_scores", "calibrate_table", "detection_metrics",
+__all__ = ["METHODS", "COMBINES", "score_store", "ensemble_scores", "fit_ensemble", "calibrate_scores",
+           "calibrate_table", "detection_metrics",
            "write_scores", "skipped_ids", "score_metadata", "default_method", "reconstructs",
            "observed_reconstructions"]
 
