@@ -16,7 +16,8 @@ def inject(
     out: Path = typer.Option(..., "--out", "-o", help="The new store with anomalies."),
     fraction: float = typer.Option(0.02, "--fraction", help="Share of objects given one anomaly each."),
     types: str = typer.Option(None, "--types", help="Comma-separated, e.g. cosmic_ray,satellite_trail,ring "
-                                                    "(default: all that apply)."),
+                                                    "(default: all that apply, except missing_signal, which is "
+                                                    "injected only when named)."),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
