@@ -126,23 +126,22 @@ SECTIONS = [
     ("likelihood", "PixelCNN likelihoods: telling two simulated surveys apart", "python benchmarks/likelihood.py",
      "Only the depth difference is detected; at 16x16 the bits/dim are dominated by noise pixels."),
     ("anomaly", "Anomaly detection: AUROC per anomaly type and score",
-     "python benchmarks/anomaly.py", "AUPR and precision@100 per type are in `benchmarks/results/anomaly.md`. "
-     "'calibrated': scores as robust z-scores among galaxies of similar magnitude. What changed since the "
-     "November run (issue 18, target 4): 'local chi2' tests every 4x4 window of the residual for too much and "
-     "too little, and takes PCA's AUPR over all anomalies from 0.722 (stamp-wide L2) to 0.835; missing_signal, "
-     "a region of the galaxy whose light is gone, is new, and the stamp-wide L2 ranks it below chance. The "
-     "rank-average ensembles' members were fixed before the run and weighted equally, so weak members drag them "
-     "down (AUPR 0.38 and 0.66); the fitted ensembles' weights are chosen on a third survey with its own "
-     "injections, never on the test survey's labels, and the fitted one beats its best member (AUPR 0.872 "
-     "against 0.835). The latent density is above chance at the posterior mean (0.79) and as the KL of the "
-     "whole posterior (0.74) with this VAE; with a VAE that leaves normal galaxies' means near the origin "
-     "(`--quick`, 5 epochs) the mean's density falls to 0.49 (rings 0.14) and the KL stays at 0.67 "
-     "(docs/anomalies.md says why). No deep score reaches PCA's calibrated L2 on cosmic rays, trails, bad "
-     "columns, blends and tidal features: the anomalies the conv AE misses sit on bright galaxies (S/N 50-560), "
-     "which it reconstructs too poorly for a 16-sigma cosmic ray or an 11-sigma neighbour to stand out "
-     "(compression, above). This run leaves out the PixelCNN and GAN scores (`--pixelcnn --gan`, ~25 CPU-min "
-     "more); in the November run they ranked all anomalies at AUROC 0.72 (PixelCNN), 0.62 (likelihood ratio) "
-     "and 0.66 (GAN)."),
+     "python benchmarks/anomaly.py --pixelcnn --gan", "AUPR and precision@100 per type are in "
+     "`benchmarks/results/anomaly.md`. 'calibrated': scores as robust z-scores among galaxies of similar magnitude. "
+     "What changed since the November run (issue 18, target 4): 'local chi2' tests every 4x4 window of the "
+     "residual for too much and too little, and takes PCA's AUPR over all anomalies from 0.722 (stamp-wide L2) to "
+     "0.835; missing_signal, a region of the galaxy whose light is gone, is new, and the stamp-wide L2 ranks it "
+     "below chance. The rank-average ensembles' seven members were fixed before the run and weighted equally, so "
+     "the weak ones (PixelCNN, likelihood ratio and GAN, after 3 epochs; AUROC 0.58-0.72 over all anomalies) drag "
+     "them down to AUPR 0.18 and 0.40; the fitted ensembles' weights are chosen on a third survey with its own "
+     "injections, never on the test survey's labels, and the fitted one beats its best member (AUPR 0.872 against "
+     "0.835). The latent density is above chance at the posterior mean (0.79) and as the KL of the whole "
+     "posterior (0.74) with this VAE; with a VAE that leaves normal galaxies' means near the origin (`--quick`, 5 "
+     "epochs) the mean's density falls to 0.49 (rings 0.14) and the KL stays at 0.67 (docs/anomalies.md says "
+     "why). No deep score reaches PCA's calibrated L2 on cosmic rays, trails, bad columns, blends and tidal "
+     "features: the anomalies the conv AE misses sit on bright galaxies (S/N 50-560), which it reconstructs too "
+     "poorly for a 16-sigma cosmic ray or an 11-sigma neighbour to stand out (compression, above). Without "
+     "`--pixelcnn --gan` the run takes 11.5 min and gives the same fitted ensembles."),
     ("search", "Similarity search: FAISS indexes on 1M codes; what neighbours share", "python benchmarks/search.py",
      ""),
     ("pm", "Particle-mesh N-body: deepfield vs JaxPM from the same initial field",
