@@ -17,8 +17,8 @@ import deepfield
 from deepfield.data.anomalies import ANOMALY_TYPES, ARTEFACTS, inject_anomalies
 from deepfield.data.store import create_store, open_store
 from deepfield.errors import InputError
-from deepfield.tasks.anomaly import (calibrate_scores, calibrate_table, detection_metrics, ensemble_scores, score_store,
-                                    skipped_ids)
+from deepfield.tasks.anomaly import (calibrate_scores, calibrate_table, detection_metrics, ensemble_scores,
+                                    score_metadata, score_store, skipped_ids)
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +316,7 @@ def test_vae_elbo_and_latent_density_scores(blob_store):
         prior.fit_codes(prior.normalise(codes).numpy())
         vae.prior = prior
         expected = -prior.log_prob(codes).double().numpy()
-    d = score_store(blob_store, "density", vae, indices=idx, progress=False)
+    d = score_store(blob_store, "density", vae, indices=idx, progress=False, code="mean")
     assert np.allclose(d.column("score").to_numpy(), expected, rtol=1e-5)
     with pytest.raises(InputError, match="pixelcnn"):
         score_store(blob_store, "pixelcnn", vae, progress=False)
@@ -352,3 +352,182 @@ def test_cli_inject_score_and_gallery(capsys, blob_store, blob_models, tmp_path)
     assert code == 2 and "--overwrite" in out
     code, out = cli(capsys, "inject", blob_store.path, "--out", tmp_path / "x", "--types", "extreme_colour")
     assert code == 2 and "one band" in out
+
+
+@pytest.fixture(scope="module")
+def holes(galaxies, tmp_path_factory):
+    """10 of 40 galaxies with a region whose signal is gone (zeroed in one band, or subtracted in all)."""
+    return inject_anomalies(galaxies, tmp_path_factory.mktemp("holes") / "holes", fraction=0.25,
+                            types="missing_signal", seed=2, progress=False)
+
+
+def test_missing_signal_removes_the_light_of_a_box_over_the_galaxy(galaxies, holes):
+    rows = np.flatnonzero(holes.column("anomaly_type") == "missing_signal")
+    assert rows.size == 10
+    kinds = set()
+    for r in rows:
+        x0, x1 = galaxies.read("x", [r])[0].astype(np.float64), holes.read("x", [r])[0].astype(np.float64)
+        truth, psf = galaxies.read("truth", [r])[0].astype(np.float64), galaxies.read("psf", [r])[0].astype(np.float64)
+        sigma = 1 / np.sqrt(galaxies.read("ivar", [r])[0][:, 0, 0])
+        p = json.loads(holes.column("anomaly_params")[r])
+        y0, y1, x0_, x1_ = p["box_yx"]
+        inside = np.zeros(x0.shape[1:], bool)
+        inside[y0:y1, x0_:x1_] = True
+        assert 0.2 * 32 <= y1 - y0 <= 0.5 * 32 and 0.2 * 32 <= x1_ - x0_ <= 0.5 * 32
+        yy, xx = np.mgrid[:32, :32]
+        light = truth.sum(0)
+        cy, cx = (light * yy).sum() / light.sum(), (light * xx).sum() / light.sum()
+        assert y0 <= cy <= y1 and x0_ <= cx <= x1_  # over the galaxy's core
+        changed = np.argwhere(x1 != x0)
+        assert inside[changed[:, 1], changed[:, 2]].all()  # nothing outside the box moves
+        assert np.array_equal(holes.read("truth", [r])[0], galaxies.read("truth", [r])[0])  # not sky light
+        observed = _observe(truth, psf)
+        if p["kind"] == "zero":  # a dead region: one band, no signal and no noise
+            assert len(p["bands"]) == 1 and np.all(x1[p["bands"][0]][inside] == 0)
+        else:  # the galaxy's light subtracted in every band; the noise (x - observed) stays as it was
+            assert p["bands"] == [0, 1]
+            assert np.allclose(x1[:, inside], (x0 - observed)[:, inside], atol=1e-4 * sigma.min())
+        removed = np.sqrt(sum(((np.clip(observed[c][inside], 0, None) / sigma[c]) ** 2).sum() for c in p["bands"]))
+        assert np.isclose(holes.column("anomaly_strength")[r], removed, rtol=1e-3)
+        kinds.add(p["kind"])
+    assert kinds == {"zero", "noise"}
+    # not among the default types: a seed injects what it did before the type existed
+    assert "missing_signal" not in ANOMALY_TYPES
+
+
+def test_local_score_flags_a_region_without_noise_that_a_mean_chi2_misses(holes, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from deepfield.data.galaxies import simulate_galaxies
+    from deepfield.train import TrainSettings, train
+
+    # PCA fitted on other galaxies of the same survey, so the scored galaxies' noise is not in its components
+    other = simulate_galaxies(tmp_path / "other", 300, size=32, bands=("g", "r"), seed=6, depth=24.0, progress=False)
+    pca = deepfield.load(train("pca", other, tmp_path / "pca", model_options={"latent_dim": 8},
+                               settings=TrainSettings(progress=False)))
+    local = score_store(holes, "local", pca, progress=False)
+    l2 = score_store(holes, "reconstruction", pca, progress=False)
+    parts = {k: local.column(k).to_numpy() for k in ("excess", "quiet", "missing")}
+    assert np.allclose(local.column("score").to_numpy(), np.maximum.reduce(list(parts.values())))
+    labels = np.asarray(holes.column("anomaly_type"), dtype=object)
+    params = [json.loads(p) if p else {} for p in holes.column("anomaly_params")]
+    zero = np.array([p.get("kind") == "zero" for p in params])
+    faint = zero & (holes.column("anomaly_strength") < 30)  # where the model draws little light in the dead region
+    normal = labels == "none"
+    # a dead region's 4x4 windows hold almost no residual power: P(chi^2_16 < it) is 1e-10 or less, where a normal
+    # galaxy's quietest window of ~1,700 sits near 1 / 1,700
+    assert faint.sum() >= 4 and parts["quiet"][faint].min() > 2 * parts["quiet"][normal].max()
+    assert 2 < np.median(parts["quiet"][normal]) < 5
+    # the stamp's mean chi^2 barely moves when a few dozen of its 2,048 pixels lose their noise (and falls, if it
+    # moves): it cannot tell the dead regions from normal galaxies, and the local score can
+    y, sel = zero[zero | normal], zero | normal
+    assert roc_auc_score(y, l2.column("score").to_numpy()[sel]) < 0.65
+    assert roc_auc_score(y, local.column("score").to_numpy()[sel]) > 0.9
+    with pytest.raises(InputError, match="window"):
+        score_store(holes, "local", pca, window=64, progress=False)
+
+
+def test_weighted_ensembles_and_weights_fitted_on_a_validation_store():
+    from deepfield.tasks.anomaly import fit_ensemble
+
+    rng = np.random.default_rng(0)
+    n, labels = 2000, np.array(["none"] * 1900 + ["cosmic_ray"] * 50 + ["ring"] * 50, dtype=object)
+
+    def member(shift_rays, shift_rings, seed):
+        r = np.random.default_rng(seed)
+        score = r.normal(0, 1, n)
+        score[labels == "cosmic_ray"] += shift_rays
+        score[labels == "ring"] += shift_rings
+        return pa.table({"id": np.arange(n), "score": score, "anomaly_type": labels})
+
+    def members(seed):  # 'rays' finds cosmic rays, 'rings' finds rings, 'noise' finds nothing
+        return {"rays": member(4.0, 0.0, seed), "rings": member(0.0, 4.0, seed + 1), "noise": member(0, 0, seed + 2)}
+
+    weights = fit_ensemble(members(10), metric="aupr")
+    assert weights["noise"] == 0 and weights["rays"] > 0 and weights["rings"] > 0
+    assert np.isclose(sum(weights.values()), 1)
+    test = members(20)
+    fitted = detection_metrics(ensemble_scores(test, weights=weights, combine="zscore"))["all"]["aupr"]
+    equal = detection_metrics(ensemble_scores(test, combine="rank"))["all"]["aupr"]
+    single = max(detection_metrics(t)["all"]["aupr"] for t in test.values())
+    assert fitted > single and fitted > equal
+    # the z-score rule: robust z of each member, weighted mean
+    e = ensemble_scores(test, weights={"rays": 3, "rings": 1}, combine="zscore")
+    z = {k: (t.column("score").to_numpy() - np.median(t.column("score").to_numpy())) for k, t in test.items()}
+    z = {k: v / (1.4826 * np.median(np.abs(v))) for k, v in z.items()}
+    assert np.allclose(e.column("score").to_numpy(), 0.75 * z["rays"] + 0.25 * z["rings"])
+    assert score_metadata(e)["members"] == ["rays", "rings"] and score_metadata(e)["weights"] == {"rays": 0.75,
+                                                                                                  "rings": 0.25}
+    with pytest.raises(InputError, match="not among the members"):
+        ensemble_scores(test, weights={"ray": 1})
+    with pytest.raises(InputError, match="zscore"):
+        ensemble_scores(test, combine="mean")
+
+
+
+def test_posterior_density_score_is_the_kl_from_posterior_to_prior(blob_store):
+    from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+    from deepfield.data.batches import iterate_batches
+    from deepfield.models import VAE, GaussianMixturePrior, LatentPriorConfig, VAEConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(input_shape=(1, 16, 16), latent_dim=3, channels=(8, 16)))
+    vae.fit_normalisation(blob_store.read("x"))
+    vae.eval()
+    idx = np.arange(40)
+    batch = next(iterate_batches(blob_store, idx, vae, idx.size))
+    with torch.no_grad():
+        mean, log_var, _ = vae.posterior_batch(batch)
+        # a one-component mixture is a Gaussian, whose KL from a diagonal Gaussian is exact
+        prior = GaussianMixturePrior(LatentPriorConfig(input_shape=(3,), kind="gmm", components=1))
+        # fitted to draws moved and widened, so each posterior costs a few nats under it
+        draws = (2 * (mean + (0.5 * log_var).exp() * torch.randn(mean.shape)) + 1).numpy()
+        prior.fit_normalisation(draws)
+        prior.fit_codes(prior.normalise(torch.from_numpy(draws)).numpy())
+        vae.prior = prior
+        mixture = prior._mixture().component_distribution
+        loc = prior.data_offset + prior.data_scale * mixture.loc[0]
+        tril = prior.data_scale[:, None] * mixture.scale_tril[0]
+        q = MultivariateNormal(mean, scale_tril=torch.diag_embed((0.5 * log_var).exp()))
+        exact = kl_divergence(q, MultivariateNormal(loc, scale_tril=tril)).double().numpy()
+    table = score_store(blob_store, "density", vae, indices=idx, samples=4000, seed=3, progress=False)
+    kl = table.column("score").to_numpy()
+    assert np.allclose(kl, table.column("cross_entropy").to_numpy() - table.column("entropy").to_numpy())
+    entropy = Normal(mean, (0.5 * log_var).exp()).entropy().sum(1).double().numpy()
+    assert np.allclose(table.column("entropy").to_numpy(), entropy, rtol=1e-5)
+    assert exact.min() > 1 and np.allclose(kl, exact, atol=0.05, rtol=0.02)
+    again = score_store(blob_store, "density", vae, indices=idx, samples=8, seed=3, progress=False)
+    assert np.array_equal(again.column("score").to_numpy(),
+                          score_store(blob_store, "density", vae, indices=idx, samples=8, seed=3,
+                                      progress=False).column("score").to_numpy())  # seeded
+    with pytest.raises(InputError, match="posterior"):
+        score_store(blob_store, "density", vae, indices=idx, code="median", progress=False)
+
+
+def test_cli_ensemble_weights_fitted_on_another_injected_store(capsys, blob_store, blob_models, tmp_path):
+    from deepfield.train import TrainSettings, train
+
+    odd, pca = blob_models
+    small = train("pca", blob_store, tmp_path / "pca2", model_options={"latent_dim": 1},
+                  settings=TrainSettings(progress=False))
+    validation = inject_anomalies(blob_store, tmp_path / "val", fraction=0.25, types=ARTEFACTS, seed=7, progress=False)
+    code, out = cli(capsys, "anomalies", odd.path, "--method", "ensemble", "--models", f"{pca},{small}",
+                    "--combine", "zscore", "--fit-on", validation.path, "--out", tmp_path / "e.parquet",
+                    "--no-progress")
+    assert code == 0 and "weights fitted on" in out
+    meta = score_metadata(pq.read_table(tmp_path / "e.parquet"))
+    assert meta["combine"] == "zscore" and np.isclose(sum(meta["weights"].values()), 1)
+    # the weights are those fit_ensemble gives on the validation store's scores
+    from deepfield.tasks.anomaly import fit_ensemble
+
+    tables = {f"{p.name}:reconstruction": score_store(validation, "reconstruction", deepfield.load(p), progress=False)
+              for p in (pca, small)}
+    expected = {k: v for k, v in fit_ensemble(tables, combine="zscore").items() if v > 0}
+    assert meta["weights"] == pytest.approx(expected)
+    code, out = cli(capsys, "anomalies", odd.path, "--method", "ensemble", "--models", f"{pca},{small}",
+                    "--fit-on", odd.path, "--out", tmp_path / "f.parquet")
+    assert code == 2 and "the store being scored" in out
+    code, out = cli(capsys, "anomalies", odd.path, "--model", pca, "--fit-on", validation.path,
+                    "--out", tmp_path / "g.parquet")
+    assert code == 2 and "--method ensemble" in out

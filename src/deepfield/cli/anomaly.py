@@ -16,7 +16,8 @@ def inject(
     out: Path = typer.Option(..., "--out", "-o", help="The new store with anomalies."),
     fraction: float = typer.Option(0.02, "--fraction", help="Share of objects given one anomaly each."),
     types: str = typer.Option(None, "--types", help="Comma-separated, e.g. cosmic_ray,satellite_trail,ring "
-                                                    "(default: all that apply)."),
+                                                    "(default: all that apply, except missing_signal, which is "
+                                                    "injected only when named)."),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -54,8 +55,8 @@ def _members(models: str | None, model: Path | None) -> list[tuple[str, str | No
 def anomalies(
     store: Path = typer.Argument(..., help="Store to score."),
     model: Path = typer.Option(None, "--model", "-m", help="Model folder."),
-    method: str = typer.Option("auto", "--method", help="reconstruction, elbo, density, pixelcnn, ratio, gan, "
-                                                        "ensemble, or auto (the model's natural score)."),
+    method: str = typer.Option("auto", "--method", help="reconstruction, local, elbo, density, pixelcnn, ratio, "
+                                                        "gan, ensemble, or auto (the model's natural score)."),
     models: str = typer.Option(None, "--models", help="Ensemble members: DIR[:method],DIR[:method],..."),
     background: Path = typer.Option(None, "--background", help="Background model folder (--method ratio)."),
     out: Path = typer.Option(..., "--out", "-o", help="Score table (.parquet)."),
@@ -64,6 +65,14 @@ def anomalies(
     show: int = typer.Option(20, "--show", help="Top-ranked objects printed."),
     norm: str = typer.Option("l2", "--norm", help="Reconstruction: l2 or l1."),
     weighting: str = typer.Option("auto", "--weighting", help="Reconstruction: ivar, none or auto."),
+    window: int = typer.Option(4, "--window", help="Local: side (pixels) of the windows the residual is tested in."),
+    code: str = typer.Option("posterior", "--code", help="Density: posterior (KL(q || prior), the code's cost with "
+                                                         "its width) or mean (-log prior at the posterior mean)."),
+    combine: str = typer.Option("rank", "--combine", help="Ensemble: rank (rank average) or zscore (mean robust "
+                                                          "z-score, keeps how far out the tail lies)."),
+    fit_on: Path = typer.Option(None, "--fit-on", help="Ensemble: a store with injected anomalies (deepfield inject) "
+                                                       "on which the members' weights are chosen (by AUPR); not the "
+                                                       "store you measure detection on."),
     calibrate: str = typer.Option(None, "--calibrate", help="Score relative to objects of similar values of this "
                                                             "catalog column, e.g. magnitude (robust z-score)."),
     where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
@@ -88,18 +97,38 @@ def anomalies(
         raise InputError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     s = open_store(store)
     options = {"batch_size": batch_size, "skip_nan": skip_nan, "progress": progress, "norm": norm,
-               "weighting": weighting, "calibrate": calibrate}
+               "weighting": weighting, "calibrate": calibrate, "window": window, "code": code}
+    if method != "ensemble" and (fit_on is not None or combine != "rank"):
+        raise InputError("--fit-on and --combine choose an ensemble's weights and rule: use them with "
+                         "--method ensemble")
     if method == "ensemble":
         loaded = [(deepfield.load(path), path, m) for path, m in _members(models, model)]
         idx = resolve_indices(s, where, split, getattr(loaded[0][0], "record", None))
-        tables = {}
+        named = []
         for m, path, chosen in loaded:
             chosen = chosen or default_method(m)
             name, k = f"{Path(path).name}:{chosen}", 2
-            while name in tables:  # the same folder and method twice still counts twice
+            while name in [n for n, _, _ in named]:  # the same folder and method twice still counts twice
                 name, k = f"{Path(path).name}:{chosen}#{k}", k + 1
-            tables[name] = score_store(s, chosen, m, indices=idx, **options)
-        table = ensemble_scores(tables)
+            named.append((name, m, chosen))
+        weights = None
+        if fit_on is not None:
+            from deepfield.tasks.anomaly import fit_ensemble
+
+            validation = open_store(fit_on)
+            if validation.fingerprint == s.fingerprint:
+                raise InputError(f"--fit-on {fit_on} is the store being scored: choose the weights on another store "
+                                 "with its own injected anomalies (deepfield inject ... --seed N), or the detection "
+                                 "measured here flatters the ensemble")
+            if "anomaly_type" not in validation.columns:
+                raise InputError(f"--fit-on {fit_on} has no anomaly_type column: inject labelled anomalies into it "
+                                 "first (deepfield inject)")
+            weights = fit_ensemble({name: score_store(validation, chosen, m, **options) for name, m, chosen in named},
+                                   combine=combine)
+            console.print("weights fitted on " + str(fit_on) + ": "
+                          + ", ".join(f"{n} {w:.2f}" for n, w in weights.items()), soft_wrap=True)
+        tables = {name: score_store(s, chosen, m, indices=idx, **options) for name, m, chosen in named}
+        table = ensemble_scores(tables, weights=weights, combine=combine)
         shown_model = next((m for m, _, _ in loaded if reconstructs(m)), None)
     else:
         if model is None:

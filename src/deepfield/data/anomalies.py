@@ -40,6 +40,17 @@ still holds):
   ``snr_<band>`` and, for the reference band, ``magnitude``/``snr`` follow. Strength: the
   factor.
 
+A deficit (too little structure where structure belongs; asked for by name, ``types=``, since
+the default types predate it):
+
+- ``missing_signal``: a rectangle of 0.25-0.45 stamp sides per axis over the galaxy's core
+  (its centre within 0.3 sides of the galaxy's) loses its light: in one band set to zero (a
+  dead readout region: no signal and no noise), or in every band with the galaxy's observed
+  light ``truth (*) psf`` subtracted (over-subtracted sky, a deblender's over-reach: the
+  noise stays; in stores without truth the region's pixels are replaced by a fresh noise
+  draw). ``truth`` is untouched (a detector or pipeline effect). Strength: the S/N of the
+  light removed, ``sqrt(sum (signal / sigma)^2)`` over the region's pixels and bands.
+
 Noise is never redrawn: each object keeps its noise realisation, so ``ivar`` still describes
 it (the added light is noiseless, as for background-limited data), except where stated. The
 noise sigma comes from ``ivar``, else the catalog's ``noise_sigma[_<band>]``, else the robust
@@ -78,12 +89,16 @@ from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
 from deepfield.progress import progress_task
 
-__all__ = ["ARTEFACTS", "ODDITIES", "ANOMALY_TYPES", "inject_anomalies"]
+__all__ = ["ARTEFACTS", "ODDITIES", "DEFICITS", "ANOMALY_TYPES", "inject_anomalies"]
 
 #: detector and foreground artefacts
 ARTEFACTS = ("cosmic_ray", "satellite_trail", "bad_column", "saturated_star")
 #: astrophysical oddities
 ODDITIES = ("blended_neighbour", "ring", "tidal_feature", "extreme_colour")
+#: anomalies of too little structure, injected only when asked for (``types=``), so a seed
+#: gives the same store as before they existed
+DEFICITS = ("missing_signal",)
+#: the default types
 ANOMALY_TYPES = ARTEFACTS + ODDITIES
 
 _FALLBACK_PSF_FWHM = 2.5  # pixels, for stores with neither a PSF array nor a psf_fwhm column
@@ -298,6 +313,40 @@ def _bad_column(obj: _Object, rng, neighbour) -> tuple[float, dict]:
     return (amp if hot else -amp), {"band": band, "column": column, "kind": "hot" if hot else "dead"}
 
 
+def _missing_signal(obj: _Object, rng, neighbour) -> tuple[float, dict]:
+    C = obj.x.shape[0]
+    h, w = obj.shape
+    # a rectangle over the galaxy's core: where its light is, so the loss is of signal, not of sky
+    sides = rng.uniform(0.25, 0.45, 2) * np.array([h, w])
+    centre = np.array(obj.centre) + rng.uniform(-0.3, 0.3, 2) * sides
+    y0, x0 = np.clip(np.rint(centre - sides / 2), 0, [h - 1, w - 1]).astype(int)
+    y1, x1 = np.clip(np.rint(centre + sides / 2), [y0 + 1, x0 + 1], [h, w]).astype(int)
+    zero = bool(rng.uniform() < 0.5)
+    if zero:  # a dead readout region in one exposure: one band, no signal and no noise
+        bands = [int(rng.integers(C))]
+    else:  # light subtracted away (over-subtracted sky, a deblender's over-reach): every band, noise kept
+        bands = list(range(C))
+    removed = 0.0
+    for c in bands:
+        region = (c, slice(y0, y1), slice(x0, x1))
+        if obj.truth is not None:
+            signal = _convolve(obj.truth[c], obj.psf[c])[y0:y1, x0:x1]
+        else:  # without truth the light is what lies above the noise: replaced by a fresh noise draw
+            signal = None
+        if zero:
+            light = obj.x[region] if signal is None else signal
+            obj.x[region] = 0.0
+        elif signal is not None:
+            light = signal
+            obj.x[region] -= signal  # the object's own noise realisation stays
+        else:
+            light = obj.x[region].copy()
+            obj.x[region] = rng.normal(0.0, obj.sigma[c], light.shape)
+        removed += float(np.sum((np.clip(light, 0, None) / obj.sigma[c]) ** 2))
+    return math.sqrt(removed), {"kind": "zero" if zero else "noise", "bands": bands,
+                                "box_yx": [int(y0), int(y1), int(x0), int(x1)]}
+
+
 def _bleed(image: np.ndarray, level: float) -> list[int]:
     """Clip `image` (H, W) at `level`; each column's excess charge fills the pixels above and
     below its saturated run up to `level`, half each way, until it runs off the stamp."""
@@ -426,6 +475,7 @@ _INJECTORS = {
     "ring": _ring,
     "tidal_feature": _tidal_feature,
     "extreme_colour": _extreme_colour,
+    "missing_signal": _missing_signal,
 }
 
 
@@ -525,11 +575,11 @@ def _check_types(types, n_bands: int) -> tuple[str, ...]:
         return tuple(t for t in ANOMALY_TYPES if n_bands > 1 or t != "extreme_colour")
     types = comma_list(types)
     if not types:
-        raise InputError(f"no anomaly types given; choose from {', '.join(ANOMALY_TYPES)}")
+        raise InputError(f"no anomaly types given; choose from {', '.join(ANOMALY_TYPES + DEFICITS)}")
     unknown = [t for t in types if t not in _INJECTORS]
     if unknown:
         raise InputError(f"unknown anomaly type(s) {', '.join(map(repr, unknown))}; choose from "
-                         f"{', '.join(ANOMALY_TYPES)}")
+                         f"{', '.join(ANOMALY_TYPES + DEFICITS)}")
     if len(set(types)) != len(types):
         raise InputError(f"anomaly types {types} repeat a type; give each once")
     if "extreme_colour" in types and n_bands < 2:
@@ -629,7 +679,7 @@ def inject_anomalies(store: Store | str | os.PathLike, out: str | os.PathLike, f
                 kind = chosen.get(int(row))
                 if kind is None:
                     continue
-                rng = np.random.default_rng([seed, int(row), ANOMALY_TYPES.index(kind) + 1])
+                rng = np.random.default_rng([seed, int(row), (ANOMALY_TYPES + DEFICITS).index(kind) + 1])
                 obj = ctx.make(int(row), batch["x"][pos], batch["truth"][pos] if "truth" in batch else None,
                                batch["ivar"][pos] if "ivar" in batch else None,
                                None if psf is None else psf[pos], rng)

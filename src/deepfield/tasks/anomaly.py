@@ -8,15 +8,33 @@ them (an injected store, :mod:`deepfield.data.anomalies`). Methods:
 - ``reconstruction`` (PCA, AE, VAE: any model with ``reconstruct_batch``): the mean squared
   (``norm='l2'``) or absolute (``'l1'``) residual per pixel, in units of the noise sigma
   (``weighting='ivar'``: L2 is then chi^2 per pixel) or of the per-band pixel std (``'none'``);
+- ``local`` (the same models, stores with ``ivar``): the most significant ``window`` x ``window``
+  patch of the noise-normalised residual, tested both ways, in -log10 of a tail probability:
+  ``excess`` (more residual power than the noise: P(chi^2_k > the window's sum of squares)),
+  ``quiet`` (less: P(chi^2_k < it), a region without noise, such as a dead readout region) and
+  ``missing`` (data below the model: P(N(0, 1) < the window's summed residual / sqrt(k)), light
+  gone); the score is the largest of the three. A stamp-wide mean chi^2 dilutes a few bad
+  pixels over thousands, and a region with too little in it lowers it: an image with part of
+  its signal gone is as odd as one with extra signal, and only a two-sided, local test says so;
 - ``elbo`` (VAE): ``-ELBO`` in nats, averaged over posterior samples;
-- ``density`` (VAE with a latent flow or GMM prior): ``-log p(z)`` of the posterior-mean code;
+- ``density`` (VAE with a latent flow or GMM prior): ``KL(q(z|x) || p(z))`` in nats, the cost of
+  the object's code under the fitted prior, its posterior width included (``code='posterior'``),
+  or ``-log p(z)`` of the posterior-mean code (``code='mean'``). The prior is fitted to draws
+  from the posteriors, and the posterior mean is not such a draw: when the VAE leaves faint
+  galaxies' codes near the origin (inside the shell of 16-d draws, where a flow fitted to them
+  puts little density) and puts unfamiliar inputs further out, on that shell, ``-log p(mean)``
+  ranks anomalies as more typical than normal galaxies (AUROC 0.43 in the committed benchmark of
+  21 Nov.); the KL compares like with like;
 - ``pixelcnn`` (PixelCNN): ``-log p(x)`` in nats, via :mod:`deepfield.tasks.compare`;
 - ``ratio`` (PixelCNN + background PixelCNN): ``-(log p(x) - log p_background(x))``
   (Ren et al. 2019), via :mod:`deepfield.tasks.compare`;
 - ``gan`` (GAN): :mod:`deepfield.tasks.gan_score` (residual + discriminator-feature score).
 
 :func:`ensemble_scores` averages the normalised ranks of several tables (a rank average is
-blind to the scores' units, so reconstruction errors and log-likelihoods combine fairly).
+blind to the scores' units, so reconstruction errors and log-likelihoods combine fairly) or
+their robust z-scores (which keep how far out the tail lies: what sets a rare anomaly apart
+from the top of the bulk), with equal weights or with weights :func:`fit_ensemble` chooses on
+a validation store with its own injected anomalies (members near chance get none).
 :func:`detection_metrics` gives AUROC, AUPR and precision@k per anomaly type.
 
 Reconstruction errors and likelihoods depend on brightness: a model misfits a bright galaxy by
@@ -38,6 +56,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -51,11 +70,12 @@ from deepfield.errors import InputError
 from deepfield.models.folder import as_model
 from deepfield.models.protocol import has
 
-__all__ = ["METHODS", "score_store", "ensemble_scores", "calibrate_scores", "calibrate_table", "detection_metrics",
+__all__ = ["METHODS", "COMBINES", "score_store", "ensemble_scores", "fit_ensemble", "calibrate_scores",
+           "calibrate_table", "detection_metrics",
            "write_scores", "skipped_ids", "score_metadata", "default_method", "reconstructs",
            "observed_reconstructions"]
 
-METHODS = ("reconstruction", "elbo", "density", "pixelcnn", "ratio", "gan")
+METHODS = ("reconstruction", "local", "elbo", "density", "pixelcnn", "ratio", "gan")
 _LABEL_COLUMNS = ("anomaly_type", "anomaly_strength")
 
 
@@ -165,6 +185,68 @@ def _reconstruction(model, store, idx, batch_size, bar, task, norm: str, weighti
     return {"score": np.concatenate(scores)}
 
 
+def _chi2_log_sf(x: np.ndarray, dof: float) -> np.ndarray:
+    """log P(chi^2_dof > x), finite far in the tail where scipy's underflows to -inf (x >~ 1e4): there
+    the leading term of the upper incomplete gamma function, (x/2)^(k/2-1) e^(-x/2) / Gamma(k/2)."""
+    from scipy.special import gammaln
+    from scipy.stats import chi2
+
+    out = chi2.logsf(x, dof)
+    far = ~np.isfinite(out)
+    out[far] = (0.5 * dof - 1) * np.log(0.5 * x[far]) - 0.5 * x[far] - gammaln(0.5 * dof)
+    return out
+
+
+def _local(model, store, idx, batch_size, bar, task, window: int) -> dict:
+    from scipy.stats import chi2, norm
+
+    if not reconstructs(model):
+        raise InputError(f"the local score needs a model that reconstructs (PCA, AE, VAE); "
+                         f"{type(model).__name__} does not: use --method {default_method(model)}")
+    if not store.has("ivar"):
+        raise InputError(f"the local score tests residuals against the noise, and store {store.path} has no 'ivar' "
+                         "array: add the inverse variances, or use --method reconstruction --weighting none")
+    h, w = model.input_shape[-2:]
+    if not 1 <= window <= min(h, w):
+        raise InputError(f"window {window}: give a window side between 1 and the stamp's {min(h, w)} pixels")
+    extra = ("ivar",) + (("mask",) if store.has("mask") else ())
+    ln10 = math.log(10.0)
+    area = window * window
+    parts = {"excess": [], "quiet": [], "missing": []}
+    for rows, batch in _batches(store, idx, model, batch_size, arrays=extra):
+        x = model.check_input(batch["x"])
+        ivar = batch["ivar"].to(x)
+        used = ivar > 0
+        if "mask" in batch:
+            used = used & ~batch["mask"].bool()
+        residual = (x - model.reconstruct_batch(batch)) * ivar.clamp_min(0).sqrt()
+        residual = torch.where(used, residual, torch.zeros((), dtype=residual.dtype)).double()
+        n, total, squares = (torch.nn.functional.avg_pool2d(v, window, stride=1).numpy().reshape(rows.size, -1) * area
+                             for v in (used.double(), residual, residual.square()))
+        n = np.rint(n)  # a pixel count (the pooled mean times the area is one only to rounding)
+        ok = n >= 0.5 * area  # windows mostly of valid pixels
+        # the tail probabilities are monotone in the window sums at a given number of pixels, so each
+        # object's extreme windows are found first and only they are evaluated (scipy's chi^2 tails cost
+        # ~1 us each: 13M windows for 5,000 32x32x3 stamps)
+        too_much, too_little, missing = (np.zeros(rows.size) for _ in range(3))
+        for dof in np.unique(n[ok]):
+            here = ok & (n == dof)
+            if not here.any():
+                continue
+            has = here.any(1)
+            high = np.where(here, squares, -np.inf).max(1)[has]
+            low = np.maximum(np.where(here, squares, np.inf).min(1)[has], 1e-12 * dof)  # exact zeros: log P = -inf
+            lowest = np.where(here, total, np.inf).min(1)[has]
+            too_much[has] = np.maximum(too_much[has], -_chi2_log_sf(high, dof))  # more residual power than noise
+            too_little[has] = np.maximum(too_little[has], -chi2.logcdf(low, dof))  # less: a region without noise
+            missing[has] = np.maximum(missing[has], -norm.logcdf(lowest / np.sqrt(dof)))  # data below the model
+        for name, values in zip(parts, (too_much, too_little, missing)):
+            parts[name].append(values / ln10)
+        bar.advance(task, rows.size)
+    parts = {name: np.concatenate(values) for name, values in parts.items()}
+    return {"score": np.maximum.reduce(list(parts.values())), **parts}
+
+
 def _elbo(model, store, idx, batch_size, bar, task, samples: int, seed: int) -> dict:
     if not has(model, "elbo"):
         raise InputError(f"the elbo score needs a VAE; {type(model).__name__} has no ELBO: use --method "
@@ -183,7 +265,7 @@ def _elbo(model, store, idx, batch_size, bar, task, samples: int, seed: int) -> 
     return {"score": nll + kl, "nll": nll, "kl": kl}
 
 
-def _density(model, store, idx, batch_size, bar, task) -> dict:
+def _density(model, store, idx, batch_size, bar, task, code: str, samples: int, seed: int) -> dict:
     prior = getattr(model, "prior", None)
     if not (has(model, "encode") and has(model, "elbo")):
         raise InputError(f"the density score needs a VAE with a latent prior; {type(model).__name__} has no "
@@ -191,15 +273,37 @@ def _density(model, store, idx, batch_size, bar, task) -> dict:
     if prior is None:
         raise InputError("the density score needs the VAE's latent prior, and this VAE has none: fit one with "
                          "`deepfield train flow --model VAE_DIR` (or gmm), or use --method elbo")
+    if code not in ("posterior", "mean"):
+        raise InputError(f"code {code!r}: score the density of the whole 'posterior' (KL(q || prior)) or of its "
+                         "'mean' (-log p at the posterior mean)")
+    if samples < 1:
+        raise InputError(f"samples={samples}: average the prior's log-density over at least one posterior draw")
+    fitted, standard = getattr(prior, "held_out_log_prob", (None, None))
+    if fitted is not None and standard is not None and not fitted > standard:
+        warnings.warn(f"the latent prior scored held-out codes at {fitted:.2f} nats per object, worse than N(0, I) at "
+                      f"{standard:.2f}: its density ranks codes no better than their distance from the origin. Refit "
+                      "it (deepfield train prior --model VAE_DIR --epochs N)", stacklevel=3)
     columns = tuple(prior.data_columns)
     for name in columns:
         store.column(name)  # names the missing column and the ones there are
-    scores = []
+    log_p_mean, cross_entropy, entropy = [], [], []
+    generator = torch.Generator().manual_seed(seed)
     for rows, batch in _batches(store, idx, model, batch_size, columns=columns):
-        z = model.encode_batch(batch)  # the posterior mean
-        scores.append(-prior.log_prob(z, condition=batch if columns else None).double().numpy())
+        mean, log_var, _ = model.posterior_batch(batch)
+        condition = batch if columns else None
+        log_p_mean.append(prior.log_prob(mean, condition=condition).double().numpy())
+        if code == "posterior":
+            std = (0.5 * log_var).exp()
+            draws = [prior.log_prob(mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype),
+                                    condition=condition) for _ in range(samples)]
+            cross_entropy.append(-torch.stack(draws).mean(0).double().numpy())
+            entropy.append((0.5 * (math.log(2 * math.pi) + 1.0) + 0.5 * log_var).sum(1).double().numpy())
         bar.advance(task, rows.size)
-    return {"score": np.concatenate(scores)}
+    parts = {"log_prob_mean": np.concatenate(log_p_mean)}
+    if code == "mean":
+        return {"score": -parts["log_prob_mean"], **parts}
+    cross_entropy, entropy = np.concatenate(cross_entropy), np.concatenate(entropy)
+    return {"score": cross_entropy - entropy, "cross_entropy": cross_entropy, "entropy": entropy, **parts}
 
 
 def _ids_values(out, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +358,8 @@ def _gan(model, store, idx, batch_size, progress) -> dict:
 
 def score_store(store: Store | str | os.PathLike, method: str, model=None, *, background=None, indices=None,
                 batch_size: int = 256, skip_nan: bool = False, progress: bool = True, norm: str = "l2",
-                weighting: str = "auto", samples: int = 4, seed: int = 0, calibrate: str | None = None) -> pa.Table:
+                weighting: str = "auto", samples: int | None = None, seed: int = 0, calibrate: str | None = None,
+                window: int = 4, code: str = "posterior") -> pa.Table:
     """Anomaly scores of the objects of `store` (higher = more anomalous), keyed by id.
 
     Arguments:
@@ -268,7 +373,12 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
         norm: reconstruction: 'l2' (mean squared residual) or 'l1' (mean absolute residual).
         weighting: reconstruction: 'ivar' (residual x sqrt(ivar), so L2 is chi^2 per pixel),
             'none' (residual / per-band pixel std, the training MSE's units) or 'auto'.
-        samples, seed: elbo: posterior samples per object, and their seed (same seed, same scores).
+        samples, seed: elbo, density: posterior draws per object (default 4 for the ELBO, a decoder
+            pass each; 32 for the density, a pass of the prior on the codes), and their seed (same
+            seed, same scores).
+        code: density: 'posterior' (KL(q(z|x) || prior) in nats: the code's cost under the prior,
+            for the whole posterior) or 'mean' (-log prior(posterior mean)).
+        window: local: the side (pixels) of the square windows the residual is tested in.
         calibrate: a numeric catalog column (e.g. 'magnitude'): the score becomes the robust
             z-score among objects of similar values (:func:`calibrate_scores`); ``raw_score``
             keeps the uncalibrated one.
@@ -301,7 +411,7 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
     from deepfield.data.batches import model_arrays
 
     arrays = model_arrays(model, store)
-    if method == "reconstruction" and store.has("ivar") and weighting in ("auto", "ivar"):
+    if (method == "reconstruction" and store.has("ivar") and weighting in ("auto", "ivar")) or method == "local":
         arrays += ("ivar",)
     bad = _nonfinite_ids(store, idx, arrays)
     if bad.size and not skip_nan:
@@ -313,17 +423,23 @@ def score_store(store: Store | str | os.PathLike, method: str, model=None, *, ba
         if idx.size == 0:
             raise InputError(f"every selected object of {store.path} has NaN/inf values; nothing to score")
     options: dict = {}
-    with torch.no_grad(), progress_bar(progress and method in ("reconstruction", "elbo", "density")) as bar:
+    with torch.no_grad(), progress_bar(progress and method in ("reconstruction", "local", "elbo", "density")) as bar:
         task = bar.add_task(f"scoring ({method})", total=idx.size)
         if method == "reconstruction":
             options = {"norm": norm, "weighting": weighting if weighting != "auto" else
                        ("ivar" if store.has("ivar") else "none")}
             parts = _reconstruction(model, store, idx, batch_size, bar, task, norm, weighting)
+        elif method == "local":
+            options = {"window": window}
+            parts = _local(model, store, idx, batch_size, bar, task, window)
         elif method == "elbo":
+            samples = 4 if samples is None else samples
             options = {"samples": samples, "seed": seed}
             parts = _elbo(model, store, idx, batch_size, bar, task, samples, seed)
         elif method == "density":
-            parts = _density(model, store, idx, batch_size, bar, task)
+            samples = 32 if samples is None else samples
+            options = {"code": code, **({"samples": samples, "seed": seed} if code == "posterior" else {})}
+            parts = _density(model, store, idx, batch_size, bar, task, code, samples, seed)
         elif method == "pixelcnn":
             parts = _pixelcnn(model, store, idx, batch_size, progress)
         elif method == "ratio":
@@ -446,50 +562,151 @@ def skipped_ids(table: pa.Table) -> list[int]:
     return list(score_metadata(table).get("skipped_ids", []))
 
 
-def ensemble_scores(tables: Sequence[pa.Table] | Mapping[str, pa.Table]) -> pa.Table:
-    """Rank-average ensemble: each table's scores become normalised ranks (1/n lowest ... 1 highest,
-    ties share their mean rank); the ensemble score is their mean over the tables.
+def _named(tables) -> tuple[list[str], list[pa.Table]]:
+    """(names, tables) of a mapping, or of a sequence named by each table's method."""
+    if isinstance(tables, Mapping):
+        return list(tables), list(tables.values())
+    tables = list(tables)
+    names = []
+    for t in tables:
+        base = score_metadata(t).get("method", "score")
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}{k}", k + 1
+        names.append(name)
+    return names, tables
 
-    Objects missing from any table (e.g. skipped there) are left out. Returns a score table
-    with ``id``, ``score``, ``rank``, one ``rank_<name>`` column per input, and the labels.
-    """
+
+def _member_values(score: np.ndarray, combine: str) -> np.ndarray:
+    """One member's scores on the ensemble's common scale (higher = more anomalous)."""
     from scipy.stats import rankdata
 
-    if isinstance(tables, Mapping):
-        names, tables = list(tables), list(tables.values())
-    else:
-        tables = list(tables)
-        names = []
-        for t in tables:
-            base = score_metadata(t).get("method", "score")
-            name, k = base, 2
-            while name in names:
-                name, k = f"{base}{k}", k + 1
-            names.append(name)
+    if combine == "rank":
+        return rankdata(score, method="average") / score.size
+    # robust z-score: the median and MAD are those of normal objects (anomalies are rare), and unlike a rank
+    # it keeps how far out the tail lies, which is what separates a rare anomaly from the top of the bulk
+    values = np.log(score) if (score > 0).all() else score
+    centre = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - centre))
+    spread = mad if mad > 0 else (np.std(values) or 1.0)
+    return (values - centre) / spread
+
+
+COMBINES = ("rank", "zscore")
+
+
+def ensemble_scores(tables: Sequence[pa.Table] | Mapping[str, pa.Table], weights: Mapping[str, float] | None = None,
+                    combine: str = "rank") -> pa.Table:
+    """Ensemble of score tables: each member's scores are put on a common scale, and the
+    ensemble score is their weighted mean.
+
+    Arguments:
+        tables: score tables, a mapping {name: table} or a sequence (named by their methods).
+        weights: {name: weight >= 0} (default equal weights); members of weight 0 are left
+            out. :func:`fit_ensemble` chooses them on a validation store with its own injected
+            anomalies.
+        combine: 'rank': normalised ranks (1/n lowest ... 1 highest, ties share their mean
+            rank), blind to the scores' units; 'zscore': robust z-scores, (s - median) /
+            (1.4826 MAD), of log(s) when every s > 0, which keep how far out the tail lies.
+
+    Objects missing from any table (e.g. skipped there) are left out. Returns a score table
+    with ``id``, ``score``, ``rank``, one ``rank_<name>`` (or ``z_<name>``) column per member,
+    and the labels; its metadata records the members, weights and combine rule.
+    """
+    if combine not in COMBINES:
+        raise InputError(f"combine {combine!r}: choose 'rank' (rank average) or 'zscore' (mean robust z-score)")
+    names, tables = _named(tables)
     if len(tables) < 2:
         raise InputError(f"an ensemble needs two or more score tables, got {len(tables)}")
-    common = tables[0].column("id").to_numpy()
-    for t in tables[1:]:
+    if weights is not None:
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise InputError(f"weights for {unknown}, which are not among the members {names}")
+        bad = {k: v for k, v in weights.items() if not (np.isfinite(v) and v >= 0)}
+        if bad or not sum(weights.values()) > 0:
+            raise InputError(f"ensemble weights must be finite, >= 0 and not all 0; got {dict(weights)}")
+    w = {n: float(1.0 if weights is None else weights.get(n, 0.0)) for n in names}
+    kept = [(n, t) for n, t in zip(names, tables) if w[n] > 0]
+    common = kept[0][1].column("id").to_numpy()
+    for _, t in kept[1:]:
         common = common[np.isin(common, t.column("id").to_numpy())]
     if common.size == 0:
         raise InputError("the score tables share no ids: score the same store with each model")
-    ranks = {}
-    for name, t in zip(names, tables):
+    prefix = "rank" if combine == "rank" else "z"
+    columns = {}
+    for name, t in kept:
         ids = t.column("id").to_numpy()
         score = t.column("score").to_numpy()
         lookup = dict(zip(ids.tolist(), range(ids.size)))
-        values = score[[lookup[int(i)] for i in common]]
-        ranks[f"rank_{name}"] = rankdata(values, method="average") / values.size
-    parts = {"score": np.mean(list(ranks.values()), axis=0), **ranks}
-    table = _table(common, parts, None, None, {"method": "ensemble", "members": names,
-                                               "member_metadata": [score_metadata(t) for t in tables],
-                                               "skipped_ids": sorted({i for t in tables for i in skipped_ids(t)})})
+        columns[f"{prefix}_{name}"] = _member_values(score[[lookup[int(i)] for i in common]], combine)
+    total = sum(w[n] for n, _ in kept)
+    parts = {"score": sum(w[n] * columns[f"{prefix}_{n}"] for n, _ in kept) / total, **columns}
+    table = _table(common, parts, None, None, {"method": "ensemble", "members": [n for n, _ in kept],
+                                               "weights": {n: w[n] / total for n, _ in kept}, "combine": combine,
+                                               "member_metadata": [score_metadata(t) for _, t in kept],
+                                               "skipped_ids": sorted({i for _, t in kept for i in skipped_ids(t)})})
     for name in _LABEL_COLUMNS:
-        source = next((t for t in tables if name in t.column_names), None)
+        source = next((t for _, t in kept if name in t.column_names), None)
         if source is not None:
             lookup = dict(zip(source.column("id").to_numpy().tolist(), range(source.num_rows)))
             table = table.append_column(name, source.column(name).take(pa.array([lookup[int(i)] for i in common])))
     return table
+
+
+def fit_ensemble(tables: Sequence[pa.Table] | Mapping[str, pa.Table], metric: str = "aupr", group: str = "all",
+                 combine: str = "zscore", rounds: int = 10, k: int = 100) -> dict[str, float]:
+    """Ensemble weights chosen on a validation store with its own injected anomalies.
+
+    Greedy forward selection with replacement (Caruana et al. 2004): start from the member
+    with the best `metric` on `group` (a :func:`detection_metrics` group: 'all', 'artefacts',
+    an anomaly type, ...), then, for up to `rounds` rounds, add the member (again, if it is
+    already in) whose extra unit of weight raises the metric most; stop when none raises it.
+    The weights are the counts, normalised to sum 1; a member never added gets 0. So on the
+    validation store the ensemble scores at least as well as its best member; on another
+    store it does as long as the validation injections stand for the anomalies there. Score
+    the test store apart: weights fitted on the test store's own labels would flatter it.
+
+    Arguments:
+        tables: the members' score tables on the validation store (with anomaly_type labels).
+        metric: 'aupr' (average precision: the rare-anomaly metric), 'auroc' or 'precision'
+            (precision among the top `k`).
+        combine: the :func:`ensemble_scores` rule the weights are for.
+
+    Returns:
+        {name: weight}, for :func:`ensemble_scores` (`weights=`) on the test store's tables.
+    """
+    keys = {"aupr": "aupr", "auroc": "auroc", "precision": "precision_at_k"}
+    if metric not in keys:
+        raise InputError(f"metric {metric!r}: choose aupr, auroc or precision")
+    if rounds < 1:
+        raise InputError(f"rounds={rounds}: give at least one round of selection")
+    names, tables = _named(tables)
+    if len(tables) < 2:
+        raise InputError(f"an ensemble needs two or more score tables, got {len(tables)}")
+
+    def value(counts: dict[str, int]) -> float:
+        if sum(counts.values()) == 1:  # a single member: its own ranking (any rule keeps the order)
+            table = dict(zip(names, tables))[next(n for n, c in counts.items() if c)]
+        else:
+            table = ensemble_scores(dict(zip(names, tables)), weights=counts, combine=combine)
+        metrics = detection_metrics(table, k=k)
+        if group not in metrics:
+            raise InputError(f"group {group!r} has no anomalies in the validation tables; choose one of "
+                             f"{sorted(metrics)}")
+        return metrics[group][keys[metric]]
+
+    single = {n: value({m: int(m == n) for m in names}) for n in names}
+    best_name = max(names, key=lambda n: single[n])
+    counts, best = {n: int(n == best_name) for n in names}, single[best_name]
+    for _ in range(rounds):
+        trials = {n: value({**counts, n: counts[n] + 1}) for n in names}
+        name = max(names, key=lambda n: trials[n])
+        if not trials[name] > best:
+            break
+        counts[name] += 1
+        best = trials[name]
+    total = sum(counts.values())
+    return {n: counts[n] / total for n in names}
 
 
 def detection_metrics(table: pa.Table, score: str = "score", k: int = 100) -> dict[str, dict]:
