@@ -63,11 +63,20 @@ moves |e| by up to 0.7 sigma and size by 0.6, the scale of any difference betwee
 #: (results file, title, command, note); the notes say what the numbers mean, not what they are
 SECTIONS = [
     ("compression", "Compression: held-out MSE (PCA vs dense AE vs conv AE)",
-     "python benchmarks/compression.py --galaxy-epochs 10  # then --only iris digits spectra",
-     "MSE in units of the training set's per-band pixel variance, on the held-out split. 'vs truth': "
-     "reconstructions of the noisy input against the simulator's noiseless truth; 'noise floor': the noisy "
-     "input itself against the truth. On the simulated galaxies most of the MSE is noise that no code can "
-     "predict, so PCA's variance-maximising directions win; on digits the conv AE wins."),
+     "python benchmarks/compression.py --only galaxies --latents 8 16 32 --galaxy-epochs 6 --families pca ae conv-ae"
+     "  # then --only iris digits spectra",
+     "MSE in units of the training set's per-band pixel variance, on the held-out split. On simulated stores the "
+     "second table compares the reconstructions of the noisy input with the simulator's noiseless observation "
+     "(truth through each galaxy's PSF): how much of the signal a code keeps; 'noisy input' is the data's own "
+     "error. Against the noisy data themselves every model sits near the noise floor, so the first table cannot "
+     "tell them apart on galaxies. With 4,000 64x64 training galaxies (fewer images than pixels) PCA's higher "
+     "components are mostly noise: a basis fitted on the noiseless images would reach 0.00068 at d = 16, and "
+     "PCA does no better at d = 32 than at 16. The conv AE's linear path, fitted on the images with their "
+     "rotations and reflections, keeps more of the signal from d = 16 up; at d = 8 the symmetric basis spends "
+     "components on orientations and loses. Its convolutional corrections hardly move the galaxy numbers in 6 "
+     "epochs (with or without the encoder's correction, at learning rates 1e-3 and 3e-4: the gain left, at most "
+     "0.002 in these units, is under 1% of a loss set by the noise); on digits they halve PCA's error. The "
+     "VAE column is empty: its run (`--families vae`) did not fit this session's machine time."),
     ("simulate", "Simulator throughput (64x64 stamps)", "python benchmarks/simulate.py --n 5000 --size 64 --repeat 2",
      "deepfield's rows also draw the truth and PSF stamps and write the store; the plain loops draw only the "
      "noisy image and write nothing."),
@@ -245,9 +254,9 @@ def headline() -> str:
         ("Samples vs 5,190 held-out galaxies (the sampling guide's recipe): mean \\|e\\|, mean size (bootstrap σ)",
          f"{cell('prior_more_codes', recipe, e_column)}σ, {cell('prior_more_codes', recipe, 'mean size (σ)')}σ",
          f"{e_n}, {size_n} (same VAE, N(0, I) prior)"),
-        ("Held-out MSE at 16-D codes, digits / simulated galaxies (variance units)",
-         f"{_compression('digits', 'conv AE')} / {_compression('galaxies', 'conv AE')} (conv AE)",
-         f"{_compression('digits', 'PCA')} / {_compression('galaxies', 'PCA')} (PCA)"),
+        ("Held-out MSE at 16-D codes (variance units): digits / simulated galaxies against their noiseless images",
+         f"{_compression('digits', 'conv AE')} / {_compression('galaxies', 'conv AE', table=1)} (conv AE)",
+         f"{_compression('digits', 'PCA')} / {_compression('galaxies', 'PCA', table=1)} (PCA)"),
         ("Denoised + deconvolved galaxies: MSE vs truth / noise variance",
          f"{cell('denoise', 'deepfield flow-VAE (posterior mean)', 'MSE vs truth / noise variance')} (flow-VAE)",
          f"{_denoise('Wiener')} (Wiener), {_denoise('Richardson-Lucy')} (Richardson-Lucy)"),
@@ -268,8 +277,8 @@ def headline() -> str:
     return "\n".join(lines)
 
 
-def _compression(data: str, column: str, d: str = "16") -> str:
-    return next(r[column] for r in tables("compression")[0] if r["data"] == data and r["d"] == d)
+def _compression(data: str, column: str, d: str = "16", table: int = 0) -> str:
+    return next(r[column] for r in tables("compression")[table] if r["data"] == data and r["d"] == d)
 
 
 def _denoise(prefix: str) -> str:
