@@ -51,6 +51,9 @@ from deepfield.nn import MLP, ConvDecoder, ConvEncoder
 
 __all__ = ["AutoencoderConfig", "ConvAutoencoderConfig", "DenseAutoencoder", "ConvAutoencoder", "random_dihedral"]
 
+#: memory for the samples the linear path is fitted on (float32)
+LINEAR_PATH_BYTES = 2**30
+
 #: the eight rotations by multiples of 90 degrees, each with or without a left-right flip
 DIHEDRAL = tuple((k, flip) for k in range(4) for flip in (False, True))
 
@@ -208,7 +211,10 @@ class _Autoencoder(Model, Encoding, Trainable):
         super().fit_normalisation(x)
         if not self.config.linear_path:
             return
-        flat = self.normalise(torch.as_tensor(np.asarray(x, dtype=np.float32))).reshape(len(x), -1).double()
+        # at most 1 GiB of float32 samples (every one of 20,000 64x64 stamps; 5,000 of 128x128x3)
+        limit = max(self.config.latent_dim, LINEAR_PATH_BYTES // (4 * int(np.prod(self.input_shape))))
+        rows = np.linspace(0, len(x) - 1, min(len(x), limit)).astype(np.int64)
+        flat = self.normalise(torch.as_tensor(np.asarray(x[rows], dtype=np.float32))).reshape(len(rows), -1)
         if flat.shape[0] < self.config.latent_dim:
             raise ConfigError(f"linear_path needs at least latent_dim={self.config.latent_dim} training samples, "
                               f"got {flat.shape[0]}")
@@ -229,8 +235,10 @@ class _Autoencoder(Model, Encoding, Trainable):
         k = min(self.config.latent_dim + 24, flat.shape[1])
         q = torch.randn(flat.shape[1], k, dtype=flat.dtype, generator=torch.Generator().manual_seed(0))
         for _ in range(6):
-            q, _ = torch.linalg.qr(gram(q))
-        values, vectors = torch.linalg.eigh(q.T @ gram(q))
+            q, _ = torch.linalg.qr(gram(q).double())
+            q = q.float()
+        values, vectors = torch.linalg.eigh((q.T @ gram(q)).double())
+        q = q.double()
         basis = (q @ vectors[:, values.argsort(descending=True)])[:, : self.config.latent_dim].T
         # a fixed sign convention (largest entry positive) so that the codes do not flip between fits
         signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
