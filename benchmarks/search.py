@@ -14,8 +14,8 @@ Target: recall@10 >= 0.95 at >= 20x the exact index's queries/s.
 
 Part 2, what codes carry (issue 18, target 2): PCA, a conv autoencoder and a VAE (posterior-mean
 codes), all 16-D, trained on 4,000 simulated 32x32 r-band galaxies (GalSim, sample seed 5); the
-raw pixels and PCA's codes as (direction, log length) (a fixed transform that takes the flux out of
-the code's direction, as the conv AE's amplitude split does) are two more sets of "codes".
+raw pixels, and PCA's and the conv AE's codes as (direction, log length) (a fixed transform that
+takes the flux out of the direction of these flux-linear codes), are more sets of "codes".
 Everything is measured on 2,000 held-out galaxies of another sample seed (6) and on their noise
 twin (the same galaxies, PSFs and noise levels under a fresh noise draw,
 deepfield.data.galaxies.redraw_noise):
@@ -210,18 +210,18 @@ def code_sets(args, work: Path, training, training_twin, heldout, twin) -> dict:
                                     ("training-twin", training_twin))]
         sets[name] = (codes[0], codes[1], seconds, noise_whitening(codes[2], codes[3]))
         print(f"{name}: trained in {seconds:.0f} s", flush=True)
-        if family == "pca":
+        if family in ("pca", "conv-ae"):  # the flux-linear codes
             polar = [direction_and_log_length(c) for c in codes]
-            sets["pca (direction, log length)"] = (polar[0], polar[1], seconds, noise_whitening(polar[2], polar[3]))
+            sets[f"{name} (direction, log length)"] = (polar[0], polar[1], seconds,
+                                                       noise_whitening(polar[2], polar[3]))
     return sets
 
 
 def direction_and_log_length(codes: np.ndarray) -> np.ndarray:
-    """(N, d + 1): each code's direction (unit vector) and the log of its length. PCA codes are
-    linear in the pixels, so their length carries the flux and a linear probe of a flux-free
-    quantity (size, ellipticity) has to undo that scaling, which it cannot; this fixed, classical
-    transform separates the two, as the conv AE's amplitude split does, so the deep codes are
-    measured against a baseline with the same advantage."""
+    """(N, d + 1): each code's direction (unit vector) and the log of its length. PCA's and the
+    conv AE's codes are proportional to the flux, so their length carries it and a linear probe
+    of a flux-free quantity (size, ellipticity) has to undo that scaling, which it cannot; this
+    fixed transform separates the two for both, so neither gets an advantage the other lacks."""
     length = np.linalg.norm(codes, axis=1, keepdims=True)
     return np.hstack([codes / length, np.log(length)])
 
