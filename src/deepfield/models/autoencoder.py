@@ -257,18 +257,21 @@ class _Autoencoder(Model, Encoding, Trainable):
     def _decoder_net(self, code: torch.Tensor) -> torch.Tensor:
         return self.decoder(code)
 
+    @staticmethod
+    def _rms_and_shape(xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's RMS (N, 1, ...) and asinh(xn / RMS): the order-one shape the encoder sees."""
+        rms = xn.pow(2).mean(dim=tuple(range(1, xn.ndim)), keepdim=True).sqrt().clamp_min(1e-4)
+        return rms, torch.asinh(xn / rms)
+
     def _encode_normalised(self, xn: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(1, xn.ndim))
         if self.config.linear_path:
             linear = xn.flatten(1) @ self.linear_basis.T
-            rms = xn.pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-4)
             amplitude = linear.pow(2).mean(dim=1, keepdim=True).sqrt()
-            return linear + amplitude * self._encoder_net(torch.asinh(xn / rms))
+            return linear + amplitude * self._encoder_net(self._rms_and_shape(xn)[1])
         if not self.config.split_amplitude:
             return self._encoder_net(xn)
-        amplitude = xn.pow(2).mean(dim=dims).sqrt().clamp_min(1e-4)
-        shape = torch.asinh(xn / amplitude.view(-1, *([1] * (xn.ndim - 1))))
-        return torch.cat([amplitude.log()[:, None], self._encoder_net(shape)], dim=1)
+        rms, shape = self._rms_and_shape(xn)
+        return torch.cat([rms.flatten(1)[:, :1].log(), self._encoder_net(shape)], dim=1)
 
     def _decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's raw output (before the positivity transform), normalised units."""
