@@ -84,7 +84,7 @@ def reconstruct(
 
 @app.command()
 def denoise(
-    model_dir: Path = typer.Argument(..., help="Model folder of a VAE."),
+    model_dir: Path = typer.Argument(..., help="Model folder of a VAE or a deconvolver."),
     store: Path = typer.Option(..., "--store", "-s", help="Store of observed images."),
     out: Path = typer.Option(..., "--out", "-o", help="Output store of denoised (and deconvolved) images."),
     where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
@@ -96,7 +96,8 @@ def denoise(
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Posterior-mean noiseless images (PSF-free for pixel/fourier VAEs), keyed by id."""
+    """Noiseless images keyed by id: a VAE's posterior mean (PSF-free for pixel/fourier VAEs) or a
+    deconvolver's PSF-free estimate."""
     from deepfield.tasks import denoise_store
 
     model, s, idx = _selection(model_dir, store, where, split)

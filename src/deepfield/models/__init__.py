@@ -12,6 +12,7 @@
 | wgan-gp | WGANGP | Wasserstein GAN with gradient penalty |
 | cgan | ConditionalGAN | GAN conditioned on catalog columns |
 | cyclegan | CycleGAN | unpaired translation between two surveys' stores |
+| deconvolver | Deconvolver | supervised deconvolution + denoising, trained on simulated truth |
 | flow | LatentFlow | a latent prior: normalizing flow on a trained VAE's codes (conditional) |
 | gmm | GaussianMixturePrior | a latent prior: Gaussian mixture on a trained VAE's codes |
 
@@ -25,6 +26,7 @@ from deepfield.models.autoencoder import (AutoencoderConfig, ConvAutoencoder, Co
                                           DenseAutoencoder)
 from deepfield.models.base import FAMILIES, MODEL_REGISTRY, Model, family_class, register
 from deepfield.models.cyclegan import CycleGAN
+from deepfield.models.deconvolver import Deconvolver, DeconvolverConfig
 from deepfield.models.folder import load_model, save_model
 from deepfield.models.gan import DCGAN, WGANGP, ConditionalGAN
 from deepfield.models.pca import PCA, PCAConfig
@@ -36,4 +38,5 @@ from deepfield.models.vae import VAE, VAEConfig
 __all__ = ["Model", "MODEL_REGISTRY", "FAMILIES", "register", "family_class", "capabilities", "LossOutput",
            "PCA", "PCAConfig", "DenseAutoencoder", "AutoencoderConfig", "ConvAutoencoder", "ConvAutoencoderConfig",
            "save_model", "load_model", "VAE", "VAEConfig", "LatentFlow", "GaussianMixturePrior", "LatentPriorConfig",
-           "PixelCNN", "PixelCNNConfig", "DCGAN", "WGANGP", "ConditionalGAN", "CycleGAN"]
+           "PixelCNN", "PixelCNNConfig", "DCGAN", "WGANGP", "ConditionalGAN", "CycleGAN",
+           "Deconvolver", "DeconvolverConfig"]

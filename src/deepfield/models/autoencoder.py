@@ -68,17 +68,22 @@ def _transform(images: torch.Tensor, g: tuple[int, bool], inverse: bool = False)
     return torch.rot90(out, k, dims=(-2, -1))
 
 
-def random_dihedral(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_dihedral(images: torch.Tensor, *more: torch.Tensor, generator: torch.Generator | None = None):
     """Each image (N, C, H, W), H = W, turned by a random multiple of 90 degrees and flipped or
     not, one of the eight with equal probability: the sky has no preferred orientation, so a
-    model trained on these sees every galaxy in all of them."""
+    model trained on these sees every galaxy in all of them. Further square arrays `more`
+    (N, ..., h, h) of the same objects (their PSF stamps, noise maps) get each object's same
+    turn; then a tuple of all is returned."""
     which = torch.randint(len(DIHEDRAL), (images.shape[0],), generator=generator, device=images.device)
-    out = images.clone()
-    for i, g in enumerate(DIHEDRAL[1:], start=1):
-        rows = (which == i).nonzero().flatten()
-        if rows.numel():
-            out[rows] = _transform(images[rows], g)
-    return out
+    outs = []
+    for arr in (images, *more):
+        out = arr.clone()
+        for i, g in enumerate(DIHEDRAL[1:], start=1):
+            rows = (which == i).nonzero().flatten()
+            if rows.numel():
+                out[rows] = _transform(arr[rows], g)
+        outs.append(out)
+    return tuple(outs) if more else outs[0]
 
 
 

@@ -58,24 +58,30 @@ def reconstruct_store(model: Model, store, out, *, indices=None, batch_size: int
 
 def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 256, overwrite: bool = False,
                   refine_steps: int = 0, progress: bool = True) -> Store:
-    """Posterior-mean noiseless images of `store`'s objects; PSF-free for observation-model VAEs.
+    """Noiseless images of `store`'s objects: a VAE's posterior mean (PSF-free for observation-model
+    VAEs) or a deconvolver's estimate of the PSF-free sky.
 
     With `refine_steps` > 0 each object's code is refined from the encoder's mean in that many
     steps (``VAE.refine_codes``: the beta-ELBO's point estimate), at the cost of that many
-    decoder passes forward and back per object. Written as a store with the same ids and catalog
-    (and the input PSF, for reference).
+    decoder passes forward and back per object (VAEs only). Written as a store with the same ids
+    and catalog (and the input PSF, for reference).
     """
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
-    if not (has(model, "elbo") and has(model, "encode")):
-        raise InputError(f"denoising needs a VAE (posterior mean of the noiseless sky); got a "
+    deconvolver = hasattr(model, "deconvolve_batch")
+    if not deconvolver and not (has(model, "elbo") and has(model, "encode")):
+        raise InputError(f"denoising needs a VAE (posterior mean of the noiseless sky) or a deconvolver; got a "
                          f"{type(model).__name__}: use `deepfield reconstruct` for autoencoders")
     model.eval()
 
     if refine_steps < 0:
         raise InputError(f"refine steps must be >= 0, got {refine_steps}")
+    if refine_steps and deconvolver:
+        raise InputError("refine steps refine a VAE's codes; a deconvolver has none: drop --refine-steps")
 
     def posterior_mean_sky(batch):
+        if deconvolver:
+            return model.deconvolve_batch(batch)
         z = model.refine_codes(batch, steps=refine_steps) if refine_steps else model.posterior_batch(batch)[0]
         return model.decode(z, condition=batch if model.config.condition else None)
 

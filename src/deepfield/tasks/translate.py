@@ -1,9 +1,13 @@
-"""Survey-to-survey translation through a CycleGAN, and its evaluation against paired truth.
+"""Survey-to-survey translation through a CycleGAN or a deconvolver, and its evaluation against paired truth.
 
 A CycleGAN learns to map images of one survey (domain A, e.g. ground-based: wide PSF, higher
 noise) to another (B, e.g. space-based: sharp PSF, low noise) from unpaired examples. The
 simulator can render the same galaxy both ways, so translations can be checked against the
 truth the CycleGAN paper never had: the same galaxy as survey B would see it, noiseless.
+
+Where the truth is known for training (simulations), a deconvolver
+(deepfield.models.deconvolver) learns the PSF-free sky from (observation, truth) pairs and
+redraws it through the target survey's PSF: a paired translator.
 
 :func:`translate_store` writes the translations of a store (same ids and catalog).
 :func:`evaluate_translation` compares them, object by object, with the paired target: mean
@@ -84,18 +88,39 @@ def _on_model_grid(model: CycleGAN, store: Store, resample: bool, work: Path) ->
     return resample_store(store, work / "resampled", scale, shape[-1], progress=False)
 
 
-def translate_store(model: CycleGAN, store, out, *, direction: str = "a2b", indices=None, batch_size: int = 256,
-                    resample: bool = False, overwrite: bool = False, progress: bool = True) -> Store:
+def translate_store(model, store, out, *, direction: str = "a2b", indices=None, batch_size: int = 256,
+                    resample: bool = False, target_psf=None, overwrite: bool = False, progress: bool = True) -> Store:
     """Translate the images of `store` (domain A for 'a2b', B for 'b2a') into the other domain and
     write them as a store at `out` with the same ids and catalog, on the model's pixel grid.
 
-    With `resample`, a store on another pixel grid is first resampled onto the model's.
+    `model` is a CycleGAN, or a deconvolver: its PSF-free estimate of each object is drawn
+    through `target_psf` ((C, h, w) or (h, w) stamp at the store's pixel scale, e.g.
+    ``deepfield.physics.gaussian_psf(0.1)``), noiseless. With `resample`, a store on another
+    pixel grid is first resampled onto the model's (CycleGAN only).
     """
+    store = store if isinstance(store, Store) else open_store(store)
+    if hasattr(model, "deconvolve_batch"):
+        from deepfield.data.batches import check_model_store
+        from deepfield.physics import as_psf, convolve_psf
+
+        if target_psf is None:
+            raise InputError("a deconvolver draws each object through the target survey's PSF: pass target_psf "
+                             "(--psf-fwhm on the command line)")
+        if direction != "a2b" or resample:
+            raise InputError("a deconvolver translates its training survey's images (a2b) on their own grid: drop "
+                             "--direction b2a / --resample")
+        check_model_store(model, store)
+        model.eval()
+        psf_t = as_psf(target_psf, (1, *store.sample_shape), dtype=torch.float32, name="target PSF")
+        return map_store(lambda batch: convolve_psf(model.deconvolve_batch(batch), psf_t), store, out,
+                         indices=indices, batch_size=batch_size, description="deconvolving and redrawing",
+                         provenance={"task": "translate", "model_class": type(model).__name__,
+                                     "target_psf_sum": float(psf_t.sum())},
+                         overwrite=overwrite, progress=progress, model=model)
     if not isinstance(model, CycleGAN):
-        raise InputError(f"translation needs a CycleGAN model folder; got a {type(model).__name__}")
+        raise InputError(f"translation needs a CycleGAN or a deconvolver model folder; got a {type(model).__name__}")
     if direction not in ("a2b", "b2a"):
         raise InputError(f"direction {direction!r}: choose a2b or b2a")
-    store = store if isinstance(store, Store) else open_store(store)
     model.eval()
     with tempfile.TemporaryDirectory(prefix="deepfield-translate-") as tmp:
         source = _on_model_grid(model, store, resample, Path(tmp))
@@ -184,10 +209,10 @@ def _summary(pred: np.ndarray, ref: np.ndarray, ref_hsm: dict, pixel_scale) -> d
 
 
 @torch.no_grad()
-def evaluate_translation(model: CycleGAN, source, target, *, direction: str = "a2b", indices=None,
+def evaluate_translation(model, source, target, *, direction: str = "a2b", indices=None,
                          target_array: str = "clean", baselines=BASELINES, balance: float = 0.05,
                          iterations: int = 30, batch_size: int = 256, progress: bool = True) -> dict:
-    """Translations of `source` against the same objects (by id) in `target`.
+    """Translations of `source` by a CycleGAN or a deconvolver against the same objects (by id) in `target`.
 
     Arguments:
         source: the store to translate (domain A for 'a2b'), on the model's grid.
@@ -204,16 +229,30 @@ def evaluate_translation(model: CycleGAN, source, target, *, direction: str = "a
         "normalised_mse" (MSE / mean square of the target), "flux_bias", "flux_scatter" (median and
         robust sigma of the fractional total-flux error), "size_bias", "size_scatter" (of the
         fractional HSM sigma error), "ellipticity_scatter" (of |g| differences), "hsm_failed"
-        (fraction)}}} for 'cyclegan', each baseline and 'source' (the untranslated image).
+        (fraction)}}} for the model ('cyclegan', or 'deconvolver': its PSF-free estimate through the
+        target's PSF), each baseline and 'source' (the untranslated image).
     """
     from deepfield.metrics import hsm_moments
     from deepfield.physics import ObservationModel
 
-    if not isinstance(model, CycleGAN):
-        raise InputError(f"translation needs a CycleGAN model folder; got a {type(model).__name__}")
+    deconvolver = hasattr(model, "deconvolve_batch")
+    if not (isinstance(model, CycleGAN) or deconvolver):
+        raise InputError(f"translation needs a CycleGAN or a deconvolver model folder; got a {type(model).__name__}")
     source = source if isinstance(source, Store) else open_store(source)
     target = target if isinstance(target, Store) else open_store(target)
-    _on_model_grid(model, source, False, Path("."))
+    if deconvolver:
+        if direction != "a2b":
+            raise InputError("a deconvolver translates one way (source -> target, 'a2b'): its training store's survey "
+                             "to any survey whose PSF the target store holds")
+        if not (source.has("psf") and source.has("ivar") and target.has("psf")):
+            raise InputError(f"a deconvolver reads the source's 'psf' and 'ivar' and redraws through the target's "
+                             f"'psf': {source.path} has {list(source.array_names)}, {target.path} has "
+                             f"{list(target.array_names)}")
+        from deepfield.data.batches import check_model_store
+
+        check_model_store(model, source)
+    else:
+        _on_model_grid(model, source, False, Path("."))
     if target.sample_shape != source.sample_shape:
         raise InputError(f"target {target.path} holds {target.sample_shape} images but the source has "
                          f"{source.sample_shape}: put both on one pixel grid")
@@ -231,7 +270,8 @@ def evaluate_translation(model: CycleGAN, source, target, *, direction: str = "a
         raise InputError(f"no objects selected from {source.path}")
     target_rows = _paired_rows(source, target, rows)
     model.eval()
-    methods = ("cyclegan", *baselines, "source")
+    model_name = "deconvolver" if deconvolver else "cyclegan"
+    methods = (model_name, *baselines, "source")
     preds: dict[str, list] = {m: [] for m in methods}
     refs = []
     with progress_bar(progress) as bar:
@@ -245,7 +285,14 @@ def evaluate_translation(model: CycleGAN, source, target, *, direction: str = "a
             else:
                 ref = target.read(target_array, t)
             refs.append(ref)
-            preds["cyclegan"].append(model.translate(torch.from_numpy(x), direction).numpy())
+            if deconvolver:
+                from deepfield.physics import convolve_psf
+
+                sky = model.deconvolve(torch.from_numpy(x), torch.from_numpy(source.read("psf", r)),
+                                       torch.from_numpy(source.read("ivar", r)))
+                preds[model_name].append(convolve_psf(sky, torch.from_numpy(target.read("psf", t))).numpy())
+            else:
+                preds[model_name].append(model.translate(torch.from_numpy(x), direction).numpy())
             for name in baselines:
                 preds[name].append(deconvolution_baseline(x, source.read("psf", r), target.read("psf", t),
                                                           method=name, balance=balance, iterations=iterations))
