@@ -201,8 +201,15 @@ def test_conv_autoencoder_starts_as_the_linear_compressor_and_is_proportional_to
     assert np.abs(recon - linear).max() < 1e-4 * np.abs(x).max()
     # symmetry='dihedral': the SVD of the images with their 8 rotations and reflections
     turned = np.concatenate([np.rot90(f, k, axes=(2, 3)) for k in range(4) for f in (x, x[..., ::-1])])
-    dihedral = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(8, 16)))
+    dihedral = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(8, 16),
+                                                     linear_basis="symmetric"))
     dihedral.fit_normalisation(x)
+    # left to choose ('auto'), it keeps the plain basis: these images do have an orientation, which
+    # a held-back fifth of them shows
+    auto = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, channels=(8, 16)))
+    auto.fit_normalisation(x)
+    assert not bool(auto.linear_basis_symmetric) and bool(dihedral.linear_basis_symmetric)
+    np.testing.assert_allclose(auto.linear_basis.numpy().T @ auto.linear_basis.numpy(), vt.T @ vt, atol=1e-4)
     vt8 = np.linalg.svd((turned / ae.data_scale.numpy()).reshape(2400, -1).astype("f8"), full_matrices=False)[2][:4]
     basis = dihedral.linear_basis.numpy().astype("f8")  # rotations pair up equal singular values: compare subspaces
     np.testing.assert_allclose(basis.T @ basis, vt8.T @ vt8, atol=1e-4)
@@ -217,6 +224,25 @@ def test_conv_autoencoder_starts_as_the_linear_compressor_and_is_proportional_to
         assert float((ae.decode(z) - torch.from_numpy(linear[:20])).abs().max()) > 1e-3  # the corrections act
     with pytest.raises(ConfigError, match="set one of them false"):
         ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, split_amplitude=True))
+    with pytest.raises(ConfigError, match="needs symmetry 'dihedral'"):
+        ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=4, symmetry="none",
+                                              linear_basis="symmetric"))
+
+
+def test_auto_basis_is_the_symmetric_one_for_galaxies_at_any_angle():
+    """Elongated galaxies at random angles, fewer images than pixels: the held-back images
+    prefer the basis fitted on the eightfold set."""
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    n = 100
+    theta, q, w = (rng.uniform(a, b, (n, 1, 1, 1)) for a, b in ((0, np.pi), (0.3, 1), (1.5, 3)))
+    u, v = xx * np.cos(theta) + yy * np.sin(theta), -xx * np.sin(theta) + yy * np.cos(theta)
+    x = (rng.lognormal(0, 1, (n, 1, 1, 1)) * np.exp(-(u**2 + (v / q) ** 2) / (2 * w**2))
+         + rng.normal(0, 0.2, (n, 1, 16, 16))).astype("f4")
+    for d in (4, 8):
+        ae = ConvAutoencoder(ConvAutoencoderConfig(input_shape=(1, 16, 16), latent_dim=d, channels=(8, 16)))
+        ae.fit_normalisation(x)
+        assert bool(ae.linear_basis_symmetric), d
 
 
 def test_denoising_autoencoder_reconstructs_truth_better_than_the_noisy_input(blob_store, tmp_path):
