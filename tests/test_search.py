@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import cli
 
 from deepfield.data.store import create_store, open_store
@@ -198,6 +199,32 @@ def test_index_refuses_another_model_or_store(blob_store, pca_models, tmp_path):
     rows = part.search(blob_store, k=2, exclude_self=True).to_pylist()
     assert len(rows) == 480 and not any(r["query_id"] == r["neighbour_id"] for r in rows)
     assert {r["neighbour_id"] for r in rows} <= set(blob_store.ids[:100].tolist())
+
+
+def test_polar_codes_index_and_image_queries(blob_store, pca_models, tmp_path):
+    """--form polar: each code's direction and log length, written at embedding and applied again
+    to image queries; a blob twice as bright has the same direction and a length log(2) longer."""
+    from deepfield.tasks.search import code_form
+
+    a, _ = pca_models
+    plain = embed_store(a, blob_store, tmp_path / "plain", progress=False).read("x")
+    polar = embed_store(a, blob_store, tmp_path / "polar", form="polar", progress=False)
+    z = polar.read("x")
+    assert z.shape == (len(blob_store), plain.shape[1] + 1)
+    np.testing.assert_allclose(np.linalg.norm(z[:, :-1], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(z[:, -1], np.log(np.linalg.norm(plain, axis=1)), rtol=1e-5, atol=1e-5)
+    doubled = code_form(2 * torch.from_numpy(plain), "polar").numpy()
+    np.testing.assert_allclose(doubled[:, -1] - z[:, -1], np.log(2), atol=1e-5)
+    index = build_index(polar, tmp_path / "index", progress=False)
+    assert index.form == "polar"
+    table = index.search(blob_store.read("x", [3, 8]), k=1)  # images are put in polar form too
+    assert table.column("neighbour_id").to_pylist() == [blob_store.ids[3], blob_store.ids[8]]
+    assert table.column("distance").to_numpy().max() < 1e-4
+    plain_codes = embed_store(a, blob_store, tmp_path / "plain2", indices=np.arange(5), progress=False)
+    with pytest.raises(InputError, match="embed the queries"):
+        index.search(plain_codes, k=1)
+    with pytest.raises(InputError, match="form 'log'"):
+        embed_store(a, blob_store, tmp_path / "bad", form="log", progress=False)
 
 
 def test_bad_queries_and_codes_fail_clearly(blob_store, pca_models, tmp_path):

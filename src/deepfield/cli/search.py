@@ -35,6 +35,9 @@ def embed(
     out: Path = typer.Option(..., "--out", "-o", help="Codes store to write (ids, catalog, model identity)."),
     where: str = typer.Option(None, "--where", help="Catalog query, e.g. 'magnitude < 23'."),
     split: str = typer.Option(None, "--split", help="Only the model's train, val or test objects."),
+    form: str = typer.Option("codes", "--form", help="codes (as the model gives them) or polar: each code's "
+                                                     "direction and log length, shape apart from brightness "
+                                                     "for flux-linear codes (pca, conv-ae)."),
     batch_size: int = typer.Option(256, "--batch-size"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -48,7 +51,7 @@ def embed(
     s = open_store(store)
     idx = resolve_indices(s, where, split, read_model_config(model_dir))
     # the folder, not a loaded model, so the codes record where the model lives
-    codes = embed_store(model_dir, s, out, indices=idx, batch_size=batch_size, overwrite=overwrite,
+    codes = embed_store(model_dir, s, out, indices=idx, form=form, batch_size=batch_size, overwrite=overwrite,
                         progress=progress)
     console.print(f"[green]{len(codes)} codes of length {codes.sample_shape[0]} written to[/] {out}")
 

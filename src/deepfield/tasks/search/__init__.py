@@ -33,9 +33,9 @@ top 10, on 500 of the codes held out of the index until the end (so they search 
 objects); the recall reached is recorded in meta.json.
 """
 
-from deepfield.tasks.search.embed import embed_store, model_identity
+from deepfield.tasks.search.embed import FORMS, code_form, embed_store, model_identity
 from deepfield.tasks.search.index import KINDS, build_index
 from deepfield.tasks.search.query import INDEX_FORMAT_VERSION, SimilarityIndex, open_index, read_image_file
 
-__all__ = ["INDEX_FORMAT_VERSION", "KINDS", "SimilarityIndex", "embed_store", "build_index", "open_index",
-           "model_identity", "read_image_file"]
+__all__ = ["INDEX_FORMAT_VERSION", "KINDS", "FORMS", "SimilarityIndex", "embed_store", "code_form", "build_index",
+           "open_index", "model_identity", "read_image_file"]

@@ -17,7 +17,27 @@ from deepfield.models.base import config_to_dict
 from deepfield.models.folder import as_model
 from deepfield.tasks.apply import map_store
 
-__all__ = ["embed_store", "model_identity"]
+__all__ = ["embed_store", "model_identity", "code_form", "FORMS"]
+
+#: how codes are written: 'codes' as the model gives them; 'polar' (d + 1 values) each code's
+#: direction (unit vector) and the natural log of its length
+FORMS = ("codes", "polar")
+
+
+def code_form(z: torch.Tensor, form: str = "codes") -> torch.Tensor:
+    """Codes (N, d) in `form`: as they are ('codes'), or 'polar': (N, d + 1), each code's
+    direction and the log of its length. The codes of PCA and of the conv autoencoder are
+    proportional to the flux, so their length is the brightness and their direction the shape:
+    in polar form a linear probe or a distance sees both apart, where the plain codes mix a
+    galaxy's size and ellipticity with how bright it is."""
+    if form == "codes":
+        return z
+    if form != "polar":
+        raise InputError(f"code form {form!r}: choose one of {', '.join(FORMS)}")
+    length = z.norm(dim=1, keepdim=True)
+    if bool((length <= 0).any()):
+        raise InputError("a code of length 0 has no direction: polar form needs non-zero codes")
+    return torch.cat([z / length, length.log()], dim=1)
 
 
 def model_identity(model: Model, path: str | os.PathLike | None = None) -> dict:
@@ -59,7 +79,7 @@ def model_and_folder(model) -> tuple[Model, Path | None]:
 
 
 def embed_store(model: Model | str | os.PathLike, store: Store | str | os.PathLike, out, *, indices=None,
-                batch_size: int = 256, overwrite: bool = False, progress: bool = True) -> Store:
+                form: str = "codes", batch_size: int = 256, overwrite: bool = False, progress: bool = True) -> Store:
     """Codes (N, latent_dim) of `store`'s objects under `model`, written as a codes store at `out`.
 
     Like :func:`deepfield.tasks.encode.encode_store` (same codes store: ids and catalog kept),
@@ -73,12 +93,16 @@ def embed_store(model: Model | str | os.PathLike, store: Store | str | os.PathLi
         store: the store to embed.
         out: the codes store to write (atomically).
         indices: rows of `store` to embed (default: all).
+        form: 'codes' (as the model gives them) or 'polar' (direction and log length, see
+            :func:`code_form`); recorded with the model, so queries are embedded the same way.
     """
+    if form not in FORMS:
+        raise InputError(f"code form {form!r}: choose one of {', '.join(FORMS)}")
     model, path = model_and_folder(model)
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
     model.eval()
-    identity = model_identity(model, path)
+    identity = {**model_identity(model, path), "form": form}
 
     def codes_of(batch: dict) -> torch.Tensor:
         z = model.encode_batch(batch)
@@ -88,7 +112,7 @@ def embed_store(model: Model | str | os.PathLike, store: Store | str | os.PathLi
             raise InputError(f"{describe_model(identity)} gives NaN/inf codes for objects with ids "
                              f"{ids[:10]}{' ...' if len(ids) > 10 else ''} of {store.path}: check their pixels "
                              "(deepfield info), or leave them out with --where")
-        return z
+        return code_form(z, form)
 
     provenance = {"task": "embed", "model_class": identity["class"], "model": identity,
                   "model_store_fingerprint": identity["trained_on"]}

@@ -18,7 +18,8 @@ from deepfield.data.store import Store, is_store, open_store
 from deepfield.errors import InputError, StoreError
 from deepfield.models import Model
 from deepfield.progress import progress_bar
-from deepfield.tasks.search.embed import describe_model, describe_store, model_and_folder, model_identity
+from deepfield.tasks.search.embed import (code_form, describe_model, describe_store, model_and_folder,
+                                          model_identity)
 from deepfield.tasks.search.engine import prepare_vectors, raw_search
 
 __all__ = ["INDEX_FORMAT_VERSION", "SimilarityIndex", "open_index", "read_image_file"]
@@ -167,6 +168,11 @@ class SimilarityIndex:
         return int(self.meta["dim"])
 
     @property
+    def form(self) -> str:
+        """How the indexed codes were written ('codes' or 'polar', see deepfield.tasks.search.embed)."""
+        return (self.meta.get("model") or {}).get("form", "codes")
+
+    @property
     def label(self) -> str:
         return f"index {self.path}" if self.path else "the index"
 
@@ -277,6 +283,7 @@ class SimilarityIndex:
             raise InputError(f"{what} has NaN/inf pixels in image(s) {bad[:10].tolist()}: mask or clean them first")
         with torch.no_grad():
             z = torch.cat([model.encode(torch.from_numpy(x[s:s + 256])) for s in range(0, len(x), 256)])
+            z = code_form(z, self.form)
         return self._normalise(z.numpy(), np.arange(len(x)), what)
 
     def _store_queries(self, store: Store, progress: bool) -> np.ndarray:
@@ -285,11 +292,17 @@ class SimilarityIndex:
             return self.vectors(store.ids)
         if store.kind == "table" and store.sample_shape == (self.dim,):
             recorded, theirs = self.meta.get("model"), (store.meta.get("provenance") or {}).get("model")
-            if not recorded or not theirs or theirs.get("fingerprint") != recorded.get("fingerprint"):
+            if not recorded or not theirs or theirs.get("fingerprint") != recorded.get("fingerprint") \
+                    or theirs.get("form", "codes") != recorded.get("form", "codes"):
                 raise InputError(f"{self.label} was built for model {describe_model(recorded)}, but codes store "
                                  f"{store.path} was embedded with {describe_model(theirs)}: embed the queries "
                                  "with the index's model")
             return self._normalise(store.read("x"), store.ids, f"codes store {store.path}")
+        theirs = (store.meta.get("provenance") or {}).get("model")
+        if store.kind == "table" and theirs:
+            raise InputError(f"codes store {store.path} holds codes of length {store.sample_shape[0]} ("
+                             f"{theirs.get('form', 'codes')} form) but {self.label} holds length {self.dim} ("
+                             f"{self.form} form): embed the queries with the index's model and --form {self.form}")
         model = self.model
         check_model_store(model, store)
         trained = ((getattr(model, "record", None) or {}).get("store") or {}).get("bands")
@@ -303,7 +316,7 @@ class SimilarityIndex:
         with torch.no_grad(), progress_bar(progress) as bar:
             task = bar.add_task("encoding queries", total=rows.size)
             for batch in iterate_batches(store, rows, model, 256):
-                parts.append(model.encode_batch(batch).numpy())
+                parts.append(code_form(model.encode_batch(batch), self.form).numpy())
                 bar.advance(task, len(batch["id"]))
         return self._normalise(np.concatenate(parts), store.ids, f"store {store.path}")
 
