@@ -16,9 +16,10 @@
    Gaussian PSF with 5x lower noise; sharper makes HSM fail on the cuspy bulges of most
    undersampled galaxies), trained unpaired on the training split. On held-out
    pairs: MSE, total-flux and HSM-size errors against the noiseless space image, for the
-   CycleGAN, Wiener (regularisation weight tuned on validation pairs) and Richardson-Lucy
-   (30 iterations) deconvolution of the ground PSF followed by the space PSF, and the
-   untranslated ground image.
+   CycleGAN, the paired translator (a deconvolver trained on the ground survey's training
+   galaxies and their truth, its estimate drawn through the space PSF), Wiener (regularisation
+   weight tuned on validation pairs) and Richardson-Lucy (30 iterations) deconvolution of the
+   ground PSF followed by the space PSF, and the untranslated ground image.
 
     python benchmarks/gan.py            # the numbers of docs/benchmarks.md (~15 min on 2 cores)
     python benchmarks/gan.py --quick    # a few minutes: smaller sets, fewer epochs
@@ -185,7 +186,7 @@ def quality(store, work: Path, args) -> dict:
 def cyclegan(ground, space, work: Path, args) -> dict:
     from deepfield.models import load_model
     from deepfield.tasks.translate import deconvolution_baseline, evaluate_translation
-    from deepfield.train import TrainSettings
+    from deepfield.train import TrainSettings, train
     from deepfield.train.gan import train_gan
 
     val = ground.split()["val"][:100]
@@ -209,6 +210,15 @@ def cyclegan(ground, space, work: Path, args) -> dict:
     test = ground.split()["test"]
     result = evaluate_translation(load_model(path), ground, space, indices=test, balance=balance, progress=False)
     result.update(train_seconds=seconds, wiener_balance_scan=balances, epochs=args.cycle_epochs)
+    # the paired translator: a deconvolver trained on the ground survey's (observation, truth) pairs of the
+    # same training split, its estimate drawn through the space PSF
+    t0 = time.perf_counter()
+    path = train("deconvolver", ground, work / "deconvolver",
+                 settings=TrainSettings(epochs=args.deconvolver_epochs, batch_size=64, progress=False,
+                                        threads=args.threads))
+    paired = evaluate_translation(load_model(path), ground, space, indices=test, baselines=(), progress=False)
+    result["methods"] = {"deconvolver (paired)": paired["methods"]["deconvolver"], **result["methods"]}
+    result.update(deconvolver_train_seconds=time.perf_counter() - t0, deconvolver_epochs=args.deconvolver_epochs)
     for name, m in result["methods"].items():
         print(name, {k: round(v, 4) for k, v in m.items()}, flush=True)
     return result
@@ -221,6 +231,7 @@ def main():
     ap.add_argument("--vae-epochs", type=int, default=12)
     ap.add_argument("--ae-epochs", type=int, default=6)
     ap.add_argument("--cycle-epochs", type=int, default=4)
+    ap.add_argument("--deconvolver-epochs", type=int, default=12, help="epochs of the paired translator")
     ap.add_argument("--throughput-seconds", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--seed", type=int, default=11)
@@ -229,6 +240,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.n, args.gan_epochs, args.vae_epochs, args.ae_epochs, args.cycle_epochs = 800, 4, 3, 3, 1
+        args.deconvolver_epochs = 2
         args.throughput_seconds = 2.0
     torch.set_num_threads(args.threads)
     parts = args.only or ("throughput", "quality", "cyclegan")
@@ -276,8 +288,9 @@ def tables(p: dict) -> str:
     if "cyclegan" in p:
         c = p["cyclegan"]
         out.append(f"\nGround -> space translation of {c['n']} held-out galaxies vs the noiseless space image "
-                   f"(CycleGAN {c['epochs']} epochs, unpaired; Wiener balance {c['baseline_settings']['wiener_balance']} "
-                   "chosen on validation pairs):\n")
+                   f"(CycleGAN {c['epochs']} epochs, unpaired; deconvolver {c.get('deconvolver_epochs')} epochs on the "
+                   "ground survey's (observation, truth) training pairs, drawn through the space PSF; Wiener balance "
+                   f"{c['baseline_settings']['wiener_balance']} chosen on validation pairs):\n")
         out.append(markdown_table(["method", "MSE", "MSE / mean square", "flux bias", "flux scatter", "size bias",
                                    "size scatter", "HSM failed"],
                                   [[name, round(m["mse"], 4), round(m["normalised_mse"], 4), round(m["flux_bias"], 4),

@@ -218,12 +218,14 @@ def code_sets(args, work: Path, training, training_twin, heldout, twin) -> dict:
 
 
 def direction_and_log_length(codes: np.ndarray) -> np.ndarray:
-    """(N, d + 1): each code's direction (unit vector) and the log of its length. PCA's and the
-    conv AE's codes are proportional to the flux, so their length carries it and a linear probe
-    of a flux-free quantity (size, ellipticity) has to undo that scaling, which it cannot; this
-    fixed transform separates the two for both, so neither gets an advantage the other lacks."""
-    length = np.linalg.norm(codes, axis=1, keepdims=True)
-    return np.hstack([codes / length, np.log(length)])
+    """(N, d + 1): each code's direction (unit vector) and the log of its length (`deepfield embed
+    --form polar`). PCA's and the conv AE's codes are proportional to the flux, so their length
+    carries it and a linear probe of a flux-free quantity (size, ellipticity) has to undo that
+    scaling, which it cannot; this fixed transform separates the two for both, so neither gets
+    an advantage the other lacks."""
+    from deepfield.tasks.search import code_form
+
+    return code_form(torch.from_numpy(np.asarray(codes, dtype=np.float64)), "polar").numpy()
 
 
 def parse_set(items: list[str]) -> dict:
