@@ -254,6 +254,13 @@ def check_model(family: str, tmp_dir=None, *, options: dict | None = None) -> di
                                                                                    "differently")
             _refused(family, "translate of images with another band count", lambda: model.translate(wrong, "a2b"))
             done["translate"] = True
+        if "deconvolve" in caps:
+            sky = model.deconvolve_batch(batch)
+            _require(tuple(sky.shape) == (8, *shape) and bool(torch.isfinite(sky).all()), family,
+                     f"deconvolve_batch gave {tuple(sky.shape)}, want (8, {shape}) finite")
+            _require(torch.equal(again.deconvolve_batch(batch), sky), family,
+                     "a reloaded model deconvolves differently")
+            done["deconvolve"] = True
     if "loss" in caps:
         model.train()
         out = model.loss(batch)

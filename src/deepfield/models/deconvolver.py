@@ -31,7 +31,7 @@ from torch import nn
 from deepfield.errors import ConfigError, InputError
 from deepfield.models.autoencoder import random_dihedral
 from deepfield.models.base import Model, register
-from deepfield.models.protocol import LossOutput, Reconstructing, Trainable
+from deepfield.models.protocol import Deconvolving, LossOutput, Reconstructing, Trainable
 from deepfield.nn import ResidualBlock
 
 __all__ = ["DeconvolverConfig", "Deconvolver", "psf_channels"]
@@ -110,7 +110,7 @@ class _UNet(nn.Module):
 
 
 @register
-class Deconvolver(Model, Reconstructing, Trainable):
+class Deconvolver(Model, Reconstructing, Trainable, Deconvolving):
     """Supervised deconvolution and denoising: a U-Net trained on simulated (observation, truth)
     pairs returns each object's PSF-free noiseless sky (the conditional mean, in store units),
     reading its image, noise and PSF. ``deconvolve(x, psf, ivar)``; ``reconstruct_batch`` gives

@@ -15,6 +15,7 @@ family it is (the estimator-tags idea of scikit-learn):
 | :class:`Trainable` | ``"loss"`` | ``loss(batch) -> LossOutput`` (gradient-trained families) |
 | :class:`Adversarial` | ``"adversarial"`` | ``discriminator_loss(batch)``, ``generator_loss(batch)`` -> LossOutput |
 | :class:`Translating` | ``"translate"`` | ``translate(x, direction="a2b")`` between two surveys |
+| :class:`Deconvolving` | ``"deconvolve"`` | ``deconvolve_batch(batch) -> x`` the PSF-free noiseless sky |
 
 ``batch`` is a dict of tensors as the data layer yields it: ``"x"`` (N, *input_shape) in store
 units plus the arrays and catalog columns the model reads (``data_arrays``, ``data_columns``).
@@ -171,9 +172,20 @@ class Translating(ABC):
         """`x` in one domain's store units to the other's; direction 'a2b' or 'b2a'."""
 
 
+class Deconvolving(ABC):
+    """Models that estimate each object's PSF-free, noiseless sky from its observation."""
+
+    capability = "deconvolve"
+
+    @abstractmethod
+    def deconvolve_batch(self, batch: dict) -> torch.Tensor:
+        """The PSF-free noiseless sky (N, *input_shape) of ``batch["x"]`` in store units, from the
+        batch's PSF and noise."""
+
+
 #: every role, in the order capabilities are listed
 ROLES: tuple[type, ...] = (Encoding, Reconstructing, Generative, ExactDensity, BoundDensity, Trainable,
-                           Adversarial, Translating)
+                           Adversarial, Translating, Deconvolving)
 
 
 def capabilities(model) -> frozenset[str]:

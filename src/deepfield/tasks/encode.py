@@ -68,7 +68,7 @@ def denoise_store(model: Model, store, out, *, indices=None, batch_size: int = 2
     """
     store = store if isinstance(store, Store) else open_store(store)
     check_model_store(model, store)
-    deconvolver = hasattr(model, "deconvolve_batch")
+    deconvolver = has(model, "deconvolve")
     if not deconvolver and not (has(model, "elbo") and has(model, "encode")):
         raise InputError(f"denoising needs a VAE (posterior mean of the noiseless sky) or a deconvolver; got a "
                          f"{type(model).__name__}: use `deepfield reconstruct` for autoencoders")

@@ -31,6 +31,7 @@ import torch
 from deepfield.data.store import Store, create_store, open_store
 from deepfield.errors import InputError
 from deepfield.models.cyclegan import CycleGAN
+from deepfield.models.protocol import has
 from deepfield.physics.resample import resample_images
 from deepfield.progress import progress_bar
 from deepfield.tasks.apply import map_store
@@ -99,7 +100,7 @@ def translate_store(model, store, out, *, direction: str = "a2b", indices=None, 
     pixel grid is first resampled onto the model's (CycleGAN only).
     """
     store = store if isinstance(store, Store) else open_store(store)
-    if hasattr(model, "deconvolve_batch"):
+    if has(model, "deconvolve"):
         from deepfield.data.batches import check_model_store
         from deepfield.physics import as_psf, convolve_psf
 
@@ -235,7 +236,7 @@ def evaluate_translation(model, source, target, *, direction: str = "a2b", indic
     from deepfield.metrics import hsm_moments
     from deepfield.physics import ObservationModel
 
-    deconvolver = hasattr(model, "deconvolve_batch")
+    deconvolver = has(model, "deconvolve")
     if not (isinstance(model, CycleGAN) or deconvolver):
         raise InputError(f"translation needs a CycleGAN or a deconvolver model folder; got a {type(model).__name__}")
     source = source if isinstance(source, Store) else open_store(source)
