@@ -257,7 +257,7 @@ def headline() -> str:
          f"{_compression('digits', 'conv AE')} / {_compression('galaxies', 'conv AE', table=1)} (conv AE)",
          f"{_compression('digits', 'PCA')} / {_compression('galaxies', 'PCA', table=1)} (PCA)"),
         ("Denoised + deconvolved galaxies: MSE vs truth / noise variance",
-         f"{cell('denoise', 'deepfield flow-VAE (posterior mean)', 'MSE vs truth / noise variance')} (flow-VAE)",
+         f"{_denoise('deepfield deconvolver')} (deconvolver), {_denoise('deepfield flow-VAE')} (flow-VAE)",
          f"{_denoise('Wiener')} (Wiener), {_denoise('Richardson-Lucy')} (Richardson-Lucy)"),
         ("Anomaly AUPR, 9 injected types at 2% of 5,000 galaxies",
          f"{cell(ano, FITTED_ANOMALY_ENSEMBLE, 'all', table=3)} (ensemble fitted on a validation survey), "

@@ -8,16 +8,19 @@ tune as Wiener or Richardson-Lucy need. It reads each object's image, its noise 
 its PSF, so one model serves a survey whose seeing and depth vary object by object.
 
 The network is a small U-Net (stride-2 convolutions down, nearest-neighbour upsampling and
-3x3 convolutions up: no transposed convolutions, no checkerboard) that adds a correction to
-the observed image. It works on each object scaled by its own amplitude s (the RMS of its
-valid pixels), so the estimate scales exactly with the flux (x -> a x, ivar -> ivar / a^2
-gives a times the estimate) and faint and bright galaxies are one problem to it. Its input
-channels per band: x / s, log(1 + s sqrt(ivar)) (the object's signal-to-noise per pixel, 0 on
-masked pixels) and the PSF padded to the stamp and scaled to a peak of 1.
+3x3 convolutions up: no transposed convolutions, no checkerboard) whose output is the estimate
+itself, not a correction to the observation: a correction would have to cancel every noise
+pixel of a faint stamp, and what it leaves behind sums to a pedestal that swamps a faint
+galaxy's light. It works on each object scaled by its own amplitude s (the RMS of its valid
+pixels), so the estimate scales exactly with the flux (x -> a x, ivar -> ivar / a^2 gives a
+times the estimate) and faint and bright galaxies are one problem to it. Its input channels
+per band: x / s, log(1 + s sqrt(ivar)) (the object's signal-to-noise per pixel, 0 on masked
+pixels) and the PSF padded to the stamp and scaled to a peak of 1.
 
-The training loss is the mean of (estimate - truth)^2 x ivar over pixels: the squared error in
-units of each pixel's noise variance, the measure benchmarks/denoise.py reports. Training turns
-and flips every batch at random (the sky has no preferred orientation).
+The training loss is the mean of (estimate - truth)^2 x ivar over pixels, the squared error in
+units of each pixel's noise variance that benchmarks/denoise.py reports, plus the same over
+4x4 and 16x16 blocks (``loss_scales``). Training turns and flips every batch at random (the sky
+has no preferred orientation).
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ class DeconvolverConfig:
         flux, so faint galaxies keep theirs; without it the network returns the conditional
         mean, whose flux is pulled low for faint galaxies (the faint ones are the many), at
         a slightly lower squared error.
+    loss_scales: besides every pixel's error, the loss weighs the mean error over k x k blocks
+        (in units of that mean's noise) for each k here that divides the stamp: a faint
+        pedestal costs little per pixel but much over a block, and it is what inflates a
+        faint galaxy's half-light radius. The conditional mean minimises every such term at
+        once, so they change what training attends to, not what it aims at.
+    profile_power: the flux the stamp holds beyond the estimate's is spread along the
+        estimate's positive part raised to this power (relative to its peak), over a point
+        source of the stamp's RMS at the centre: 1 follows the estimate's own profile, wings
+        and all; 2 keeps the correction to the galaxy's bright core.
     normalisation: 'channel' (kept for the model folder; the network scales each object by its
         own amplitude).
     """
@@ -60,6 +72,8 @@ class DeconvolverConfig:
     res_blocks: int = 2
     augment: bool = True
     conserve_flux: bool = True
+    loss_scales: tuple[int, ...] = (1, 4, 16)
+    profile_power: float = 2.0
     normalisation: str = "channel"
 
 
@@ -119,7 +133,8 @@ class Deconvolver(Model, Reconstructing, Trainable, Deconvolving):
     Example:
         >>> m = Deconvolver(DeconvolverConfig(input_shape=(1, 16, 16), channels=(8, 16)))
         >>> x, psf, ivar = torch.rand(2, 1, 16, 16), torch.ones(2, 1, 5, 5) / 25, torch.ones(2, 1, 16, 16)
-        >>> bool(torch.equal(m.deconvolve(x, psf, ivar), x))  # untrained: the observation itself
+        >>> sky = m.deconvolve(x, psf, ivar)  # untrained: the stamp's flux as a point source
+        >>> torch.allclose(sky.sum((-2, -1)), x.sum((-2, -1)), rtol=0.02)
         True
     """
 
@@ -188,7 +203,7 @@ class Deconvolver(Model, Reconstructing, Trainable, Deconvolving):
         observed through `psf` ((N, C, h, w), (C, h, w) or (h, w) stamps) with inverse variance
         `ivar` (broadcastable to x; 0 on bad pixels)."""
         x, s, u = self._inputs(x, psf, ivar)
-        estimate = x + s * self.net(u)
+        estimate = s * self.net(u)
         if not self.config.conserve_flux:
             return estimate
         from deepfield.physics import convolve_psf
@@ -200,7 +215,11 @@ class Deconvolver(Model, Reconstructing, Trainable, Deconvolving):
         # faint, noisy estimate never has a vanishing profile to put the difference on)
         point = psf_channels(psf_t.expand(x.shape[0], x.shape[1], *psf_t.shape[-2:]), tuple(x.shape[-2:]))
         point = point / point.sum(dim=(-2, -1), keepdim=True)
-        profile = estimate.clamp_min(0) + s * point
+        pos = estimate.clamp_min(0)
+        if self.config.profile_power != 1:
+            peak = pos.amax(dim=(-2, -1), keepdim=True)
+            pos = pos * (pos / torch.where(peak > 0, peak, torch.ones_like(peak))) ** (self.config.profile_power - 1)
+        profile = pos + s * point
         per_unit = (convolve_psf(profile, psf_t) * valid).sum(dim=(-2, -1))
         return estimate - (excess / per_unit.clamp_min(torch.finfo(x.dtype).tiny))[..., None, None] * profile
 
@@ -225,5 +244,16 @@ class Deconvolver(Model, Reconstructing, Trainable, Deconvolving):
             ivar = torch.as_tensor(ivar, dtype=x.dtype).expand_as(x)
             x, ivar, truth, psf = random_dihedral(x, ivar, truth, psf)
         estimate = self.deconvolve(x, psf, ivar)
-        mse = ((estimate - truth) ** 2 * ivar).mean()
-        return LossOutput(mse, {"mse_noise_units": mse.detach()})
+        diff = estimate - truth
+        mse = (diff ** 2 * ivar).mean()
+        loss, parts = mse, {"mse_noise_units": mse.detach()}
+        valid = (ivar > 0).to(diff.dtype)
+        w = (ivar * valid).sum(dim=(-2, -1), keepdim=True) / valid.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
+        for k in self.config.loss_scales:
+            if k == 1 or diff.shape[-1] % k or diff.shape[-2] % k:
+                continue
+            block = F.avg_pool2d(diff * valid, k)
+            term = (block ** 2 * k ** 2 * w).mean()
+            loss = loss + term
+            parts[f"mse_{k}x{k}_blocks"] = term.detach()
+        return LossOutput(loss, parts)
