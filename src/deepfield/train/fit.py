@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from deepfield._atomic import WriteLock
-from deepfield.data.batches import iterate_batches, make_loader, normalisation_sample
+from deepfield.data.batches import make_loader, normalisation_sample
 from deepfield.data.splits import split_record, training_splits
 from deepfield.data.store import Store, open_store
 from deepfield.errors import ConfigError, ModelFolderError, TrainingDiverged
@@ -204,17 +204,12 @@ def evaluate_mse(model: Model, store: Store, indices, batch_size: int = 256) -> 
     Reconstructions are compared in the data's own space: for models with a PSF-aware
     likelihood, the PSF-free reconstruction is convolved with each object's PSF first.
     """
-    model.eval()
+    from deepfield.tasks.evaluate import reconstruction_errors
+
     idx = np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
         return float("nan")
-    total, count = 0.0, 0
-    for batch in iterate_batches(store, idx, model, batch_size):
-        recon = model.reconstruct_batch(batch)
-        err = (model.normalise(recon) - model.normalise(model.check_input(batch["x"]))) ** 2
-        total += float(err.sum())
-        count += err.numel()
-    return total / count
+    return float(reconstruction_errors(model, store, idx, batch_size=batch_size)[0].mean())
 
 
 #: trainers that build and fit their family themselves, by the name a family gives as ``trainer``;
