@@ -142,7 +142,7 @@ class ConvAutoencoderConfig:
         symmetric basis spends them on turned copies of one mode (at 8 of them it lost to PCA);
         with white noise of one level, the held-back images' error differs between two bases of
         one size by just what their errors against the noiseless images differ, so the choice
-        needs no truth.
+        needs no truth. With the plain basis, training does not turn and flip the batches.
     """
 
     input_shape: tuple[int, ...]
@@ -294,6 +294,16 @@ class _Autoencoder(Model, Encoding, Trainable):
     def _symmetry(self) -> str:
         return getattr(self.config, "symmetry", "none")
 
+    @property
+    def _augment(self) -> bool:
+        """Training turns and flips batches: for data without orientation, unless the linear path
+        kept the plain basis (fitted on the images as they are, it reconstructs their turned
+        copies worse, and the networks' corrections, trained on those, leave the model worse on
+        the images as they come than its linear start)."""
+        if self._symmetry != "dihedral":
+            return False
+        return not getattr(self.config, "linear_path", False) or bool(self.linear_basis_symmetric)
+
     def _output(self, h: torch.Tensor) -> torch.Tensor:
         return F.softplus(h) if self.config.positive else h
 
@@ -347,7 +357,7 @@ class _Autoencoder(Model, Encoding, Trainable):
     def loss(self, batch: dict) -> LossOutput:
         x = self.check_input(batch["x"])
         target = self.normalise(x)
-        if self.training and self._symmetry == "dihedral":
+        if self.training and self._augment:
             target = random_dihedral(target)
         inp = target
         if self.training and self.config.denoise_sigma > 0:
