@@ -163,8 +163,8 @@ SECTIONS = [
      "whole posterior to the flow (or the flow's density at the posterior mean): a VAE that leaves normal "
      "galaxies' means near the origin makes the mean's density worse than chance (docs/anomalies.md). A deep "
      "score reaches PCA's calibrated L2 on all 9 types, but read why: on this 32x32 gri store the conv AE's "
-     "linear path keeps the plain basis (`linear_basis: auto`), its corrections stay near zero after 10 epochs, "
-     "and its scores equal PCA's to the second decimal; the wins on blended neighbours and tidal features come "
+     "linear path keeps the plain basis (`linear_basis: auto`), and after 10 epochs its scores equal PCA's to "
+     "the second decimal; the wins on blended neighbours and tidal features come "
      "from the local chi2 score, which does as well on PCA's reconstruction (AUPR 0.965 and 0.759 against the "
      "conv AE's 0.968 and 0.767). Without `--pixelcnn --gan` the run takes 11.5 min."),
     ("search", "Similarity search: FAISS indexes on 1M codes; what codes carry", "python benchmarks/search.py",
