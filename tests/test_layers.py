@@ -217,3 +217,18 @@ def test_no_import_cycles():
         inside = set(component)
         described.append("; ".join(f"{m} -> {', '.join(sorted(graph[m] & inside))}" for m in component))
     assert not described, "import cycles:\n" + "\n".join(described)
+
+
+def test_conv_decoder_starts_as_nearest_neighbour_upsampling():
+    """ICNR: the sub-pixel convolution's four kernels start equal, so an untrained decoder prints
+    no 2x2 (Nyquist-frequency) pattern: each 2x2 block of its output is one value."""
+    import torch
+
+    from deepfield.nn.blocks import ConvDecoder
+
+    torch.manual_seed(0)
+    out = ConvDecoder(4, 3, 16, (8, 16))(torch.randn(5, 4))
+    assert out.shape == (5, 3, 16, 16)
+    for i, j in ((0, 1), (1, 0), (1, 1)):
+        assert torch.equal(out[..., i::2, j::2], out[..., ::2, ::2])
+    assert out[..., ::2, ::2].std() > 0  # and not a constant image

@@ -118,6 +118,19 @@ class ConvEncoder(nn.Module):
         return self.head(h.flatten(1))
 
 
+def _icnr_(conv: nn.Conv2d, out_channels: int, factor: int = 2) -> None:
+    """Make the factor^2 sub-pixel kernels (and biases) of each output channel of a convolution
+    feeding nn.PixelShuffle(factor) equal, in place: the pixel shuffle then starts as
+    nearest-neighbour upsampling."""
+    r2 = factor * factor
+    with torch.no_grad():
+        w = conv.weight.view(out_channels, r2, *conv.weight.shape[1:])
+        w.copy_(w[:, :1].expand_as(w))
+        if conv.bias is not None:
+            b = conv.bias.view(out_channels, r2)
+            b.copy_(b[:, :1].expand_as(b))
+
+
 class ConvDecoder(nn.Module):
     """(N, in_features) vectors -> (N, C, H, W) images; mirror of :class:`ConvEncoder`.
 
@@ -125,8 +138,11 @@ class ConvDecoder(nn.Module):
     upsampling and a 3x3 convolution; the last doubling is a sub-pixel convolution (a 3x3
     convolution to 4C channels at half size, then pixel shuffle), so no convolution runs on
     the full-resolution grid and there are no transposed-convolution checkerboards to
-    imprint on faint galaxy wings. The output is raw (unbounded, fp32 even under autocast);
-    families apply softplus etc. where flux must be non-negative.
+    imprint on faint galaxy wings. The sub-pixel convolution starts with its four kernels
+    (and biases) equal, as nearest-neighbour upsampling (ICNR, Aitken et al. 2017): drawn at
+    random, the four disagree and the 2x2 pattern they print at the Nyquist frequency stays
+    in the decoded sky through training. The output is raw (unbounded, fp32 even under
+    autocast); families apply softplus etc. where flux must be non-negative.
     """
 
     def __init__(self, in_features: int, out_channels: int, image_size: int,
@@ -150,6 +166,8 @@ class ConvDecoder(nn.Module):
             layers += [_activation(activation), nn.Conv2d(ch[0], out_channels, 3, padding=1)]
         self.body = nn.Sequential(*layers)
         self._out_conv = max(i for i, m in enumerate(self.body) if isinstance(m, nn.Conv2d))
+        if stages > 0:
+            _icnr_(self.output_conv, out_channels)
 
     @property
     def output_conv(self) -> nn.Conv2d:
