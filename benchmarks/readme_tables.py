@@ -33,7 +33,7 @@ its load) and `NAME.md` (the table below). This page is generated from those fil
 when it is stale, so do not edit it by hand. The runs were made on a 2-core CPU development machine,
 often shared with other work (load averages are in the JSON files); no GPU was used.
 
-The VAE, GAN-sample and recipe results below were trained before the convolutional decoder's
+The VAE results below (every VAE row, the sampling recipe, the C2ST) were trained before the decoder's
 sub-pixel layer started as nearest-neighbour upsampling (ICNR, which removed the 2x2 pattern
 its random start printed on decoded skies); rerun now, their models start differently, so
 their numbers will move.
