@@ -65,6 +65,8 @@ def test_estimate_scales_with_flux_and_keeps_the_stamp_flux():
                                rtol=1e-4, atol=1e-3)
     with pytest.raises(InputError, match="NaN"):
         m.deconvolve(torch.full_like(x, float("nan")), psf, ivar)
+    with pytest.raises(InputError, match="3 band"):  # a PSF per band, for 2 bands
+        m.deconvolve(x, torch.rand(3, 7, 7), ivar)
 
 
 def test_learns_the_psf_free_truth_better_than_the_observation(galaxies, trained):

@@ -179,48 +179,45 @@ class Deconvolver(Model, Reconstructing, Trainable, Deconvolving):
                              "store (deepfield simulate galaxies), or use a VAE, which needs no truth")
         super().check_store(store, family)
 
-    def _inputs(self, x, psf, ivar):
+    def _checked(self, x, psf, ivar):
+        """x checked, ivar broadcast to it, the PSF as (N, C, h, w) stamps (checked by as_psf),
+        and the valid-pixel mask."""
+        from deepfield.physics import as_psf
+
         x = self.check_input(x)
         ivar = torch.as_tensor(ivar, dtype=x.dtype, device=x.device).expand_as(x)
         if not torch.isfinite(x).all() or not torch.isfinite(ivar).all():
             raise InputError("images or ivar hold NaN/inf: set ivar = 0 on bad pixels (and any finite value in x)")
-        valid = (ivar > 0).to(x.dtype)
-        x = x * valid
-        n_valid = valid.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
-        s = ((x ** 2).sum(dim=(1, 2, 3), keepdim=True) / n_valid).sqrt()
-        s = torch.where(s > 0, s, torch.ones_like(s))
-        psf = torch.as_tensor(psf, dtype=x.dtype, device=x.device)
-        if psf.ndim == 2:
-            psf = psf[None, None]
-        elif psf.ndim == 3:
-            psf = psf[None]
+        psf = as_psf(psf, x.shape, dtype=x.dtype, device=x.device)
         psf = psf.expand(x.shape[0], x.shape[1], *psf.shape[-2:])
-        snr = torch.log1p(s * ivar.clamp_min(0).sqrt())
-        return x, s, torch.cat([x / s, snr, psf_channels(psf, tuple(x.shape[-2:]))], dim=1)
+        return x, psf, ivar, (ivar > 0).to(x.dtype)
 
     def deconvolve(self, x: torch.Tensor, psf, ivar) -> torch.Tensor:
         """The PSF-free noiseless sky (N, C, H, W) in store units of images `x` (N, C, H, W)
         observed through `psf` ((N, C, h, w), (C, h, w) or (h, w) stamps) with inverse variance
         `ivar` (broadcastable to x; 0 on bad pixels)."""
-        x, s, u = self._inputs(x, psf, ivar)
-        estimate = s * self.net(u)
+        x, psf, ivar, valid = self._checked(x, psf, ivar)
+        x = x * valid
+        n_valid = valid.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+        s = ((x ** 2).sum(dim=(1, 2, 3), keepdim=True) / n_valid).sqrt()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        point = psf_channels(psf, tuple(x.shape[-2:]))
+        snr = torch.log1p(s * ivar.clamp_min(0).sqrt())
+        estimate = s * self.net(torch.cat([x / s, snr, point], dim=1))
         if not self.config.conserve_flux:
             return estimate
         from deepfield.physics import convolve_psf
 
-        psf_t = torch.as_tensor(psf, dtype=x.dtype, device=x.device)
-        valid = (torch.as_tensor(ivar, device=x.device) > 0).expand_as(x).to(x.dtype)
-        excess = ((convolve_psf(estimate, psf_t) - x) * valid).sum(dim=(-2, -1))
+        excess = ((convolve_psf(estimate, psf) - x) * valid).sum(dim=(-2, -1))
         # the estimate's positive part, on a floor of a point source of the stamp's RMS at the centre (so a
         # faint, noisy estimate never has a vanishing profile to put the difference on)
-        point = psf_channels(psf_t.expand(x.shape[0], x.shape[1], *psf_t.shape[-2:]), tuple(x.shape[-2:]))
         point = point / point.sum(dim=(-2, -1), keepdim=True)
         pos = estimate.clamp_min(0)
         if self.config.profile_power != 1:
             peak = pos.amax(dim=(-2, -1), keepdim=True)
             pos = pos * (pos / torch.where(peak > 0, peak, torch.ones_like(peak))) ** (self.config.profile_power - 1)
         profile = pos + s * point
-        per_unit = (convolve_psf(profile, psf_t) * valid).sum(dim=(-2, -1))
+        per_unit = (convolve_psf(profile, psf) * valid).sum(dim=(-2, -1))
         return estimate - (excess / per_unit.clamp_min(torch.finfo(x.dtype).tiny))[..., None, None] * profile
 
     def deconvolve_batch(self, batch: dict) -> torch.Tensor:
@@ -236,18 +233,14 @@ class Deconvolver(Model, Reconstructing, Trainable, Deconvolving):
         if "truth" not in batch:
             raise InputError("the deconvolver's training batches need 'truth' (the noiseless PSF-free sky): "
                              "train on a simulated store")
-        x, psf, ivar, truth = batch["x"], batch["psf"], batch["ivar"], batch["truth"]
+        x, psf, ivar, valid = self._checked(batch["x"], batch["psf"], batch["ivar"])
+        truth = batch["truth"]
         if self.training and self.config.augment:
-            psf = torch.as_tensor(psf, dtype=x.dtype)
-            psf = psf.reshape(-1, *psf.shape[-3:]) if psf.ndim >= 3 else psf[None, None]
-            psf = psf.expand(x.shape[0], x.shape[1], *psf.shape[-2:])
-            ivar = torch.as_tensor(ivar, dtype=x.dtype).expand_as(x)
-            x, ivar, truth, psf = random_dihedral(x, ivar, truth, psf)
+            x, ivar, truth, psf, valid = random_dihedral(x, ivar, truth, psf, valid)
         estimate = self.deconvolve(x, psf, ivar)
         diff = estimate - truth
         mse = (diff ** 2 * ivar).mean()
         loss, parts = mse, {"mse_noise_units": mse.detach()}
-        valid = (ivar > 0).to(diff.dtype)
         w = (ivar * valid).sum(dim=(-2, -1), keepdim=True) / valid.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
         for k in self.config.loss_scales:
             if k == 1 or diff.shape[-1] % k or diff.shape[-2] % k:
