@@ -245,13 +245,12 @@ def evaluate_translation(model, source, target, *, direction: str = "a2b", indic
         if direction != "a2b":
             raise InputError("a deconvolver translates one way (source -> target, 'a2b'): its training store's survey "
                              "to any survey whose PSF the target store holds")
-        if not (source.has("psf") and source.has("ivar") and target.has("psf")):
-            raise InputError(f"a deconvolver reads the source's 'psf' and 'ivar' and redraws through the target's "
-                             f"'psf': {source.path} has {list(source.array_names)}, {target.path} has "
-                             f"{list(target.array_names)}")
         from deepfield.data.batches import check_model_store
 
-        check_model_store(model, source)
+        check_model_store(model, source)  # the source's psf and ivar, which the deconvolver reads
+        if not target.has("psf"):
+            raise InputError(f"a deconvolver redraws its estimate through the target's 'psf': {target.path} has "
+                             f"{list(target.array_names)}")
     else:
         _on_model_grid(model, source, False, Path("."))
     if target.sample_shape != source.sample_shape:
@@ -279,7 +278,7 @@ def evaluate_translation(model, source, target, *, direction: str = "a2b", indic
         task = bar.add_task("evaluating translations", total=rows.size)
         for start in range(0, rows.size, batch_size):
             r, t = rows[start:start + batch_size], target_rows[start:start + batch_size]
-            x = source.read("x", r)
+            x, psf_r = source.read("x", r), source.read("psf", r) if source.has("psf") else None
             if target_array == "clean":
                 ref = ObservationModel("pixel").predict(torch.from_numpy(target.read("truth", t)),
                                                         torch.from_numpy(target.read("psf", t))).numpy()
@@ -289,13 +288,13 @@ def evaluate_translation(model, source, target, *, direction: str = "a2b", indic
             if deconvolver:
                 from deepfield.physics import convolve_psf
 
-                sky = model.deconvolve(torch.from_numpy(x), torch.from_numpy(source.read("psf", r)),
+                sky = model.deconvolve(torch.from_numpy(x), torch.from_numpy(psf_r),
                                        torch.from_numpy(source.read("ivar", r)))
                 preds[model_name].append(convolve_psf(sky, torch.from_numpy(target.read("psf", t))).numpy())
             else:
                 preds[model_name].append(model.translate(torch.from_numpy(x), direction).numpy())
             for name in baselines:
-                preds[name].append(deconvolution_baseline(x, source.read("psf", r), target.read("psf", t),
+                preds[name].append(deconvolution_baseline(x, psf_r, target.read("psf", t),
                                                           method=name, balance=balance, iterations=iterations))
             preds["source"].append(x)
             bar.advance(task, r.size)
